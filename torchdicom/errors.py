@@ -42,7 +42,9 @@ class TorchDicomError(Exception):
         frame: the frame index, or ``None``.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None, reason: str, *, frame: int | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str] | None, reason: str, *, frame: int | None = None
+    ):
         self.path = None if path is None else os.fspath(path)
         self.reason = reason
         self.frame = frame

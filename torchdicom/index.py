@@ -1,0 +1,540 @@
+"""Scan once, read many: the header index of a DICOM collection.
+
+:func:`scan` parses every header (never the pixel data) in parallel worker
+processes into a :class:`DicomIndex`: one row per file with geometry, UIDs,
+rescale/window parameters and the byte offset of native pixel data, so
+training reads pixels by offset without parsing headers again. Files that
+fail are listed in :attr:`DicomIndex.errors` with a one-line reason; one bad
+file never stops a scan.
+
+The parquet cache is written atomically (temporary file + ``os.replace``) and
+revalidated per file by (size, mtime), so an interrupted write never leaves a
+torn cache and an edited file is always re-parsed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
+from torchdicom.io.files import get_dicom_files
+from torchdicom.io.header import INDEX_COLUMNS, _short, dcmread, header_row, patient_hash
+
+__all__ = ["DicomIndex", "scan", "to_dataframe"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_VERSION = 1
+_ERROR_COLUMNS = ("path", "error_type", "reason")
+# Below this many files a process pool costs more than it saves.
+_MIN_FILES_FOR_POOL = 64
+
+_INT_COLUMNS = {
+    "size",
+    "mtime_ns",
+    "rows",
+    "columns",
+    "frames",
+    "samples_per_pixel",
+    "planar_configuration",
+    "bits_allocated",
+    "bits_stored",
+    "high_bit",
+    "pixel_representation",
+    "pixel_offset",
+    "pixel_length",
+    "instance_number",
+}
+_BOOL_COLUMNS = {"encapsulated", "has_extended_offsets", "has_modality_lut"}
+_STR_COLUMNS = {
+    "path",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "series_instance_uid",
+    "study_instance_uid",
+    "patient_hash",
+    "modality",
+    "photometric",
+    "transfer_syntax",
+    "pixel_keyword",
+    "pixel_vr",
+}
+
+
+def _empty_frame() -> pd.DataFrame:
+    return _typed(pd.DataFrame({c: [] for c in INDEX_COLUMNS}))
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    for c in INDEX_COLUMNS:
+        if c in _INT_COLUMNS:
+            df[c] = df[c].astype("int64")
+        elif c in _BOOL_COLUMNS:
+            df[c] = df[c].astype(bool)
+        elif c in _STR_COLUMNS:
+            df[c] = df[c].astype(object)
+        else:
+            df[c] = df[c].astype("float64")
+    return df
+
+
+class DicomIndex:
+    """The parsed headers of a DICOM collection.
+
+    Attributes:
+        df: one row per readable file (columns: see ``INDEX_COLUMNS`` in
+            :mod:`torchdicom.io.header` — path, size, mtime_ns, UIDs,
+            ``patient_hash``, modality, rows, columns, frames,
+            samples_per_pixel, photometric, bits_*, pixel_representation,
+            transfer_syntax, pixel_offset, rescale_slope/intercept,
+            window_center/width, position_*, orientation_*, spacing_*,
+            slice_thickness, instance_number). Sorted by path.
+        errors: one row per file that could not be indexed: ``path``,
+            ``error_type`` (the :class:`TorchDicomError` subclass name) and
+            ``reason``.
+    """
+
+    def __init__(self, df: pd.DataFrame, errors: pd.DataFrame | None = None):
+        self.df = df.reset_index(drop=True)
+        self.errors = (
+            errors.reset_index(drop=True)
+            if errors is not None
+            else pd.DataFrame({c: pd.Series([], dtype=object) for c in _ERROR_COLUMNS})
+        )
+
+    # ----------------------------------------------------------------- basics
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def __repr__(self) -> str:
+        return f"DicomIndex({len(self.df)} files, {int(self.df['frames'].sum()) if len(self.df) else 0} frames, {len(self.errors)} errors)"
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as a plain dict (what :func:`~torchdicom.read_frames` takes)."""
+        return self.df.iloc[i].to_dict()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows as plain dicts, cheap to index in a hot loop."""
+        return self.df.to_dict("records")
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.df["frames"].sum()) if len(self.df) else 0
+
+    # ----------------------------------------------------------------- summary
+    def summary(self) -> str:
+        """A human-readable summary: counts per modality, transfer syntax, size, frames, errors."""
+        from pydicom.uid import UID
+
+        lines = [
+            f"{len(self.df)} DICOM files, {self.total_frames} frames, {len(self.errors)} errors"
+        ]
+        if len(self.df):
+            lines.append("modality:        " + _counts(self.df["modality"].replace("", "?")))
+            names = self.df["transfer_syntax"].map(lambda u: UID(u).name if u else "?")
+            lines.append("transfer syntax: " + _counts(names))
+            sizes = self.df["rows"].astype(str) + "x" + self.df["columns"].astype(str)
+            lines.append("image size:      " + _counts(sizes))
+            photo = self.df["photometric"].replace("", "?")
+            lines.append("photometric:     " + _counts(photo))
+            multi = self.df[self.df["frames"] > 1]
+            if len(multi):
+                lines.append(
+                    f"multi-frame:     {len(multi)} files, {int(multi['frames'].min())}-{int(multi['frames'].max())} frames each"
+                )
+            lines.append(
+                f"patients:        {self.df['patient_hash'].replace('', np.nan).nunique()} (hashed IDs);"
+                f" series: {self.df['series_instance_uid'].replace('', np.nan).nunique()}"
+            )
+        if len(self.errors):
+            lines.append("errors:")
+            for _, e in self.errors.head(10).iterrows():
+                lines.append(f"  {e['error_type']}: {e['reason']}")
+            if len(self.errors) > 10:
+                lines.append(f"  … and {len(self.errors) - 10} more (see DicomIndex.errors)")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- parquet
+    def to_parquet(self, path: str | os.PathLike[str]) -> None:
+        """Write the index (rows and errors) to one parquet file, atomically."""
+        _write_parquet_atomic(self.df, self.errors, Path(path))
+
+    @classmethod
+    def read_parquet(cls, path: str | os.PathLike[str]) -> DicomIndex:
+        """Read an index written by :meth:`to_parquet`.
+
+        Raises:
+            TorchDicomError: the file is not a torchdicom index or is damaged.
+        """
+        df, errors = _read_parquet(Path(path))
+        return cls(df, errors)
+
+
+def _counts(series: pd.Series) -> str:
+    vc = series.value_counts()
+    return ", ".join(f"{k} ({v})" for k, v in vc.items())
+
+
+# --------------------------------------------------------------------------- parquet I/O
+def _combined_table(df: pd.DataFrame, errors: pd.DataFrame):
+    import pyarrow as pa
+
+    good = df.copy()
+    good["error_type"] = None
+    good["error"] = None
+    bad = pd.DataFrame({c: [None] * len(errors) for c in INDEX_COLUMNS})
+    if len(errors):
+        bad["path"] = errors["path"].to_numpy()
+        bad["error_type"] = errors["error_type"].to_numpy()
+        bad["error"] = errors["reason"].to_numpy()
+        # Keep size/mtime of failed files so a cached failure is also revalidated.
+        for c in ("size", "mtime_ns"):
+            bad[c] = errors[c].to_numpy() if c in errors else -1
+    else:
+        bad["error_type"] = []
+        bad["error"] = []
+    for c in INDEX_COLUMNS:
+        if c in _INT_COLUMNS:
+            bad[c] = pd.to_numeric(bad[c], errors="coerce").fillna(-1).astype("int64")
+        elif c in _BOOL_COLUMNS:
+            bad[c] = bad[c].fillna(False).astype(bool)
+        elif c in _STR_COLUMNS:
+            bad[c] = bad[c].fillna("").astype(object)
+        else:
+            bad[c] = pd.to_numeric(bad[c], errors="coerce").astype("float64")
+    frames = [f for f in (good, bad) if len(f)]
+    both = pd.concat(frames, ignore_index=True) if frames else good
+    table = pa.Table.from_pandas(both, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"torchdicom"] = json.dumps({"schema_version": _SCHEMA_VERSION}).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _write_parquet_atomic(df: pd.DataFrame, errors: pd.DataFrame, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = _combined_table(df, errors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DicomFileNotFoundError(path, "index file not found") from None
+    except Exception as exc:
+        raise TorchDicomError(
+            path, f"index file is damaged or not parquet: {_short(exc)}"
+        ) from None
+    meta = table.schema.metadata or {}
+    info = meta.get(b"torchdicom")
+    if info is None:
+        raise TorchDicomError(path, "not a torchdicom index (no torchdicom metadata)")
+    version = json.loads(info).get("schema_version")
+    if version != _SCHEMA_VERSION:
+        raise TorchDicomError(
+            path, f"index schema version {version} is not {_SCHEMA_VERSION}: rescan"
+        )
+    both = table.to_pandas()
+    failed = both["error"].notna() & (both["error"] != "")
+    df = _typed(both.loc[~failed, list(INDEX_COLUMNS)].copy())
+    err = both.loc[failed, ["path", "error_type", "error", "size", "mtime_ns"]].rename(
+        columns={"error": "reason"}
+    )
+    return df.sort_values("path").reset_index(drop=True), err.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- scanning
+def _scan_one(path: str) -> tuple[str, dict[str, Any] | None, tuple[str, str, int, int] | None]:
+    """Worker: parse one header. Never raises for a bad file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return path, header_row(path), None
+    except TorchDicomError as exc:
+        size, mtime = _stat(path)
+        return path, None, (type(exc).__name__, str(exc), size, mtime)
+    except Exception as exc:  # belt and braces: a scan never dies on one file
+        size, mtime = _stat(path)
+        return path, None, ("CorruptDicomError", f"{path}: {_short(exc)}", size, mtime)
+
+
+def _scan_chunk(
+    paths: list[str],
+) -> list[tuple[str, dict[str, Any] | None, tuple[str, str, int, int] | None]]:
+    return [_scan_one(p) for p in paths]
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _collect_paths(source: Any) -> list[str]:
+    if isinstance(source, str | os.PathLike):
+        p = Path(source)
+        if p.is_dir():
+            return [os.path.abspath(f) for f in get_dicom_files(p)]
+        if not p.exists():
+            raise DicomFileNotFoundError(p, "no such file or directory")
+        return [os.path.abspath(p)]
+    if isinstance(source, Iterable):
+        return [os.path.abspath(os.fspath(f)) for f in source]
+    raise TypeError(
+        f"scan() takes a directory, a file or a list of files. Got: {type(source).__name__}"
+    )
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def scan(
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    workers: int | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> DicomIndex:
+    """Index DICOM headers (pixel data is never read).
+
+    Args:
+        source: a directory (searched with :func:`get_dicom_files`), one file,
+            or a list of files.
+        workers: worker processes (default: CPU count; 0 or 1 parse in this
+            process). Small collections are parsed in-process regardless.
+        cache: a parquet file. Rows of files whose (size, mtime) are unchanged
+            are reused; the rest are parsed; the file is rewritten atomically.
+            A damaged cache is rebuilt (with a warning); an unwritable cache
+            location is skipped with one warning.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`DicomIndex` with ``df`` (one row per readable file, sorted by
+        path) and ``errors`` (path, error_type, reason per failed file).
+
+    Example:
+        >>> import pydicom.data
+        >>> index = scan(pydicom.data.get_testdata_file("CT_small.dcm"), progress=False)
+        >>> len(index), index.df.loc[0, "modality"]
+        (1, 'CT')
+    """
+    from tqdm.auto import tqdm
+
+    paths = _collect_paths(source)
+    cached: dict[str, dict[str, Any]] = {}
+    cached_errors: dict[str, tuple[str, str, int, int]] = {}
+    if cache is not None and Path(cache).exists():
+        try:
+            old, old_err = _read_parquet(Path(cache))
+            cached = {r["path"]: r for r in old.to_dict("records")}
+            cached_errors = {
+                r["path"]: (r["error_type"], r["reason"], int(r["size"]), int(r["mtime_ns"]))
+                for r in old_err.to_dict("records")
+            }
+        except TorchDicomError as exc:
+            warnings.warn(f"index cache ignored and rebuilt: {exc}", stacklevel=2)
+
+    rows: list[dict[str, Any]] = []
+    errors: list[tuple[str, str, str, int, int]] = []
+    todo: list[str] = []
+    for p in paths:
+        size, mtime = _stat(p)
+        hit = cached.get(p)
+        if hit is not None and hit["size"] == size and hit["mtime_ns"] == mtime:
+            rows.append(hit)
+            continue
+        err = cached_errors.get(p)
+        if err is not None and err[2] == size and err[3] == mtime:
+            errors.append((p, err[0], err[1], size, mtime))
+            continue
+        todo.append(p)
+
+    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    bar = tqdm(total=len(todo), desc="scanning DICOM headers", unit="file", disable=not progress)
+    try:
+        if n_workers <= 1 or len(todo) < _MIN_FILES_FOR_POOL:
+            for p in todo:
+                rows_or_err = _scan_one(p)
+                _take(rows_or_err, rows, errors)
+                bar.update(1)
+        else:
+            chunk = max(8, min(256, math.ceil(len(todo) / (n_workers * 8))))
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                # Chunks keep per-task overhead low; results stream back so the
+                # parent keeps rows (plain dicts), never pydicom objects.
+                for batch in pool.map(_scan_chunk, _chunks(todo, chunk)):
+                    for item in batch:
+                        _take(item, rows, errors)
+                    bar.update(len(batch))
+    finally:
+        bar.close()
+
+    df = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)) if rows else _empty_frame()
+    df = _typed(df).sort_values("path").reset_index(drop=True)
+    err_df = pd.DataFrame(errors, columns=["path", "error_type", "reason", "size", "mtime_ns"])
+    err_df = err_df.sort_values("path").reset_index(drop=True)
+    index = DicomIndex(df, err_df)
+    for e in errors:
+        log.debug("not indexed: %s", e[2])
+    if cache is not None and (todo or len(cached) + len(cached_errors) != len(paths)):
+        try:
+            index.to_parquet(cache)
+        except OSError as exc:
+            warnings.warn(
+                f"index cache {cache} not written ({exc.strerror}); continuing without cache",
+                stacklevel=2,
+            )
+    return index
+
+
+def _take(item, rows: list[dict[str, Any]], errors: list[tuple[str, str, str, int, int]]) -> None:
+    path, row, err = item
+    if row is not None:
+        rows.append(row)
+    else:
+        assert err is not None
+        errors.append((path, err[0], err[1], err[2], err[3]))
+
+
+# --------------------------------------------------------------------------- exploration
+# Elements that identify a patient. Hashed (IDs) or dropped (the rest) unless show_phi=True.
+_PHI_HASHED = {
+    "PatientID",
+    "PatientName",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "IssuerOfPatientID",
+}
+_PHI_DROPPED = {
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "MilitaryRank",
+    "EthnicGroup",
+    "PatientComments",
+    "OtherPatientIDsSequence",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "InstitutionAddress",
+    "AccessionNumber",
+}
+
+
+def _flatten(ds, show_phi: bool, salt: str | None) -> dict[str, Any]:
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import PersonName
+
+    out: dict[str, Any] = {}
+    for elem in ds:
+        if elem.tag.group == 0x7FE0 or elem.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            continue  # pixel data, sequences and binary blobs do not fit a table cell
+        key = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        value = elem.value
+        if not show_phi and key in _PHI_DROPPED:
+            continue
+        if not show_phi and key in _PHI_HASHED:
+            out[key] = patient_hash(str(value), salt) if value not in (None, "") else ""
+            continue
+        if isinstance(value, MultiValue | list):
+            items = list(value)
+            if not items:
+                out[key] = None
+                continue
+            # fastai's as_dict naming: first value under the keyword, the rest as keyword1, keyword2 …
+            out[key] = _cell(items[0])
+            for i, v in enumerate(items[1:], start=1):
+                out[f"{key}{i}"] = _cell(v)
+        elif isinstance(value, PersonName):
+            out[key] = str(value)
+        else:
+            out[key] = _cell(value)
+    return out
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, int | float | str | bool) or v is None:
+        return v
+    try:
+        if hasattr(v, "real") and float(v) == v:  # DSfloat / IS
+            return float(v) if not isinstance(v, int) else int(v)
+    except (TypeError, ValueError):
+        pass
+    return str(v)
+
+
+def to_dataframe(
+    files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    px_summ: bool = False,
+    show_phi: bool = False,
+    salt: str | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Every header element of every file, one row per file (fastai ``DataFrame.from_dicoms``).
+
+    Multi-valued elements are split into ``Keyword``, ``Keyword1``, ``Keyword2``
+    … columns; sequences and binary elements are left out. Patient identifiers
+    ((0010,0020) *Patient ID*, (0010,0010) *Patient's Name* …) are replaced by
+    their salted hash and birth dates, addresses and staff names are dropped,
+    unless ``show_phi=True``.
+
+    Args:
+        files: files, or a directory.
+        px_summ: add ``img_min``, ``img_max``, ``img_mean``, ``img_std`` of
+            the stored values of the first frame (reads pixels).
+        show_phi: keep identifying elements verbatim (never use for logs).
+        salt: salt for the identifier hashes (see :func:`patient_hash`).
+        progress: show a progress bar.
+
+    Returns:
+        DataFrame with a ``fname`` column and one column per element.
+    """
+    from tqdm.auto import tqdm
+
+    from torchdicom.io.frames import read_frames_numpy
+
+    paths = _collect_paths(files)
+    records = []
+    for p in tqdm(paths, desc="reading headers", disable=not progress):
+        ds = dcmread(p, stop_before_pixels=True)
+        rec: dict[str, Any] = {"fname": p}
+        rec.update(_flatten(ds, show_phi, salt))
+        if px_summ:
+            px = read_frames_numpy(p, 0).astype(np.float64)
+            rec.update(img_min=px.min(), img_max=px.max(), img_mean=px.mean(), img_std=px.std())
+        records.append(rec)
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,503 @@
+"""Parsing DICOM headers once into flat, picklable rows.
+
+A *row* is a plain ``dict`` holding everything needed to locate and decode the
+pixel data later without parsing the file again (transfer syntax, geometry,
+byte offset of the pixel data value) plus the per-sample metadata training
+needs (rescale, window, geometry). Rows are what :func:`torchdicom.scan` puts
+into a :class:`~torchdicom.DicomIndex`, one per file.
+
+Raw patient identifiers never enter a row: ``patient_hash`` is a salted
+SHA-256 of (0010,0020) *Patient ID* (or (0010,0010) *Patient's Name* when the
+ID is empty).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+from torchdicom.errors import (
+    CorruptDicomError,
+    DicomFileNotFoundError,
+    MissingPixelDataError,
+    NotDicomError,
+    TorchDicomError,
+)
+
+__all__ = [
+    "INDEX_COLUMNS",
+    "dcmread",
+    "header_row",
+    "patient_hash",
+    "row_from_dataset",
+]
+
+# Pixel data elements, in the order DICOM allows them; exactly one may be present.
+PIXEL_TAGS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+# Elements larger than this are not read at parse time (pydicom "deferred"),
+# so scanning never loads pixel data.
+_DEFER_SIZE = 4096
+
+_DEFAULT_SALT = "torchdicom-v1"
+
+# Column order of the index. Types: str, int (-1 when unknown), float (NaN when absent), bool.
+INDEX_COLUMNS: tuple[str, ...] = (
+    "path",
+    "size",
+    "mtime_ns",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "series_instance_uid",
+    "study_instance_uid",
+    "patient_hash",
+    "modality",
+    "rows",
+    "columns",
+    "frames",
+    "samples_per_pixel",
+    "photometric",
+    "planar_configuration",
+    "bits_allocated",
+    "bits_stored",
+    "high_bit",
+    "pixel_representation",
+    "transfer_syntax",
+    "pixel_keyword",
+    "pixel_vr",
+    "pixel_offset",
+    "pixel_length",
+    "encapsulated",
+    "has_extended_offsets",
+    "rescale_slope",
+    "rescale_intercept",
+    "has_modality_lut",
+    "window_center",
+    "window_width",
+    "position_x",
+    "position_y",
+    "position_z",
+    "orientation_0",
+    "orientation_1",
+    "orientation_2",
+    "orientation_3",
+    "orientation_4",
+    "orientation_5",
+    "spacing_row",
+    "spacing_col",
+    "slice_thickness",
+    "instance_number",
+)
+
+
+def patient_hash(identifier: str, salt: str | None = None) -> str:
+    """Salted SHA-256 of a patient identifier, 16 hex digits.
+
+    Equal identifiers give equal hashes (so patient-level splits work) while
+    the identifier itself never reaches an index, a log or a cache. The salt
+    comes from ``salt``, else the ``TORCHDICOM_SALT`` environment variable,
+    else a fixed project default. Short IDs can be brute-forced against a
+    public salt: set a secret ``TORCHDICOM_SALT`` when indexes leave the site.
+
+    Returns ``""`` for an empty identifier.
+    """
+    if not identifier:
+        return ""
+    salt = salt if salt is not None else os.environ.get("TORCHDICOM_SALT", _DEFAULT_SALT)
+    digest = hashlib.sha256(f"{salt}\x00{identifier}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:16]
+
+
+def _looks_like_raw_dataset(head: bytes) -> bool:
+    """Whether a file without a preamble starts like a DICOM data set.
+
+    Old exports write the data set with no 128-byte preamble and no file meta.
+    The first tag is then a low group (0002 / 0008 …), little- or big-endian.
+    """
+    if len(head) < 8:
+        return False
+    group_le = int.from_bytes(head[0:2], "little")
+    group_be = int.from_bytes(head[0:2], "big")
+    return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
+
+
+def dcmread(path: str | os.PathLike[str], **kwargs: Any) -> Dataset:
+    """Read a DICOM file with pydicom, turning failures into torchdicom errors.
+
+    Files with the Part 10 preamble are read strictly; files without one are
+    read with ``force=True`` only when their first bytes look like a DICOM
+    data set (so text files and images are rejected instead of parsed into
+    garbage).
+
+    Args:
+        path: the file.
+        **kwargs: passed to :func:`pydicom.dcmread` (``stop_before_pixels``,
+            ``defer_size``, ``specific_tags`` …).
+
+    Returns:
+        The :class:`pydicom.dataset.Dataset`.
+
+    Raises:
+        DicomFileNotFoundError: the path does not exist.
+        NotDicomError: a directory, an empty file, or not DICOM at all.
+        CorruptDicomError: DICOM whose header cannot be parsed (truncated …).
+    """
+    fspath = os.fspath(path)
+    try:
+        st = os.stat(fspath)
+    except FileNotFoundError:
+        raise DicomFileNotFoundError(fspath, "no such file") from None
+    except OSError as exc:
+        raise NotDicomError(fspath, f"cannot be opened ({exc.strerror})") from None
+    if os.path.isdir(fspath):
+        raise NotDicomError(fspath, "is a directory, not a DICOM file")
+    if st.st_size == 0:
+        raise NotDicomError(fspath, "file is empty (0 bytes)")
+    try:
+        with open(fspath, "rb") as f:
+            head = f.read(132)
+    except OSError as exc:
+        raise NotDicomError(fspath, f"cannot be read ({exc.strerror})") from None
+    force = kwargs.pop("force", None)
+    if force is None:
+        if head[128:132] == b"DICM":
+            force = False
+        elif _looks_like_raw_dataset(head):
+            force = True
+        else:
+            raise NotDicomError(
+                fspath,
+                "not a DICOM file: no 'DICM' marker at byte 128 and no DICOM data set at the start",
+            )
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns about every odd value in hospital files; the
+            # problems that matter become errors below.
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fspath, force=force, **kwargs)
+    except InvalidDicomError as exc:
+        raise NotDicomError(fspath, f"not a valid DICOM file ({exc})") from None
+    except TorchDicomError:
+        raise
+    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+        raise CorruptDicomError(fspath, f"header cannot be parsed: {_short(exc)}") from None
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise CorruptDicomError(fspath, f"header cannot be parsed: {_short(exc)}") from None
+    return ds
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+def _first_float(value: Any) -> float:
+    """First value of a possibly multi-valued numeric element, NaN when absent/bad."""
+    if value is None or value == "":
+        return math.nan
+    if isinstance(value, list | tuple | MultiValue):
+        try:
+            value = value[0]
+        except (IndexError, TypeError):
+            return math.nan
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+def _floats(value: Any, n: int) -> list[float]:
+    out = [math.nan] * n
+    if value is None or isinstance(value, str | bytes):
+        return out
+    try:
+        items = list(value)
+    except TypeError:
+        return out
+    for i, v in enumerate(items[:n]):
+        try:
+            f = float(v)
+            out[i] = f if math.isfinite(f) else math.nan
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def _int(ds: Dataset, keyword: str, default: int = -1) -> int:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    if isinstance(value, list | tuple | MultiValue):
+        value = value[0] if len(value) else default
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def _functional_group_value(ds: Dataset, sequence: str, keyword: str) -> Any:
+    """A value from the shared functional groups, else from the first frame's.
+
+    Enhanced (multi-frame) objects keep rescale, window and geometry inside
+    (5200,9229) *Shared* / (5200,9230) *Per-frame Functional Groups Sequence*.
+    """
+    for fg_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ds.get(fg_keyword)
+        if not groups:
+            continue
+        item = groups[0]
+        seq = item.get(sequence)
+        if seq:
+            value = seq[0].get(keyword)
+            if value is not None and value != "":
+                return value
+    return None
+
+
+def _str(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | MultiValue):
+        # A multi-valued CS such as ImageType: keep the first value.
+        value = value[0] if len(value) else ""
+    return str(value).strip()
+
+
+def row_from_dataset(
+    ds: Dataset, path: str, size: int, mtime_ns: int, salt: str | None = None
+) -> dict[str, Any]:
+    """Build an index row from a header parsed with deferred pixel data.
+
+    Raises:
+        MissingPixelDataError: no pixel data element.
+        CorruptDicomError: the image pixel description is impossible.
+    """
+    pixel_tag = next((t for t in PIXEL_TAGS if t in ds), None)
+    if pixel_tag is None:
+        raise MissingPixelDataError(
+            path, "no (7FE0,0010) Pixel Data element: this file holds no image"
+        )
+    keyword = PIXEL_TAGS[pixel_tag]
+    raw = ds.get_item(pixel_tag, keep_deferred=True)
+
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not tsyntax:
+        # No file meta (raw data set): pydicom tells what it parsed with.
+        implicit = getattr(ds, "is_implicit_VR", getattr(ds, "_is_implicit_VR", True))
+        little = getattr(ds, "is_little_endian", getattr(ds, "_is_little_endian", True))
+        if little:
+            tsyntax = (
+                pydicom.uid.ImplicitVRLittleEndian
+                if implicit
+                else pydicom.uid.ExplicitVRLittleEndian
+            )
+        else:
+            tsyntax = pydicom.uid.ExplicitVRBigEndian
+    uid = UID(tsyntax)
+
+    value_tell = getattr(raw, "value_tell", None)
+    length = getattr(raw, "length", None)
+    if value_tell is None:
+        # Element already read (small file): recover position and length.
+        value_tell = getattr(raw, "file_tell", None)
+        value = raw.value
+        length = len(value) if value is not None else 0
+    encapsulated = bool(uid.is_encapsulated) if uid.is_transfer_syntax else False
+    # Offsets inside a deflated stream are not file offsets.
+    addressable = value_tell is not None and uid != pydicom.uid.DeflatedExplicitVRLittleEndian
+
+    rows = _int(ds, "Rows")
+    columns = _int(ds, "Columns")
+    frames = _int(ds, "NumberOfFrames", 1)
+    samples = _int(ds, "SamplesPerPixel", 1)
+    bits_allocated = _int(ds, "BitsAllocated")
+    bits_stored = _int(ds, "BitsStored", bits_allocated)
+    if keyword != "PixelData" and bits_stored < 0:
+        bits_stored = bits_allocated
+    pixel_representation = _int(ds, "PixelRepresentation", 0)
+    planar = _int(ds, "PlanarConfiguration", 0)
+    photometric = _str(ds, "PhotometricInterpretation")
+
+    _validate_geometry(path, rows, columns, frames, samples, bits_allocated, bits_stored, keyword)
+
+    slope = _first_float(ds.get("RescaleSlope"))
+    intercept = _first_float(ds.get("RescaleIntercept"))
+    if math.isnan(slope) and math.isnan(intercept):
+        slope = _first_float(
+            _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleSlope")
+        )
+        intercept = _first_float(
+            _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleIntercept")
+        )
+    center = _first_float(ds.get("WindowCenter"))
+    width = _first_float(ds.get("WindowWidth"))
+    if math.isnan(center) or math.isnan(width):
+        center = _first_float(_functional_group_value(ds, "FrameVOILUTSequence", "WindowCenter"))
+        width = _first_float(_functional_group_value(ds, "FrameVOILUTSequence", "WindowWidth"))
+    position = ds.get("ImagePositionPatient") or _functional_group_value(
+        ds, "PlanePositionSequence", "ImagePositionPatient"
+    )
+    orientation = ds.get("ImageOrientationPatient") or _functional_group_value(
+        ds, "PlaneOrientationSequence", "ImageOrientationPatient"
+    )
+    spacing = ds.get("PixelSpacing") or _functional_group_value(
+        ds, "PixelMeasuresSequence", "PixelSpacing"
+    )
+    thickness = ds.get("SliceThickness") or _functional_group_value(
+        ds, "PixelMeasuresSequence", "SliceThickness"
+    )
+    px, py, pz = _floats(position, 3)
+    o = _floats(orientation, 6)
+    sr, sc = _floats(spacing, 2)
+
+    identifier = _str(ds, "PatientID") or _str(ds, "PatientName")
+    pixel_vr = str(getattr(raw, "VR", "") or "")
+
+    return {
+        "path": path,
+        "size": int(size),
+        "mtime_ns": int(mtime_ns),
+        "sop_instance_uid": _str(ds, "SOPInstanceUID"),
+        "sop_class_uid": _str(ds, "SOPClassUID"),
+        "series_instance_uid": _str(ds, "SeriesInstanceUID"),
+        "study_instance_uid": _str(ds, "StudyInstanceUID"),
+        "patient_hash": patient_hash(identifier, salt),
+        "modality": _str(ds, "Modality"),
+        "rows": rows,
+        "columns": columns,
+        "frames": frames,
+        "samples_per_pixel": samples,
+        "photometric": photometric,
+        "planar_configuration": planar,
+        "bits_allocated": bits_allocated,
+        "bits_stored": bits_stored,
+        "high_bit": _int(ds, "HighBit", bits_stored - 1),
+        "pixel_representation": pixel_representation,
+        "transfer_syntax": str(uid),
+        "pixel_keyword": keyword,
+        "pixel_vr": pixel_vr,
+        "pixel_offset": int(value_tell) if addressable else -1,
+        "pixel_length": -1 if length in (None, _UNDEFINED_LENGTH) else int(length),
+        "encapsulated": encapsulated,
+        "has_extended_offsets": 0x7FE00001 in ds,
+        "rescale_slope": slope,
+        "rescale_intercept": intercept,
+        "has_modality_lut": "ModalityLUTSequence" in ds,
+        "window_center": center,
+        "window_width": width,
+        "position_x": px,
+        "position_y": py,
+        "position_z": pz,
+        "orientation_0": o[0],
+        "orientation_1": o[1],
+        "orientation_2": o[2],
+        "orientation_3": o[3],
+        "orientation_4": o[4],
+        "orientation_5": o[5],
+        "spacing_row": sr,
+        "spacing_col": sc,
+        "slice_thickness": _first_float(thickness),
+        "instance_number": _int(ds, "InstanceNumber"),
+    }
+
+
+# Beyond these a header is lying (or hostile); refuse before any allocation.
+_MAX_DIM = 65535  # Rows/Columns are US: 16-bit
+_MAX_FRAMES = 10_000_000
+
+
+def _validate_geometry(
+    path: str,
+    rows: int,
+    columns: int,
+    frames: int,
+    samples: int,
+    bits_allocated: int,
+    bits_stored: int,
+    keyword: str,
+) -> None:
+    if rows == -1 or columns == -1:
+        raise CorruptDicomError(
+            path,
+            "pixel data without its description: (0028,0010) Rows or (0028,0011) Columns is missing",
+        )
+    if rows <= 0 or columns <= 0 or rows > _MAX_DIM or columns > _MAX_DIM:
+        raise CorruptDicomError(
+            path, f"impossible image size: (0028,0010) Rows={rows}, (0028,0011) Columns={columns}"
+        )
+    if frames <= 0 or frames > _MAX_FRAMES:
+        raise CorruptDicomError(path, f"impossible (0028,0008) Number of Frames: {frames}")
+    if samples not in (1, 3):
+        raise CorruptDicomError(
+            path, f"unsupported (0028,0002) Samples per Pixel: {samples} (expected 1 or 3)"
+        )
+    allowed = {
+        "PixelData": (1, 8, 16, 32, 64),
+        "FloatPixelData": (32,),
+        "DoubleFloatPixelData": (64,),
+    }[keyword]
+    if bits_allocated not in allowed:
+        raise CorruptDicomError(
+            path,
+            f"unsupported (0028,0100) Bits Allocated {bits_allocated} for {keyword} (expected one of {allowed})",
+        )
+    if keyword == "PixelData" and not (1 <= bits_stored <= bits_allocated):
+        raise CorruptDicomError(
+            path,
+            f"(0028,0101) Bits Stored {bits_stored} does not fit in (0028,0100) Bits Allocated {bits_allocated}",
+        )
+
+
+def header_row(path: str | os.PathLike[str], salt: str | None = None) -> dict[str, Any]:
+    """Parse one file's header (pixel data not read) into an index row.
+
+    Raises:
+        TorchDicomError: any subclass, naming the file and the reason.
+    """
+    fspath = os.fspath(path)
+    try:
+        st = os.stat(fspath)
+    except FileNotFoundError:
+        raise DicomFileNotFoundError(fspath, "no such file") from None
+    except OSError as exc:
+        raise NotDicomError(fspath, f"cannot be opened ({exc.strerror})") from None
+    ds = dcmread(fspath, defer_size=_DEFER_SIZE)
+    try:
+        return row_from_dataset(ds, fspath, st.st_size, st.st_mtime_ns, salt)
+    except TorchDicomError:
+        raise
+    except Exception as exc:  # a damaged element found while reading values
+        raise CorruptDicomError(fspath, f"header cannot be interpreted: {_short(exc)}") from None
+
+
+def as_row(source: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """A plain dict from an index row (dict, pandas Series or itertuples namedtuple)."""
+    if isinstance(source, dict):
+        return source
+    if hasattr(source, "to_dict"):
+        return source.to_dict()
+    if hasattr(source, "_asdict"):
+        return source._asdict()
+    if isinstance(source, Mapping):
+        return dict(source)
+    raise TypeError(
+        f"expected a path or an index row (dict / pandas Series). Got: {type(source).__name__}"
+    )
