@@ -1,0 +1,64 @@
+"""Shared fixtures: where the real DICOM files nobody here wrote live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # tests never open windows
+
+import pytest  # noqa: E402
+
+
+def _pydicom_test_dir() -> Path:
+    import pydicom
+
+    return Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _pydicom_data_dir() -> Path:
+    # pydicom-data (import name data_store) ships the larger files; never call
+    # pydicom.data.get_testdata_files("*"): it tries to download the rest.
+    import data_store
+
+    return Path(data_store.__file__).parent / "data"
+
+
+PYDICOM_TEST_DIR = _pydicom_test_dir()
+PYDICOM_DATA_DIR = _pydicom_data_dir()
+
+
+def real_files() -> list[Path]:
+    """Every file of pydicom's own test set and of pydicom-data, sorted."""
+    out = []
+    for root in (PYDICOM_DATA_DIR, PYDICOM_TEST_DIR):
+        for dirpath, _dirs, files in os.walk(root):
+            out.extend(Path(dirpath) / f for f in files)
+    return sorted(out)
+
+
+def real_file(name: str) -> Path:
+    """One named real file from pydicom-data or pydicom's test files."""
+    for root in (PYDICOM_DATA_DIR, PYDICOM_TEST_DIR):
+        p = root / name
+        if p.exists():
+            return p
+    raise FileNotFoundError(name)
+
+
+@pytest.fixture
+def ct_small() -> Path:
+    return real_file("CT_small.dcm")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
