@@ -396,7 +396,9 @@ def _decode_opts(row: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def _read_with_decoder(row: dict[str, Any], idx: list[int]) -> list[np.ndarray]:
+def _read_with_decoder(
+    row: dict[str, Any], idx: list[int], as_rgb: bool = True
+) -> list[np.ndarray]:
     decoder = _decoder_for(row)
     opts = _decode_opts(row)
     spp = int(row["samples_per_pixel"])
@@ -407,14 +409,14 @@ def _read_with_decoder(row: dict[str, Any], idx: list[int]) -> list[np.ndarray]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    arr, _ = decoder.as_array(f, index=k, **opts)
+                    arr, _ = decoder.as_array(f, index=k, as_rgb=as_rgb, **opts)
             except Exception as exc:
                 raise _decode_error(row, exc, k) from None
             out.append(_to_chw(arr, spp))
     return out
 
 
-def _read_via_dataset(row: dict[str, Any], idx: list[int]) -> list[np.ndarray]:
+def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) -> list[np.ndarray]:
     path = row["path"]
     with _open_checked(row):
         pass  # stale check only: pydicom reopens the file itself
@@ -426,7 +428,7 @@ def _read_via_dataset(row: dict[str, Any], idx: list[int]) -> list[np.ndarray]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                arr, _ = decoder.as_array(ds, index=k)
+                arr, _ = decoder.as_array(ds, index=k, as_rgb=as_rgb)
         except Exception as exc:
             raise _decode_error(row, exc, k) from None
         out.append(_to_chw(arr, spp))
@@ -451,8 +453,15 @@ def _stack(arrays: list[np.ndarray], row: dict[str, Any]) -> np.ndarray:
     return out.astype(out.dtype.newbyteorder("="), copy=False)
 
 
-def read_frames_numpy(source: Any, frames: FrameSelection = None) -> np.ndarray:
-    """:func:`read_frames` as a NumPy array (F, C, H, W); see there."""
+def read_frames_numpy(
+    source: Any, frames: FrameSelection = None, *, as_rgb: bool = True
+) -> np.ndarray:
+    """:func:`read_frames` as a NumPy array (F, C, H, W); see there.
+
+    ``as_rgb=False`` hands YBR_FULL / YBR_FULL_422 / JPEG YCbCr frames over
+    unconverted (chroma upsampled, still YCbCr) so the colour conversion can
+    run batched on the device (:class:`torchdicom.transforms.YbrToRgb`).
+    """
     row = _source_row(source)
     path = row["path"]
     idx = resolve_frames(frames, int(row["frames"]), path)
@@ -464,8 +473,8 @@ def read_frames_numpy(source: Any, frames: FrameSelection = None) -> np.ndarray:
         if _is_fast_native(row):
             return _read_native(row, idx)
         if int(row["pixel_offset"]) >= 0 and not bool(row["has_extended_offsets"]):
-            return _stack(_read_with_decoder(row, idx), row)
-        return _stack(_read_via_dataset(row, idx), row)
+            return _stack(_read_with_decoder(row, idx, as_rgb), row)
+        return _stack(_read_via_dataset(row, idx, as_rgb), row)
     except TorchDicomError:
         raise
     except MemoryError:
@@ -474,7 +483,7 @@ def read_frames_numpy(source: Any, frames: FrameSelection = None) -> np.ndarray:
         raise _decode_error(row, exc, None) from None
 
 
-def read_frames(source: Any, frames: FrameSelection = None) -> torch.Tensor:
+def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = True) -> torch.Tensor:
     """Read stored pixel values of the requested frames as a tensor.
 
     Values equal ``pydicom``'s ``Dataset.pixel_array`` for the same frames
@@ -488,6 +497,8 @@ def read_frames(source: Any, frames: FrameSelection = None) -> torch.Tensor:
             mtime are checked against the row first.
         frames: ``None`` for all frames, an int, a slice, or a sequence of ints.
             Only these frames are read (and, when compressed, decoded).
+        as_rgb: ``False`` keeps YBR_FULL / YBR_FULL_422 / JPEG YCbCr frames in
+            YCbCr (chroma upsampled) for a batched device-side conversion.
 
     Returns:
         Tensor of shape (F, C, H, W) in the stored dtype: ``uint8`` for 1- and
@@ -510,7 +521,7 @@ def read_frames(source: Any, frames: FrameSelection = None) -> torch.Tensor:
         >>> read_frames(get_testdata_file("CT_small.dcm")).shape
         torch.Size([1, 1, 128, 128])
     """
-    return torch.from_numpy(read_frames_numpy(source, frames))
+    return torch.from_numpy(read_frames_numpy(source, frames, as_rgb=as_rgb))
 
 
 def _modality_lut(row: dict[str, Any], arr: np.ndarray) -> np.ndarray:
