@@ -334,6 +334,43 @@ def _read_native(row: dict[str, Any], idx: list[int]) -> np.ndarray:
     return out
 
 
+def _is_packed_bits(row: dict[str, Any]) -> bool:
+    return (
+        row["transfer_syntax"] in _NATIVE_LE
+        and int(row["pixel_offset"]) >= 0
+        and int(row["bits_allocated"]) == 1
+    )
+
+
+def _read_packed_bits(row: dict[str, Any], idx: list[int]) -> np.ndarray:
+    """1-bit frames (segmentations, overlays-as-image), unpacked to uint8 0/1.
+
+    Frames are packed back to back with no padding (PS3.5 8.1.1, bits in
+    little-endian order), so when rows x columns is not a multiple of 8 a
+    frame starts mid-byte: read the bytes covering it and slice the bits.
+    """
+    path = row["path"]
+    rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
+    frame_bits = rows * cols * spp
+    offset = int(row["pixel_offset"])
+    out = np.empty((len(idx), spp, rows, cols), dtype=np.uint8)
+    with _open_checked(row) as f:
+        for start, count, pos in _runs(idx):
+            first_bit = start * frame_bits
+            last_bit = first_bit + count * frame_bits
+            first_byte = first_bit // 8
+            raw = _scratch(math.ceil(last_bit / 8) - first_byte)
+            f.seek(offset + first_byte)
+            _readinto_exact(f, memoryview(raw), path, start)
+            bits = np.unpackbits(raw, bitorder="little")
+            skip = first_bit - 8 * first_byte
+            src = bits[skip : skip + count * frame_bits]
+            if spp > 1 and int(row["planar_configuration"]) == 0:
+                src = src.reshape(count, rows, cols, spp).transpose(0, 3, 1, 2)
+            out[pos : pos + count] = src.reshape(count, spp, rows, cols)
+    return out
+
+
 def _decoder_for(row: dict[str, Any]):
     path = row["path"]
     uid = UID(row["transfer_syntax"])
@@ -472,6 +509,8 @@ def read_frames_numpy(
             _check_native_size(row)
         if _is_fast_native(row):
             return _read_native(row, idx)
+        if _is_packed_bits(row):
+            return _read_packed_bits(row, idx)
         if int(row["pixel_offset"]) >= 0 and not bool(row["has_extended_offsets"]):
             return _stack(_read_with_decoder(row, idx, as_rgb), row)
         return _stack(_read_via_dataset(row, idx, as_rgb), row)
