@@ -1,0 +1,501 @@
+"""Frequency-histogram normalisation and multi-window channel stacks (functional, batched).
+
+The bins are the tutorial's: per image, the sorted pixel values picked at fractional
+positions ``[0.001, (i + 0.5) / n_bins for i < n_bins, 0.999]`` (positions computed in float32
+exactly as the tutorial computes them, index ``floor(position * pixel_count)``), de-duplicated.
+For integer-valued images the same order statistics come from a per-image histogram and its
+cumulative counts (one ``bincount`` for the whole batch) instead of a full sort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from torchdicom.transforms._functional_intensity import (
+    WindowMode,
+    WindowSpec,
+    resolve_window,
+    windowed,
+)
+from torchdicom.transforms._utils import check_image, float_dtype, unbatch
+
+__all__ = [
+    "FreqHistBins",
+    "freqhist_bins",
+    "freqhist_bins_dataset",
+    "hist_scaled",
+    "to_3chan",
+    "to_nchan",
+]
+
+# Histogram order statistics are used while one image's value range stays below this (covers
+# all 16-bit data) and the whole batch's histogram below _MAX_HIST_ENTRIES counts.
+_MAX_RANGE = 1 << 17
+_MAX_HIST_ENTRIES = 1 << 25
+
+
+class FreqHistBins(NamedTuple):
+    """Per-image bins padded to a common length.
+
+    Attributes:
+        bins: (B, K) strictly increasing over the first ``lengths[b]`` entries, then padded with
+            the last valid value (so every row stays sorted); (K,) for an unbatched image.
+        lengths: (B,) int64 number of valid bins per image; a 0-dim tensor when unbatched.
+    """
+
+    bins: Tensor
+    lengths: Tensor
+
+
+def _rank_positions(n_bins: int, pixel_count: int, device: torch.device) -> Tensor:
+    # float32 throughout, as the tutorial: arange(n).float() / n + 1/2/n, then len * t, then long().
+    t = torch.cat(
+        [
+            torch.tensor([0.001]),
+            torch.arange(n_bins, dtype=torch.float32) / n_bins + (1 / 2 / n_bins),
+            torch.tensor([0.999]),
+        ]
+    )
+    return (pixel_count * t).long().to(device)
+
+
+def _check_n_bins(n_bins: int) -> None:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int. Got: {n_bins!r}")
+
+
+class _IntegerView(NamedTuple):
+    keys: Tensor  # (B, N) int32: value - min_b + b * span, an index into a flat (B * span) table
+    mins: Tensor  # (B,) int64
+    span: int  # max over images of (max_b - min_b + 1)
+
+
+def _integer_view(v: Tensor) -> _IntegerView | None:
+    """Offset integer keys for a (B, N) batch, or None when the histogram route does not apply.
+
+    Float input qualifies when every value is finite and integral (HU from integer CT with an
+    integer slope/intercept), so those order statistics are exact too.
+    """
+    if v.requires_grad or v.shape[0] == 0 or v.shape[1] == 0:
+        return None
+    if v.is_floating_point() or v.element_size() >= 4:
+        # Wide values (float, int32, int64) must fit int32 keys; 8/16-bit ones always do.
+        lo, hi = torch.aminmax(v)
+        if v.is_floating_point() and not (torch.isfinite(lo) and torch.isfinite(hi)):
+            return None
+        if lo < -(2**30) or hi > 2**30:
+            return None
+    ints = v.to(torch.int32, copy=True)
+    if v.is_floating_point() and not bool((ints == v).all()):
+        return None
+    mins, maxs = torch.aminmax(ints, dim=1)
+    span = int((maxs - mins).max()) + 1
+    if span > _MAX_RANGE or span * v.shape[0] > _MAX_HIST_ENTRIES:
+        return None
+    offsets = torch.arange(v.shape[0], device=v.device, dtype=torch.int32) * span - mins
+    ints.add_(offsets[:, None])
+    return _IntegerView(ints, mins.long(), span)
+
+
+def _dedup_sorted(picked: Tensor) -> FreqHistBins:
+    # Positions are not monotone when n_bins > 500 (0.5 / n_bins < 0.001), so sort first.
+    vals = torch.sort(picked, dim=1).values
+    new = torch.ones_like(vals, dtype=torch.bool)
+    new[:, 1:] = vals[:, 1:] != vals[:, :-1]
+    lengths = new.sum(dim=1)
+    target = torch.cumsum(new, dim=1) - 1
+    # Rows start as their maximum (= the last valid bin), so the tail is padded with it.
+    out = vals[:, -1:].expand_as(vals).clone()
+    out.scatter_(1, target, vals)
+    return FreqHistBins(out, lengths)
+
+
+def _bins_from_rows(v: Tensor, n_bins: int, view: _IntegerView | None) -> FreqHistBins:
+    b, n = v.shape
+    ranks = _rank_positions(n_bins, n, v.device)
+    if b == 0:
+        empty = torch.empty((0, ranks.numel()), dtype=v.dtype, device=v.device)
+        return FreqHistBins(empty, torch.empty(0, dtype=torch.int64, device=v.device))
+    if view is not None:
+        counts = torch.bincount(view.keys.view(-1), minlength=b * view.span).view(b, view.span)
+        cumulative = torch.cumsum(counts, dim=1)
+        # The k-th smallest value (0-based) is the first v with more than k values <= v.
+        index = torch.searchsorted(cumulative, ranks.expand(b, -1).contiguous(), right=True)
+        picked = (index + view.mins[:, None]).to(v.dtype)
+    else:
+        picked = torch.sort(v.detach(), dim=1).values[:, ranks]
+    return _dedup_sorted(picked)
+
+
+def freqhist_bins(x: Tensor, n_bins: int = 100) -> FreqHistBins:
+    r"""The tutorial's frequency-histogram bins, per image.
+
+    Each image (all of its ``C * H * W`` values) is split into ``n_bins`` groups holding about
+    the same number of pixels; the bins are the order statistics at positions
+    ``[0.001, (i + 0.5) / n_bins ..., 0.999]``, de-duplicated. Integer-valued images (any integer
+    dtype, or floats that are all integral) use a batched histogram + cumulative-count search,
+    giving exactly the values a full sort would; other floats are sorted.
+
+    Args:
+        x: image or batch.
+        n_bins: number of groups.
+
+    Returns:
+        :class:`FreqHistBins` ``(bins, lengths)``; ``bins`` has ``x``'s dtype, padded to
+        ``K = n_bins + 2`` columns with each row's last valid value.
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - bins: :math:`(K,)` or :math:`(B, K)`; lengths: :math:`()` or :math:`(B,)`
+
+    Example:
+        >>> x = torch.randint(-1000, 1000, (2, 1, 16, 16), dtype=torch.int16)
+        >>> freqhist_bins(x, n_bins=10).bins.shape
+        torch.Size([2, 12])
+    """
+    xb, batched = check_image(x)
+    _check_n_bins(n_bins)
+    v = xb.reshape(xb.shape[0], -1)
+    if v.shape[1] == 0:
+        raise ValueError(
+            f"freqhist_bins needs images with at least one pixel. Got: {tuple(x.shape)}"
+        )
+    result = _bins_from_rows(v, n_bins, _integer_view(v))
+    if batched:
+        return result
+    return FreqHistBins(result.bins[0], result.lengths[0])
+
+
+def _targets(j: Tensor, lengths: Tensor) -> Tensor:
+    # numpy.linspace(0, 1, L)[j] bit for bit: j * (1 / (L - 1)), with the last one exactly 1.
+    last = (lengths - 1).clamp_min(1).to(torch.float64)
+    y = j.to(torch.float64) * (1.0 / last)
+    return torch.where(j >= lengths - 1, torch.ones_like(y), y)
+
+
+def _interp(values: Tensor, bins: Tensor, lengths: Tensor) -> Tensor:
+    """numpy.interp(values[b], bins[b, :L], linspace(0, 1, L)) per row, in float64.
+
+    values: (B, M) float64; bins: (B, K) float64 sorted rows; lengths: (B,) int64 >= 1.
+    """
+    k = bins.shape[1]
+    lengths = lengths[:, None]
+    j = torch.searchsorted(bins, values, right=True) - 1
+    j = torch.minimum(j.clamp_min(0), (lengths - 2).clamp_min(0))
+    j1 = (j + 1).clamp_max(k - 1)
+    x0 = bins.gather(1, j)
+    x1 = bins.gather(1, j1)
+    y0 = _targets(j, lengths)
+    y1 = _targets(j1, lengths)
+    # numpy's order of operations: slope * (x - xp[j]) + fp[j].
+    out = (y1 - y0) / (x1 - x0) * (values - x0) + y0
+    first = bins[:, :1]
+    last = bins.gather(1, lengths - 1)
+    zero, one = (
+        torch.zeros((), dtype=out.dtype, device=out.device),
+        torch.ones((), dtype=out.dtype, device=out.device),
+    )
+    out = torch.where(values < first, zero, out)
+    out = torch.where(values >= last, one, out)
+    # One bin: numpy.linspace(0, 1, 1) == [0.0], so every value maps to 0 (NaN stays NaN).
+    return torch.where((lengths == 1) & ~torch.isnan(values), zero, out)
+
+
+def _normalise_bins(
+    bins: Tensor | FreqHistBins, batch_size: int, device: torch.device
+) -> FreqHistBins:
+    if isinstance(bins, FreqHistBins):
+        b, lengths = bins.bins, bins.lengths
+        if b.dim() == 1:
+            b, lengths = b[None], lengths.reshape(1)
+        if b.dim() != 2 or b.shape[0] != batch_size or lengths.shape != (batch_size,):
+            raise ValueError(
+                f"per-image bins must be (B, K) with lengths (B,), B={batch_size}. "
+                f"Got: {tuple(bins.bins.shape)} and {tuple(bins.lengths.shape)}"
+            )
+        if bool((lengths < 1).any()):
+            raise ValueError(f"every image needs at least one bin. Got: lengths {lengths.tolist()}")
+        return FreqHistBins(
+            b.to(device=device, dtype=torch.float64), lengths.to(device=device, dtype=torch.int64)
+        )
+    if not isinstance(bins, Tensor):
+        raise TypeError(
+            f"bins must be None, 0, a Tensor or FreqHistBins. Got: {type(bins).__name__}"
+        )
+    if (
+        bins.dim() not in (1, 2)
+        or bins.shape[-1] == 0
+        or (bins.dim() == 2 and bins.shape[0] != batch_size)
+    ):
+        raise ValueError(
+            f"bins must be (K,) shared or (B, K) per image, K >= 1, B={batch_size}. Got: {tuple(bins.shape)}"
+        )
+    b = bins.detach().to(device=device, dtype=torch.float64)
+    if bool((b[..., 1:] <= b[..., :-1]).any()):
+        raise ValueError(f"bins must be strictly increasing. Got: {bins.tolist()}")
+    b = b.expand(batch_size, -1) if b.dim() == 1 else b
+    lengths = torch.full((batch_size,), b.shape[1], dtype=torch.int64, device=device)
+    return FreqHistBins(b.contiguous(), lengths)
+
+
+def hist_scaled(x: Tensor, bins: Tensor | FreqHistBins | None = None, n_bins: int = 100) -> Tensor:
+    r"""Scale each value through the frequency-histogram bins onto [0, 1].
+
+    The semantics of ``numpy.interp(x, bins, numpy.linspace(0, 1, len(bins)))`` (values outside
+    the bins clamp to 0 or 1), computed in float64 as numpy does and then cast, so the result is
+    bit-identical to ``numpy.interp(...).astype(float32)`` per image; then clamped to [0, 1].
+    Differentiable in ``x`` with the bins held constant.
+
+    Args:
+        x: image or batch.
+        bins: ``None`` for each image's own :func:`freqhist_bins`; a :class:`FreqHistBins` for
+            per-image bins; a (K,) tensor shared by every image (dataset-level bins, see
+            :func:`freqhist_bins_dataset`); or a (B, K) tensor of per-image bins, all valid.
+        n_bins: groups when ``bins`` is ``None``.
+
+    Returns:
+        float32 (float64 for float64 input) in [0, 1], same shape as ``x``.
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - output: same as ``x``
+
+    Example:
+        >>> x = torch.randint(-1000, 1000, (2, 1, 16, 16), dtype=torch.int16)
+        >>> hist_scaled(x).shape
+        torch.Size([2, 1, 16, 16])
+    """
+    xb, batched = check_image(x)
+    _check_n_bins(n_bins)
+    dtype = float_dtype(x)
+    b = xb.shape[0]
+    v = xb.reshape(b, -1)
+    if v.numel() == 0:
+        return torch.empty(x.shape, dtype=dtype, device=x.device)
+    view = _integer_view(v)
+    per_image = _bins_from_rows(v, n_bins, view) if bins is None else bins
+    fb = _normalise_bins(per_image, b, v.device)
+    if view is not None:
+        # Integer values: interpolate once per distinct value of each image's range, then look
+        # the pixels up; the table entries are the very numbers the per-pixel formula gives.
+        grid = view.mins[:, None].to(torch.float64) + torch.arange(
+            view.span, device=v.device, dtype=torch.float64
+        )
+        table = _interp(grid, fb.bins, fb.lengths).clamp_(0, 1).to(dtype).view(-1)
+        out = torch.empty(v.shape, dtype=dtype, device=v.device)
+        torch.index_select(table, 0, view.keys.view(-1), out=out.view(-1))
+        return unbatch(out.view(xb.shape), batched)
+    out = _interp(v.to(torch.float64), fb.bins, fb.lengths).clamp(0, 1).to(dtype)
+    return unbatch(out.view(xb.shape), batched)
+
+
+def freqhist_bins_dataset(
+    images: Iterable[Tensor],
+    n_bins: int = 100,
+    max_samples: int = 1 << 22,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""One set of frequency-histogram bins over many images, streamed in bounded memory.
+
+    Integer-valued images (integer dtypes, or integral floats) are accumulated into one integer
+    histogram: the result is **exact**, equal to :func:`freqhist_bins` of all pixels
+    concatenated, and memory is bounded by the value range (at most :data:`_MAX_RANGE` entries).
+    Once a non-integral float image appears, the stream is summarised by a uniform random sample
+    of at most ``max_samples`` pixels (a reservoir kept by random priority); the bins are then
+    the order statistics of that sample — an approximation, exact while the stream holds no
+    more than ``max_samples`` pixels.
+
+    Args:
+        images: iterable of (C, H, W) or (B, C, H, W) tensors (e.g. rescaled HU), any device.
+        n_bins: number of groups.
+        max_samples: reservoir size for float data.
+        generator: random generator for the reservoir (CPU).
+
+    Returns:
+        (K,) strictly increasing bins, float32 (float64 if any image was float64), on the device
+        of the first image; pass it as ``bins=`` to :func:`hist_scaled` / :func:`to_nchan`.
+
+    Shape:
+        - output: :math:`(K,)`, ``K <= n_bins + 2``
+
+    Example:
+        >>> imgs = [torch.randint(-1000, 1000, (1, 16, 16)) for _ in range(3)]
+        >>> freqhist_bins_dataset(imgs, n_bins=10).shape
+        torch.Size([12])
+    """
+    _check_n_bins(n_bins)
+    counts: Tensor | None = None
+    low = 0
+    sample: Tensor | None = None
+    priority: Tensor | None = None
+    total = 0
+    device: torch.device | None = None
+    out_dtype = torch.float32
+    for image in images:
+        xb, _ = check_image(image, "image")
+        device = device or xb.device
+        if xb.dtype == torch.float64:
+            out_dtype = torch.float64
+        flat = xb.detach().reshape(-1).to(device)
+        if flat.numel() == 0:
+            continue
+        total += flat.numel()
+        view = _integer_view(flat[None]) if sample is None else None
+        if view is not None:
+            lo = int(view.mins[0])
+            hi = lo + view.span
+            counts, low = _grow(counts, low, lo, hi)
+            counts[lo - low : hi - low] += torch.bincount(
+                view.keys.view(-1), minlength=view.span
+            ).cpu()
+            continue
+        if sample is None and counts is not None:
+            # Switch to sampling: draw the histogram's share of the reservoir from its counts.
+            sample, priority = _sample_histogram(counts, low, max_samples, generator)
+            counts = None
+        vals = flat.to(torch.float64).cpu()
+        keys = torch.rand(vals.numel(), generator=generator, dtype=torch.float64)
+        if sample is not None and priority is not None:
+            vals, keys = torch.cat([sample, vals]), torch.cat([priority, keys])
+        if vals.numel() > max_samples:
+            keep = torch.topk(keys, max_samples, largest=False).indices
+            vals, keys = vals[keep], keys[keep]
+        sample, priority = vals, keys
+    if device is None:
+        raise ValueError("freqhist_bins_dataset needs at least one non-empty image. Got: none")
+    if counts is not None:
+        cumulative = torch.cumsum(counts, dim=0)[None]
+        ranks = _rank_positions(n_bins, total, cumulative.device)[None]
+        picked = torch.searchsorted(cumulative, ranks, right=True).to(torch.float64) + low
+    else:
+        assert sample is not None
+        ranks = _rank_positions(n_bins, sample.numel(), sample.device)
+        picked = torch.sort(sample).values[ranks][None]
+    result = _dedup_sorted(picked)
+    return result.bins[0, : int(result.lengths[0])].to(device=device, dtype=out_dtype)
+
+
+def _grow(counts: Tensor | None, low: int, lo: int, hi: int) -> tuple[Tensor, int]:
+    """Widen the running histogram (index 0 is value ``low``) to cover [lo, hi)."""
+    if counts is None:
+        return torch.zeros(hi - lo, dtype=torch.int64), lo
+    new_low = min(low, lo)
+    new_high = max(low + counts.numel(), hi)
+    if new_high - new_low > _MAX_RANGE * 4:
+        raise ValueError(
+            f"the dataset's integer value range is too wide for an exact histogram. Got: {new_low}..{new_high - 1}"
+        )
+    if new_low == low and new_high == low + counts.numel():
+        return counts, low
+    grown = torch.zeros(new_high - new_low, dtype=torch.int64)
+    grown[low - new_low : low - new_low + counts.numel()] = counts
+    return grown, new_low
+
+
+def _sample_histogram(
+    counts: Tensor, low: int, max_samples: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    values = torch.arange(counts.numel(), dtype=torch.float64) + low
+    total = int(counts.sum())
+    if total <= max_samples:
+        vals = torch.repeat_interleave(values, counts)
+    else:
+        vals = values[
+            torch.multinomial(counts.double(), max_samples, replacement=True, generator=generator)
+        ]
+    return vals, torch.rand(vals.numel(), generator=generator, dtype=torch.float64)
+
+
+def to_nchan(
+    x: Tensor,
+    windows: Sequence[WindowSpec],
+    bins: Tensor | FreqHistBins | int | None = None,
+    mode: WindowMode = "fastai",
+) -> Tensor:
+    r"""Stack one windowed channel per window, plus a :func:`hist_scaled` channel.
+
+    As the tutorial's ``to_nchan``: ``[windowed(x, *w) for w in windows] + [hist_scaled(x, bins)]``,
+    the last omitted when ``bins == 0``. For a C-channel input the output channels are grouped
+    window by window (each group has C channels), then the histogram group.
+
+    Args:
+        x: values in HU.
+        windows: :data:`DICOM_WINDOWS` names or ``(width, level)`` pairs.
+        bins: ``None`` (per-image bins), bins as for :func:`hist_scaled`, or ``0`` for no
+            histogram channel.
+        mode: window mode, see :func:`windowed`.
+
+    Returns:
+        float32 (float64 for float64 input) in [0, 1].
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - output: :math:`(N C, H, W)` or :math:`(B, N C, H, W)`, ``N = len(windows) + (bins != 0)``
+
+    Example:
+        >>> x = torch.randint(-1000, 1000, (2, 1, 16, 16)).float()
+        >>> to_nchan(x, ["brain", "subdural", (400, 50)]).shape
+        torch.Size([2, 4, 16, 16])
+    """
+    xb, batched = check_image(x)
+    resolved = [resolve_window(w) for w in windows]
+    with_hist = not (isinstance(bins, int) and not isinstance(bins, bool) and bins == 0)
+    if not resolved and not with_hist:
+        raise ValueError(
+            f"to_nchan needs at least one window or a histogram channel. Got: {windows!r}, bins=0"
+        )
+    if isinstance(bins, int) and with_hist:
+        raise TypeError(f"bins must be None, 0, a Tensor or FreqHistBins. Got: {bins!r}")
+    b, c, h, w = xb.shape
+    groups = len(resolved) + int(with_hist)
+    if xb.requires_grad:
+        parts = [windowed(xb, width, level, mode=mode) for width, level in resolved]
+        if with_hist:
+            parts.append(hist_scaled(xb, bins=bins))  # type: ignore[arg-type]
+        return unbatch(torch.cat(parts, dim=1), batched)
+    # Channels are written into one preallocated output: no torch.cat copy of the whole batch.
+    out = torch.empty((b, groups, c, h, w), dtype=float_dtype(x), device=x.device)
+    for i, (width, level) in enumerate(resolved):
+        _window_into(out[:, i], xb, width, level, mode)
+    if with_hist:
+        out[:, -1] = hist_scaled(xb, bins=bins)  # type: ignore[arg-type]
+    return unbatch(out.view(b, groups * c, h, w), batched)
+
+
+def _window_into(dest: Tensor, x: Tensor, width: float, level: float, mode: WindowMode) -> None:
+    if mode != "fastai" or isinstance(width, bool) or width < 2:
+        dest.copy_(windowed(x, width, level, mode=mode))
+        return
+    lo, hi = level - width // 2, level + width // 2
+    torch.clamp(x, lo, hi, out=dest)
+    dest.sub_(lo).div_(hi - lo)
+
+
+def to_3chan(
+    x: Tensor, windows: Sequence[WindowSpec], bins: Tensor | FreqHistBins | None = None
+) -> Tensor:
+    r"""Two windows plus the histogram channel, as the tutorial's ``to_3chan``.
+
+    Args:
+        x: values in HU.
+        windows: exactly two window names or ``(width, level)`` pairs.
+        bins: as for :func:`hist_scaled`.
+
+    Returns:
+        float32 (float64 for float64 input) in [0, 1].
+
+    Shape:
+        - x: :math:`(1, H, W)` or :math:`(B, 1, H, W)`
+        - output: :math:`(3, H, W)` or :math:`(B, 3, H, W)`
+
+    Example:
+        >>> to_3chan(torch.zeros(2, 1, 8, 8), ["brain", "subdural"]).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    if len(windows) != 2:
+        raise ValueError(f"to_3chan takes exactly two windows. Got: {list(windows)!r}")
+    return to_nchan(x, windows, bins=bins)

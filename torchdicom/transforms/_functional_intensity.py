@@ -1,0 +1,312 @@
+"""Rescale to Hounsfield units, MONOCHROME1 inversion and windowing (functional, batched)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from torchdicom.transforms._utils import (
+    Param,
+    check_image,
+    float_dtype,
+    per_sample,
+    unbatch,
+)
+
+__all__ = [
+    "DICOM_WINDOWS",
+    "dicom_windows",
+    "invert_monochrome1",
+    "pct_in_window",
+    "rescale",
+    "resolve_window",
+    "window_from_header",
+    "windowed",
+]
+
+#: Named windows, name -> (width, level) in Hounsfield units, as in the fastai tutorial.
+DICOM_WINDOWS: Mapping[str, tuple[int, int]] = {
+    "brain": (80, 40),
+    "subdural": (254, 100),
+    "stroke": (8, 32),
+    "brain_bone": (2800, 600),
+    "brain_soft": (375, 40),
+    "lungs": (1500, -600),
+    "mediastinum": (350, 50),
+    "abdomen_soft": (400, 50),
+    "liver": (150, 30),
+    "spine_soft": (250, 50),
+    "spine_bone": (1800, 400),
+}
+#: The tutorial's lowercase spelling of :data:`DICOM_WINDOWS`.
+dicom_windows = DICOM_WINDOWS
+
+WindowMode = Literal["fastai", "dicom"]
+WindowSpec = str | tuple[float, float]
+
+
+def resolve_window(window: WindowSpec) -> tuple[float, float]:
+    """A window given by name (a key of :data:`DICOM_WINDOWS`) or as ``(width, level)``.
+
+    Returns:
+        ``(width, level)``.
+    """
+    if isinstance(window, str):
+        if window not in DICOM_WINDOWS:
+            raise ValueError(
+                f"unknown window name; known: {sorted(DICOM_WINDOWS)}. Got: {window!r}"
+            )
+        return DICOM_WINDOWS[window]
+    if (
+        isinstance(window, (tuple, list))
+        and len(window) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
+    ):
+        return window[0], window[1]
+    raise TypeError(
+        f"a window is a name of DICOM_WINDOWS or a (width, level) pair. Got: {window!r}"
+    )
+
+
+def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
+    r"""Apply the linear modality LUT: ``x * slope + intercept``.
+
+    (0028,1053) *Rescale Slope* and (0028,1052) *Rescale Intercept* map stored values to
+    Hounsfield units for CT (modality units otherwise). A NaN slope (the file had none) counts
+    as 1 and a NaN intercept as 0, matching the collate contract.
+
+    Args:
+        x: stored values, any integer or float dtype.
+        slope: a number or a (B,) tensor.
+        intercept: a number or a (B,) tensor.
+
+    Returns:
+        float32 values (float64 for float64 input), same shape as ``x``.
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - output: same as ``x``
+
+    Example:
+        >>> x = torch.full((2, 1, 4, 4), 1024, dtype=torch.int16)
+        >>> rescale(x, 1.0, torch.tensor([-1024.0, -1000.0])).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    xb, batched = check_image(x)
+    dtype = float_dtype(x)
+    b = xb.shape[0]
+    s = per_sample(slope, "slope", b, xb.device, dtype)
+    i = per_sample(intercept, "intercept", b, xb.device, dtype)
+    s = torch.where(torch.isnan(s), torch.ones_like(s), s)
+    i = torch.where(torch.isnan(i), torch.zeros_like(i), i)
+    # copy=True: a float input of the right dtype must not be modified in place below.
+    out = xb.to(dtype=dtype, copy=True)
+    if out.requires_grad:
+        out = out * s + i
+    else:
+        out.mul_(s).add_(i)
+    return unbatch(out, batched)
+
+
+def invert_monochrome1(
+    x: Tensor, bits_stored: Param, apply: Tensor | bool = True, signed: bool | None = None
+) -> Tensor:
+    r"""Invert MONOCHROME1 stored values so that larger means brighter, as in MONOCHROME2.
+
+    (0028,0004) *Photometric Interpretation* MONOCHROME1 displays the minimum value as white.
+    The inversion maps each stored value ``v`` to ``max + min - v`` over the range that
+    (0028,0101) *Bits Stored* allows: ``2**bits - 1 - v`` for unsigned data and ``-1 - v`` for
+    signed (two's complement) data, so the result stays in the same range and dtype.
+
+    Args:
+        x: stored values.
+        bits_stored: a number or a (B,) tensor.
+        apply: ``True``, or a (B,) bool tensor selecting the samples to invert (the batch's
+            ``monochrome1`` flags); the others are returned unchanged.
+        signed: whether values are two's complement; ``None`` infers it from the dtype (signed
+            integer dtypes are signed, unsigned and float dtypes are not).
+
+    Returns:
+        same dtype and shape as ``x``.
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - output: same as ``x``
+
+    Example:
+        >>> x = torch.tensor([[[[0, 4095]]]], dtype=torch.uint16)
+        >>> invert_monochrome1(x, 12).shape
+        torch.Size([1, 1, 1, 2])
+    """
+    xb, batched = check_image(x)
+    b = xb.shape[0]
+    if signed is None:
+        signed = xb.is_signed() and not xb.is_floating_point()
+    work = torch.float64 if xb.is_floating_point() else torch.int64
+    bits = per_sample(bits_stored, "bits_stored", b, xb.device, torch.int64)
+    if bool(((bits < 1) | (bits > 32)).any()):
+        raise ValueError(f"bits_stored must be in 1..32. Got: {bits.flatten().tolist()}")
+    total = torch.full_like(bits, -1) if signed else (1 << bits) - 1
+    inverted = (total.to(work) - xb.to(work)).to(xb.dtype)
+    if isinstance(apply, bool):
+        return unbatch(inverted if apply else xb.clone(), batched)
+    flags = per_sample(apply, "apply", b, xb.device, torch.bool)
+    return unbatch(torch.where(flags, inverted, xb), batched)
+
+
+def _window_bounds(width: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
+    # The tutorial floors width // 2 (Python floor division, also for float widths).
+    half = torch.div(width, 2, rounding_mode="floor")
+    return level - half, level + half
+
+
+def _check_width(width: Tensor, minimum: float) -> None:
+    bad = torch.isnan(width) | (width < minimum)
+    if bool(bad.any()):
+        raise ValueError(
+            f"window width must be >= {minimum:g} and not NaN. Got: {width.flatten().tolist()}"
+        )
+
+
+def windowed(x: Tensor, width: Param, level: Param, mode: WindowMode = "fastai") -> Tensor:
+    r"""Map the window ``(width, level)`` onto [0, 1].
+
+    ``mode="fastai"`` (the tutorial's definition): ``lo = level - width // 2``,
+    ``hi = level + width // 2`` (floor division), ``(clamp(x, lo, hi) - lo) / (hi - lo)``.
+    Needs ``width >= 2``.
+
+    ``mode="dicom"``: the linear VOI LUT function of DICOM PS3.3 C.11.2.1.2.1 with output
+    range [0, 1]: 0 where ``x <= c - 0.5 - (w - 1) / 2``, 1 where ``x > c - 0.5 + (w - 1) / 2``,
+    ``(x - (c - 0.5)) / (w - 1) + 0.5`` between. Needs ``width >= 1``.
+
+    Args:
+        x: values in the window's units (usually HU after :func:`rescale`).
+        width: a number or a (B,) tensor.
+        level: the window centre, a number or a (B,) tensor.
+        mode: ``"fastai"`` or ``"dicom"``.
+
+    Returns:
+        float32 in [0, 1] (float64 for float64 input), same shape as ``x``. Differentiable in
+        ``x`` (zero gradient where clamped).
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - output: same as ``x``
+
+    Example:
+        >>> x = torch.linspace(-1000, 1000, 16).reshape(1, 1, 4, 4)
+        >>> windowed(x, *DICOM_WINDOWS["brain"]).shape
+        torch.Size([1, 1, 4, 4])
+    """
+    xb, batched = check_image(x)
+    if mode not in ("fastai", "dicom"):
+        raise ValueError(f"mode must be 'fastai' or 'dicom'. Got: {mode!r}")
+    dtype = float_dtype(x)
+    b = xb.shape[0]
+    w = per_sample(width, "width", b, xb.device, dtype)
+    c = per_sample(level, "level", b, xb.device, dtype)
+    if torch.isnan(c).any():
+        raise ValueError(f"window level must not be NaN. Got: {c.flatten().tolist()}")
+    xf = xb.to(dtype)
+    if mode == "fastai":
+        _check_width(w, 2)
+        lo, hi = _window_bounds(w, c)
+        if xf.requires_grad:
+            return unbatch((torch.clamp(xf, lo, hi) - lo) / (hi - lo), batched)
+        # In place on a fresh buffer: large temporaries cost more than the arithmetic on CPU.
+        out = xf.clamp_(lo, hi) if xf is not xb else torch.clamp(xf, lo, hi)
+        return unbatch(out.sub_(lo).div_(hi - lo), batched)
+    _check_width(w, 1)
+    centre = c - 0.5
+    half = (w - 1) / 2
+    # Nested where, not clamp: for width 1 the middle branch divides by zero but is never chosen.
+    linear = (xf - centre) / (w - 1) + 0.5
+    one = torch.ones((), dtype=dtype, device=xb.device)
+    out = torch.where(xf <= centre - half, 0 * one, torch.where(xf > centre + half, one, linear))
+    return unbatch(out, batched)
+
+
+def window_from_header(
+    x: Tensor,
+    window_center: Param,
+    window_width: Param,
+    mode: WindowMode = "fastai",
+    fallback: WindowSpec | None = None,
+) -> Tensor:
+    r"""Window each image with its own (0028,1050) *Window Center* / (0028,1051) *Window Width*.
+
+    The batch dict carries the first value of each (multi-valued) tag as float32 (B,) tensors,
+    NaN where the file had none.
+
+    Args:
+        x: values in HU / modality units.
+        window_center: a number or (B,) tensor.
+        window_width: a number or (B,) tensor.
+        mode: see :func:`windowed`.
+        fallback: a window name or ``(width, level)`` used for samples whose centre or width is
+            NaN; without it such samples raise ``ValueError``.
+
+    Returns:
+        float32 in [0, 1] (float64 for float64 input), same shape as ``x``.
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - window_center, window_width: :math:`(B,)` or numbers
+        - output: same as ``x``
+
+    Example:
+        >>> x = torch.zeros(2, 1, 4, 4)
+        >>> window_from_header(x, torch.tensor([40.0, float("nan")]), torch.tensor([80.0, float("nan")]),
+        ...                    fallback="abdomen_soft").shape
+        torch.Size([2, 1, 4, 4])
+    """
+    xb, _ = check_image(x)
+    b = xb.shape[0]
+    dtype = float_dtype(x)
+    c = per_sample(window_center, "window_center", b, xb.device, dtype).flatten()
+    w = per_sample(window_width, "window_width", b, xb.device, dtype).flatten()
+    missing = torch.isnan(c) | torch.isnan(w)
+    if bool(missing.any()):
+        if fallback is None:
+            raise ValueError(
+                "some samples have no Window Center/Width in their header; pass fallback=(width, level) "
+                f"or a DICOM_WINDOWS name. Got: missing for samples {missing.nonzero().flatten().tolist()}"
+            )
+        fw, fl = resolve_window(fallback)
+        c = torch.where(missing, torch.full_like(c, fl), c)
+        w = torch.where(missing, torch.full_like(w, fw), w)
+    return windowed(x, w, c, mode=mode)
+
+
+def pct_in_window(x: Tensor, window: WindowSpec) -> Tensor:
+    r"""Fraction of each image's pixels inside the window's closed range [lo, hi].
+
+    ``lo``/``hi`` are those of :func:`windowed` (``level ∓ width // 2``). (The tutorial's
+    version compares against ``(width, level)`` themselves, which selects nothing for most
+    windows; this follows what its docstring says instead.)
+
+    Args:
+        x: values in HU.
+        window: a :data:`DICOM_WINDOWS` name or ``(width, level)``.
+
+    Returns:
+        float32 fractions in [0, 1] (float64 for float64 input).
+
+    Shape:
+        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - output: :math:`()` or :math:`(B,)`
+
+    Example:
+        >>> pct_in_window(torch.zeros(3, 1, 8, 8), "brain").shape
+        torch.Size([3])
+    """
+    xb, batched = check_image(x)
+    width, level = resolve_window(window)
+    lo, hi = level - width // 2, level + width // 2
+    dtype = float_dtype(x)
+    inside = (xb >= lo) & (xb <= hi)
+    out = inside.flatten(1).to(dtype).mean(dim=1)
+    return out if batched else out.squeeze(0)
