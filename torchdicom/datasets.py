@@ -177,6 +177,13 @@ class _MaskResolver:
     def __bool__(self) -> bool:
         return self.masks is not None
 
+    def exclude(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop the mask files themselves when the mask folder lies inside the image folder."""
+        if not isinstance(self.masks, str | os.PathLike):
+            return rows
+        prefix = os.path.join(os.path.realpath(self.masks), "")
+        return [r for r in rows if not os.path.realpath(r["path"]).startswith(prefix)]
+
     def __call__(self, path: str) -> str:
         m = self.masks
         if callable(m):
@@ -189,7 +196,10 @@ class _MaskResolver:
                 "a mask directory needs the image root; pass masks as a callable instead"
             )
         rel = os.path.relpath(path, self.root)
-        return os.path.join(os.fspath(m), rel)
+        mask = os.path.join(os.fspath(m), rel)
+        if not os.path.exists(mask):
+            raise CorruptDicomError(path, f"no paired mask file: expected {mask}")
+        return mask
 
 
 def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -366,6 +376,8 @@ class DicomDataset(_Base):
             raise ValueError(f"frames must be 'all', 'first' or an int. Got: {frames!r}")
         self.frames = frames
         self.transform = transform
+        self._masks = _MaskResolver(masks, self.root)
+        self.rows = self._masks.exclude(self.rows)
         if isinstance(frames, int) and frames != 0:
             keep = [r for r in self.rows if int(r["frames"]) > frames]
             if len(keep) < len(self.rows):
@@ -399,7 +411,6 @@ class DicomDataset(_Base):
                     f" {next(iter(self._labeler.mapping))!r}"
                 )
             self._labels, self.classes = _encode_labels(values)
-        self._masks = _MaskResolver(masks, self.root)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -488,14 +499,14 @@ class DicomClipDataset(_Base):
             source, on_error=on_error, color=color, cache=cache, index_cache=index_cache
         )
         self.clip_len, self.stride, self.transform = clip_len, stride, transform
-        self.rows = [r for r in self.rows if int(r["frames"]) >= clip_len]
+        self._masks = _MaskResolver(masks, self.root)
+        self.rows = [r for r in self._masks.exclude(self.rows) if int(r["frames"]) >= clip_len]
         counts = np.array(
             [(int(r["frames"]) - clip_len) // stride + 1 for r in self.rows], dtype=np.int64
         )
         self._starts = (
             np.concatenate([[0], np.cumsum(counts)]) if len(counts) else np.zeros(1, np.int64)
         )
-        self._masks = _MaskResolver(masks, self.root)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
