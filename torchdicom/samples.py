@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import struct
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,6 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    generate_uid,
 )
 
 __all__ = [
@@ -209,9 +209,18 @@ class _Patient:
     institution: str
 
 
+_UID_NAMESPACE = uuid.UUID("6b1f3c52-8f0e-5a7e-9d1a-2c4b7e0f9a31")
+
+
 def _uid(*parts: object) -> UID:
-    """A UID that is a pure function of ``parts`` (never of the clock or host)."""
-    return generate_uid(prefix=None, entropy_srcs=["torchdicom.samples", *map(str, parts)])
+    """A UID that is a pure function of ``parts`` (never of the clock or host).
+
+    A "2.25." UID from a name-based (v5) UUID: ``generate_uid(prefix=None,
+    entropy_srcs=...)`` looks like it would do this but ignores the entropy
+    sources and draws a random uuid4.
+    """
+    name = "/".join(map(str, parts))
+    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}")
 
 
 def _fake_patient(rng: np.random.Generator, id_prefix: str) -> _Patient:
@@ -1128,11 +1137,11 @@ def _cine_module(ds: Dataset, frames: int) -> None:
 
 _MANIFEST = "manifest.json"
 
-# Defaults sized to generate in seconds on two cores (see demo_data).
+# Defaults sized to generate in seconds on two cores (see demo_data): ~100 MB in all.
 _DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "siim": {"n": 250, "size": 256, "seed": 0},
     "ct": {"n_series": 4, "slices": 25, "size": 512, "seed": 0},
-    "us": {"n": 3, "frames": 1000, "size": 253, "seed": 0},
+    "us": {"n": 3, "frames": 300, "size": 253, "seed": 0},
 }
 _SMALL_PARAMS: dict[str, dict[str, Any]] = {
     "siim": {"n": 8, "size": 64, "seed": 0},
@@ -1190,7 +1199,9 @@ def demo_data(root: str | os.PathLike[str] | None = None, small: bool = False) -
     owns.
 
     Defaults: SIIM 250 images at 256x256; CT 4 series x 25 slices at 512x512;
-    ultrasound 3 files x 1000 frames at 253x253 (the last one JPEG).
+    ultrasound 3 files x 300 frames at 253x253 (the last one JPEG) — fewer
+    frames than :func:`us_cine_like`'s 1000, which would add ~240 MB (native
+    frames and masks) and several seconds; call it directly for full-length cine.
     ``small=True`` writes a tiny version for tests (a few files, 64-pixel CT,
     six-frame cine).
 
