@@ -128,11 +128,13 @@ def _to_image(x: ImageLike, frame: int = 0) -> tuple[np.ndarray, bool]:
 
 
 def _colour_for_display(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) as imshow wants it: uint8 as is, anything else min-max scaled to [0, 1]."""
+    """(H, W, 3) as imshow wants it: uint8 or floats in [0, 1] as they are, else min-max to [0, 1]."""
     if image.dtype == np.uint8:
         return image
     image = image.astype(np.float64)
     lo, hi = float(image.min()), float(image.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return image
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
 
 
