@@ -48,6 +48,7 @@ from pydicom.uid import (
 
 __all__ = [
     "SAMPLES_VERSION",
+    "SIIM_LABELS",
     "DemoData",
     "SampleSet",
     "ct_like",
@@ -65,6 +66,7 @@ _US_MULTIFRAME_STORAGE = UID("1.2.840.10008.5.1.4.1.1.3.1")
 _SC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7")
 _SC_MULTIFRAME_BYTE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7.2")
 
+#: The two class folders (and CSV labels) of :func:`siim_like`.
 SIIM_LABELS = ("No Pneumothorax", "Pneumothorax")
 
 
