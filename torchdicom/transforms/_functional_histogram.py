@@ -9,6 +9,7 @@ cumulative counts (one ``bincount`` for the whole batch) instead of a full sort.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -125,10 +126,13 @@ def _bins_from_rows(v: Tensor, n_bins: int, view: _IntegerView | None) -> FreqHi
         cumulative = torch.cumsum(counts, dim=1)
         # The k-th smallest value (0-based) is the first v with more than k values <= v.
         index = torch.searchsorted(cumulative, ranks.expand(b, -1).contiguous(), right=True)
-        picked = (index + view.mins[:, None]).to(v.dtype)
+        picked = index + view.mins[:, None]
     else:
-        picked = torch.sort(v.detach(), dim=1).values[:, ranks]
-    return _dedup_sorted(picked)
+        # uint16/uint32 lack sort and scatter kernels on CPU: order them as int64.
+        wide = v.detach() if v.is_floating_point() or v.is_signed() else v.detach().to(torch.int64)
+        picked = torch.sort(wide, dim=1).values[:, ranks]
+    result = _dedup_sorted(picked)
+    return FreqHistBins(result.bins.to(v.dtype), result.lengths)
 
 
 def freqhist_bins(x: Tensor, n_bins: int = 100) -> FreqHistBins:
@@ -159,7 +163,7 @@ def freqhist_bins(x: Tensor, n_bins: int = 100) -> FreqHistBins:
     """
     xb, batched = check_image(x)
     _check_n_bins(n_bins)
-    v = xb.reshape(xb.shape[0], -1)
+    v = xb.reshape(xb.shape[0], math.prod(xb.shape[1:]))
     if v.shape[1] == 0:
         raise ValueError(
             f"freqhist_bins needs images with at least one pixel. Got: {tuple(x.shape)}"
@@ -273,7 +277,7 @@ def hist_scaled(x: Tensor, bins: Tensor | FreqHistBins | None = None, n_bins: in
     _check_n_bins(n_bins)
     dtype = float_dtype(x)
     b = xb.shape[0]
-    v = xb.reshape(b, -1)
+    v = xb.reshape(b, math.prod(xb.shape[1:]))
     if v.numel() == 0:
         return torch.empty(x.shape, dtype=dtype, device=x.device)
     view = _integer_view(v)
