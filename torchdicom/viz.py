@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from torchdicom.transforms.functional import DICOM_WINDOWS, hist_scaled, windowed
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -26,20 +28,7 @@ __all__ = ["plot_hist", "show", "show_frames", "show_windows"]
 ImageLike = torch.Tensor | np.ndarray | str | os.PathLike
 Window = str | tuple[float, float]
 
-# TODO(wire): use torchdicom.transforms.functional.DICOM_WINDOWS
-_DICOM_WINDOWS: dict[str, tuple[int, int]] = {  # name -> (width, level), in HU
-    "brain": (80, 40),
-    "subdural": (254, 100),
-    "stroke": (8, 32),
-    "brain_bone": (2800, 600),
-    "brain_soft": (375, 40),
-    "lungs": (1500, -600),
-    "mediastinum": (350, 50),
-    "abdomen_soft": (400, 50),
-    "liver": (150, 30),
-    "spine_soft": (250, 50),
-    "spine_bone": (1800, 400),
-}
+_DICOM_WINDOWS = DICOM_WINDOWS  # name -> (width, level), in HU
 
 
 def _resolve_window(window: Window) -> tuple[float, float]:
@@ -55,18 +44,18 @@ def _resolve_window(window: Window) -> tuple[float, float]:
     raise TypeError(f"window must be a preset name or a (width, level) pair. Got: {window!r}")
 
 
-# TODO(wire): use torchdicom.transforms.functional.windowed
 def _windowed(image: np.ndarray, width: float, level: float) -> np.ndarray:
-    """The tutorial's window: clip to [level - width // 2, level + width // 2], scale to [0, 1]."""
-    lo, hi = level - width // 2, level + width // 2
-    return (np.clip(image.astype(np.float64), lo, hi) - lo) / (hi - lo)
+    """The tutorial's window (see :func:`torchdicom.transforms.functional.windowed`) on one image."""
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))
+    return windowed(t.reshape(1, 1, -1), float(width), float(level)).reshape(t.shape).numpy()
 
 
-# TODO(wire): use torchdicom.transforms.functional.hist_scaled
 def _hist_scaled(image: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Frequency-histogram normalisation: map ``bins`` to evenly spaced [0, 1]."""
-    targets = np.linspace(0.0, 1.0, len(bins))
-    return np.clip(np.interp(image.astype(np.float64), bins, targets), 0.0, 1.0)
+    """Frequency-histogram normalisation (:func:`torchdicom.transforms.functional.hist_scaled`)."""
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))
+    b = torch.as_tensor(np.asarray(bins, dtype=np.float64))
+    # Any shape: hist_scaled wants (C, H, W), and the mapping is element-wise.
+    return hist_scaled(t.reshape(1, 1, -1), bins=b).reshape(t.shape).numpy()
 
 
 def _read_file(path: str | os.PathLike, frame: int) -> tuple[np.ndarray, bool]:
