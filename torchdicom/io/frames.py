@@ -414,6 +414,13 @@ def _clear_unused_bits(out: np.ndarray, bits_stored: int) -> None:
         np.right_shift(out, shift, out=out)
 
 
+def _unaligned_bits(row: dict[str, Any]) -> bool:
+    """1-bit frames that do not start on a byte boundary (rows x columns x samples % 8)."""
+    return int(row["bits_allocated"]) == 1 and bool(
+        (int(row["rows"]) * int(row["columns"]) * int(row["samples_per_pixel"])) % 8
+    )
+
+
 def _is_packed_bits(row: dict[str, Any]) -> bool:
     return (
         row["transfer_syntax"] in _NATIVE_LE
@@ -540,6 +547,17 @@ def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) 
     ds = dcmread(path)
     decoder = _decoder_for(row)
     spp = int(row["samples_per_pixel"])
+    if _unaligned_bits(row):
+        # pydicom 3.0 cannot decode one frame of 1-bit data whose frames start
+        # mid-byte (it assumes byte-aligned frames); decode all and select.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr, _ = decoder.as_array(ds, as_rgb=as_rgb)
+        except Exception as exc:
+            raise _decode_error(row, exc, None) from None
+        arr = arr.reshape(int(row["frames"]), *arr.shape[-(2 if spp == 1 else 3) :])
+        return [_to_chw(arr[k], spp) for k in idx]
     out = []
     for k in idx:
         try:
@@ -591,7 +609,11 @@ def read_frames_numpy(
             return _read_native(row, idx)
         if _is_packed_bits(row):
             return _read_packed_bits(row, idx)
-        if int(row["pixel_offset"]) >= 0 and not bool(row["has_extended_offsets"]):
+        if (
+            int(row["pixel_offset"]) >= 0
+            and not bool(row["has_extended_offsets"])
+            and not _unaligned_bits(row)
+        ):
             return _stack(_read_with_decoder(row, idx, as_rgb), row)
         return _stack(_read_via_dataset(row, idx, as_rgb), row)
     except TorchDicomError:
