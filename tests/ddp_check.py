@@ -1,0 +1,85 @@
+"""Two-process DDP sampling check on CPU (gloo), run by tests/test_datamodule.py.
+
+Usage: ``python tests/ddp_check.py DATA_DIR LABELS_CSV OUT_DIR [EPOCHS]``
+
+Trains a trivial model on a :class:`~torchdicom.DicomDataModule` with
+``strategy="ddp"``, ``accelerator="cpu"``, ``devices=2`` (Lightning starts the
+second rank by re-running this script), and writes
+``OUT_DIR/rank<R>_epoch<E>.json``: the dataset indices (``batch["index"]``)
+each rank trained on, one list per batch. The data folder must exist before
+the script starts: both ranks read it, neither writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from torchdicom.datamodule import DicomDataModule
+from torchdicom.transforms import Rescale
+
+
+class _Recorder(pl.LightningModule):
+    def __init__(self, out: Path):
+        super().__init__()
+        self.out = out
+        self.layer = nn.Linear(1, 2)
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.seen.append(batch["index"].tolist())
+        x = batch["image"].float().mean(dim=(1, 2, 3))[:, None]
+        return nn.functional.cross_entropy(self.layer(x), batch["label"])
+
+    def on_train_epoch_end(self) -> None:
+        path = self.out / f"rank{self.global_rank}_epoch{self.current_epoch}.json"
+        path.write_text(json.dumps(self.seen))
+        self.seen = []
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def main(argv: list[str]) -> None:
+    data, labels, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    epochs = int(argv[3]) if len(argv) > 3 else 2
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # two ranks on a small CPU box
+    warnings.filterwarnings("ignore")  # Lightning's hints about workers and logging
+    dm = DicomDataModule(
+        data,
+        labels=labels,
+        val_fraction=0.0,
+        batch_size=4,
+        num_workers=0,
+        gpu_transforms=Rescale(),
+    )
+    trainer = pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(_Recorder(out), datamodule=dm)
+    if trainer.global_rank == 0:
+        assert dm.train_set is not None
+        (out / "train_size.json").write_text(json.dumps(len(dm.train_set)))
+        print(f"ddp_check: rank 0 done, world size {trainer.world_size}, pid {os.getpid()}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
