@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a generator's output changes, so cached demo sets are rebuilt.
-SAMPLES_VERSION = 1
+SAMPLES_VERSION = 2
 
 _CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 _CT_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
@@ -446,15 +446,16 @@ def _chest_radiograph(rng: np.random.Generator, size: int, pneumothorax: bool) -
     on_side = _sigmoid(side * u * edge)
     ptx = np.zeros_like(img)
     if pneumothorax:
-        depth = rng.uniform(0.3, 0.5)
+        depth = rng.uniform(0.4, 0.6)
         lower_limit = rng.uniform(0.1, 0.4)
         boundary = 1 - depth
         upper = _sigmoid((lower_limit - v) * 12)
         ptx = lung * on_side * upper * _sigmoid((lung_r - boundary) * 60)
         pleural_line = lung * on_side * upper * np.exp(-(((lung_r - boundary) / 0.015) ** 2))
-        img += 0.12 * pleural_line
+        img += 0.2 * pleural_line
 
-    img -= 0.3 * lung + 0.12 * ptx
+    # Strong enough that a tiny CNN learns it within the demo's few epochs.
+    img -= 0.3 * lung + 0.25 * ptx
     # Vessel markings fan out from the hila and fade towards the periphery.
     hilum = np.sqrt((au - 0.17) ** 2 + (v - 0.05) ** 2)
     vessels = _ridges(_smooth_noise(rng, (s, s), s / 22), 0.18) * np.clip(1.1 - hilum / 0.7, 0, 1)
