@@ -469,15 +469,14 @@ def _decoder_for(row: dict[str, Any]):
             path, f"transfer syntax {uid} ({name}) has no pixel data decoder in pydicom"
         ) from None
     if not decoder.is_available:
-        missing = "; ".join(
-            f"{plugin}: {', '.join(deps)}" for plugin, deps in decoder.missing_dependencies.items()
-        )
+        # pydicom 3 lists one "plugin - requires package" line per plugin.
+        missing = "; ".join(str(line) for line in decoder.missing_dependencies)
         if not missing:
             missing = "none of its plugins is installed"
         raise UnsupportedTransferSyntaxError(
             path,
-            f"no installed decoder for {uid.name} ({uid}); install one of the plugins"
-            f" (plugin: packages): {missing}, e.g. `pip install pylibjpeg pylibjpeg-libjpeg"
+            f"no installed decoder for {uid.name} ({uid}); install a package for one of its plugins"
+            f" ({missing}), e.g. `pip install pylibjpeg pylibjpeg-libjpeg"
             f" pylibjpeg-openjpeg pylibjpeg-rle` or `pip install torchdicom[gdcm]`",
         )
     return decoder
