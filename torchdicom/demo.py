@@ -117,7 +117,10 @@ def _figures(out: Path, ct_files: list[Path], us_files: list[Path]) -> list[Path
         fig = viz.show_windows(hu)
         fig.savefig(out / "ct_windows.png", dpi=80)
         written.append(out / "ct_windows.png")
-        bins = freqhist_bins(hu[None, None]).bins[0]
+        # freqhist_bins pads each image's bins to a common length by repeating
+        # the last edge; plot_hist wants only the strictly increasing ones.
+        fh = freqhist_bins(hu[None, None])
+        bins = fh.bins[0, : int(fh.lengths[0])]
         fig = viz.plot_hist(hu, bins=bins)
         fig.savefig(out / "ct_histogram.png", dpi=80)
         written.append(out / "ct_histogram.png")
