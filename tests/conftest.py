@@ -9,7 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # tests never open windows
 
-import pytest  # noqa: E402
+import pytest
 
 
 def _pydicom_test_dir() -> Path:
