@@ -47,7 +47,7 @@ from torchdicom.errors import (
     TorchDicomError,
     UnsupportedTransferSyntaxError,
 )
-from torchdicom.io.header import _short, as_row, dcmread, header_row
+from torchdicom.io.header import BoundedReader, _short, as_row, dcmread, header_row
 
 __all__ = ["FrameSelection", "read_frames", "resolve_frames", "row_for_path", "scaled_px"]
 
@@ -526,7 +526,9 @@ def _read_with_decoder(
     opts = _decode_opts(row)
     spp = int(row["samples_per_pixel"])
     out = []
-    with _open_checked(row) as fraw, open(fraw.fileno(), "rb", closefd=False) as f:
+    # Bounded: a corrupt fragment length must not make the decoder
+    # allocate 4 GiB (see BoundedReader).
+    with _open_checked(row) as fraw, BoundedReader(fraw.fileno(), closefd=False) as f:
         for k in idx:
             f.seek(int(row["pixel_offset"]))
             try:

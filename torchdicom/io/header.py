@@ -14,6 +14,7 @@ ID is empty).
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import warnings
@@ -122,6 +123,41 @@ def patient_hash(identifier: str, salt: str | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+# Reads at most this large go through unchanged (the per-element fast case).
+_CLAMP_READS_ABOVE = 1 << 16
+
+
+class BoundedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` never allocates more than the bytes left in it.
+
+    CPython's ``read(n)`` allocates ``n`` bytes before reading. pydicom and
+    the pixel decoders call it with lengths taken from the file, so one
+    corrupt length (0xFFFFFFFE in a header element or a JPEG fragment item)
+    would allocate 4 GiB for a 1 kB file. Clamping to the bytes left in the
+    file bounds every allocation by the file size; the short read then
+    surfaces as the usual truncation error.
+
+    Args:
+        file: a path, or a file descriptor (not closed unless ``closefd``).
+        closefd: close a passed descriptor when this reader is closed.
+    """
+
+    def __init__(self, file: str | int, closefd: bool = True):
+        raw = io.FileIO(file, "rb", closefd=closefd)
+        super().__init__(raw)
+        self._size = os.fstat(raw.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > _CLAMP_READS_ABOVE:
+            size = max(0, min(size, self._size - self.tell()))
+        return super().read(size)
+
+
+def _open_bounded(path: str, mode: str = "rb") -> BoundedReader:
+    """``open`` for pydicom's deferred reads (it calls ``fileobj_type(path, "rb")``)."""
+    return BoundedReader(path)
+
+
 def _looks_like_raw_dataset(head: bytes) -> bool:
     """Whether a file without a preamble starts like a DICOM data set.
 
@@ -188,7 +224,10 @@ def dcmread(path: str | os.PathLike[str], **kwargs: Any) -> Dataset:
             # pydicom warns about every odd value in hospital files; the
             # problems that matter become errors below.
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fspath, force=force, **kwargs)
+            with BoundedReader(fspath) as f:
+                ds = pydicom.dcmread(f, force=force, **kwargs)
+            # Deferred values are read later by reopening the file: bounded too.
+            ds.fileobj_type = _open_bounded
     except InvalidDicomError as exc:
         raise NotDicomError(fspath, f"not a valid DICOM file ({exc})") from None
     except TorchDicomError:
