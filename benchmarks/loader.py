@@ -1,0 +1,276 @@
+"""Loader benchmark: windowed CT images/s through a DataLoader.
+
+``python -m benchmarks.loader [--quick] [--n N]``
+
+Writes ``N`` 512x512 int16 CT files (Explicit VR Little Endian, slope 1,
+intercept -1024) to a temporary folder, warms the page cache, and measures in
+one run — same files, same windowing ("lungs", W 1500 / L -600, fastai
+formula, float32 (B, 1, 512, 512) out), ``batch_size`` 32, ``num_workers``
+0 and 2 (persistent workers; one warm-up epoch, then the median epoch of
+several):
+
+* **naive**: a ``Dataset`` doing ``pydicom.dcmread`` + ``pixel_array`` +
+  rescale and windowing in numpy per image, default collate;
+* **MONAI** (when importable): ``LoadImage(reader="PydicomReader")`` per
+  item + the same numpy rescale/window;
+* **torchdicom**: :class:`~torchdicom.DicomDataset` (index scanned once, not
+  timed) + :class:`~torchdicom.Collate`, then batched ``Rescale → Window``
+  on the batch in the main process (on a GPU machine that step runs on the
+  device in ``on_after_batch_transfer``);
+* **torchdicom, raw batches**: the same loader without the CPU transforms —
+  what crosses to the device in the intended setup.
+
+Target (issue 5): torchdicom >= 10x the naive Dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from pydicom.dataset import Dataset as DicomDataset_
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from torchdicom import Collate, DicomDataset, scan
+from torchdicom.transforms import Rescale, Window
+
+__all__ = ["main", "run"]
+
+WIDTH, LEVEL = 1500.0, -600.0  # the "lungs" window
+BATCH = 32
+TARGET = 10.0
+
+
+# --------------------------------------------------------------------------- data
+def _write_ct(directory: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = DicomDataset_()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "BENCH"
+    ds.Modality = "CT"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = 512
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = 1
+    ds.RescaleIntercept = -1024
+    ds.WindowCenter = 40
+    ds.WindowWidth = 400
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        uid = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
+        ds.PixelData = rng.integers(-1024, 3072, (512, 512), dtype=np.int16).tobytes()
+        path = directory / f"IM{i + 1:06d}"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _warm(paths: Iterable[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+
+# --------------------------------------------------------------------------- pipelines
+def _window_numpy(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """fastai ``windowed`` on one image, float32: ((HU - (L - W/2)) / W) clipped to [0, 1]."""
+    hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    out = (hu - np.float32(LEVEL - WIDTH / 2)) / np.float32(WIDTH)
+    return np.clip(out, 0.0, 1.0, out=out)[None]
+
+
+class NaiveDataset(Dataset):
+    """What a first loader looks like: parse the file, decode, window, per item."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        ds = pydicom.dcmread(self.paths[i])
+        image = _window_numpy(ds.pixel_array, float(ds.RescaleSlope), float(ds.RescaleIntercept))
+        return torch.from_numpy(image)
+
+
+class MonaiDataset(Dataset):
+    """MONAI's ``LoadImage`` with its pydicom reader, then the same numpy window."""
+
+    def __init__(self, paths: list[Path]):
+        from monai.transforms import LoadImage
+
+        self.paths = [str(p) for p in paths]
+        # MONAI's PydicomReader applies the rescale itself (stored * slope + intercept).
+        self.load = LoadImage(reader="PydicomReader", image_only=True)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        hu = np.asarray(self.load(self.paths[i]), dtype=np.float32)
+        # PydicomReader returns (W, H) (ITK-style axes); transpose back to rows x columns.
+        return torch.from_numpy(_window_numpy(hu.T, 1.0, 0.0))
+
+
+def _monai_version() -> str | None:
+    try:
+        import monai
+        from monai.transforms import LoadImage  # noqa: F401 - the import is the check
+    except Exception:  # a broken optional install must not stop the benchmark
+        return None
+    return str(monai.__version__)
+
+
+def _epoch_time(loader: DataLoader, after: Callable[[Any], torch.Tensor], repeats: int) -> float:
+    """Median seconds per epoch after one warm-up epoch (workers started, caches warm)."""
+
+    def epoch() -> None:
+        for batch in loader:
+            after(batch)
+
+    epoch()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _loader(dataset: Dataset, workers: int, collate_fn: Any = None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=BATCH,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=collate_fn,
+    )
+
+
+def run(quick: bool = False, n: int = 128) -> str:
+    """Run the benchmark and return the markdown report.
+
+    Args:
+        quick: at most 64 files, 3 timed epochs (else 5).
+        n: number of CT files.
+    """
+    if quick:
+        n = min(n, 64)
+    repeats = 3 if quick else 5
+    monai_version = _monai_version()
+    gpu_side = nn.Sequential(Rescale(), Window(WIDTH, LEVEL))
+
+    def transforms(batch: dict[str, Any]) -> torch.Tensor:
+        return gpu_side(batch)["image"]
+
+    results: dict[str, dict[int, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="torchdicom-bench-loader-") as tmp:
+        paths = _write_ct(Path(tmp) / "ct", n)
+        _warm(paths)
+        index = scan(Path(tmp) / "ct", progress=False)  # parse once, outside the timings
+        ours = DicomDataset(index, frames="first")
+        assert len(ours) == n
+        # Same output from every pipeline, checked once outside the timings.
+        naive = NaiveDataset([Path(r["path"]) for r in ours.rows])
+        reference = torch.stack([naive[i] for i in range(BATCH)])
+        got = transforms(Collate()([ours[i] for i in range(BATCH)]))
+        assert got.dtype == torch.float32 and torch.allclose(got, reference, atol=1e-6)
+        pipelines: dict[str, tuple[Dataset, Any, Callable[[Any], Any]]] = {
+            "naive Dataset: dcmread + pixel_array + numpy window": (naive, None, lambda b: b),
+        }
+        if monai_version is not None:
+            monai_ds = MonaiDataset([Path(r["path"]) for r in ours.rows])
+            assert torch.allclose(monai_ds[0], reference[0], atol=1e-6)
+            pipelines[f"MONAI {monai_version} LoadImage(PydicomReader) + numpy window"] = (
+                monai_ds,
+                None,
+                lambda b: b,
+            )
+        pipelines["torchdicom DicomDataset + batched Rescale → Window (CPU)"] = (
+            ours,
+            Collate(),
+            transforms,
+        )
+        pipelines["torchdicom DicomDataset, raw int16 batches (transforms on device)"] = (
+            ours,
+            Collate(),
+            lambda b: b,
+        )
+        for name, (dataset, collate_fn, after) in pipelines.items():
+            results[name] = {}
+            for workers in (0, 2):
+                loader = _loader(dataset, workers, collate_fn)
+                results[name][workers] = n / _epoch_time(loader, after, repeats)
+                del loader  # stops persistent workers before the next pipeline
+
+    naive_name = next(iter(results))
+    lines = [
+        f"{n} files of 512x512 int16 CT (Explicit VR LE, page cache warm), batch {BATCH},"
+        f" window W {WIDTH:g} / L {LEVEL:g} → float32 (B, 1, 512, 512); median of {repeats}"
+        f" epochs after a warm-up epoch. {platform.machine()}, {os.cpu_count()} CPUs,"
+        f" Python {platform.python_version()}, torch {torch.__version__},"
+        f" pydicom {pydicom.__version__}, {torch.get_num_threads()} torch threads.",
+        "",
+        "| pipeline | images/s, 0 workers | vs naive | images/s, 2 workers | vs naive |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, rates in results.items():
+        cells = []
+        for workers in (0, 2):
+            rate = rates[workers]
+            cells += [f"{rate:,.0f}", f"{rate / results[naive_name][workers]:.1f}x"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if monai_version is None:
+        lines += ["", "MONAI: not importable here, skipped."]
+    cpu_name = "torchdicom DicomDataset + batched Rescale → Window (CPU)"
+    verdicts = []
+    for workers in (0, 2):
+        ratio = results[cpu_name][workers] / results[naive_name][workers]
+        verdicts.append(
+            f"{workers} workers {'met' if ratio >= TARGET else 'MISSED'} ({ratio:.1f}x)"
+        )
+    lines += ["", f"Target >= {TARGET:g}x naive with CPU transforms: " + "; ".join(verdicts) + "."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="64 files, 3 epochs")
+    p.add_argument("--n", type=int, default=128, help="number of CT files")
+    args = p.parse_args(argv)
+    print(run(quick=args.quick, n=args.n))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
