@@ -1,0 +1,5 @@
+"""``python -m torchdicom`` runs the command-line interface."""
+
+from torchdicom.cli import main
+
+raise SystemExit(main())
