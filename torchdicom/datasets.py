@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from torchdicom.cache import FrameCache
 from torchdicom.errors import CorruptDicomError, TorchDicomError
@@ -415,6 +415,10 @@ class DicomDataset(_Base):
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def label_codes(self) -> list[Any]:
+        """The (encoded) label of every file, in :attr:`rows` order (empty without table labels)."""
+        return list(self._labels or [])
+
     def locate(self, i: int) -> tuple[int, int]:
         """(file position in :attr:`rows`, frame) of item ``i``, without reading anything."""
         f = int(np.searchsorted(self._starts, i, side="right")) - 1
@@ -726,7 +730,7 @@ class Collate:
     ) -> torch.Tensor:
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) == 1:
-            return torch.stack(values)
+            return torch.stack(values, out=_batch_buffer(values[0], len(values)))
         if not self.pad or len({v.shape[:-2] for v in values}) > 1:
             detail = ", ".join(
                 f"{tuple(v.shape)} {it.get('path', '?')}" for v, it in list(zip(values, items))[:4]
@@ -737,13 +741,29 @@ class Collate:
             )
         h = max(v.shape[-2] for v in values)
         w = max(v.shape[-1] for v in values)
-        padded = []
-        for v in values:
-            fill = v.min().item() if v.numel() and key != "mask" else 0
-            p = v.new_full((*v.shape[:-2], h, w), fill)
+        out = _batch_buffer(values[0], len(values), (*values[0].shape[:-2], h, w))
+        for p, v in zip(out, values):
+            p.fill_(v.min().item() if v.numel() and key != "mask" else 0)
             p[..., : v.shape[-2], : v.shape[-1]] = v
-            padded.append(p)
-        return torch.stack(padded)
+        return out
+
+
+def _batch_buffer(
+    like: torch.Tensor, batch: int, shape: tuple[int, ...] | None = None
+) -> torch.Tensor | None:
+    """The (B, ...) output of a stack; in shared memory inside a DataLoader worker.
+
+    A worker's batch travels to the main process through shared memory: built
+    there directly (as torch's default_collate does), the batch is not copied
+    again on its way, which for 32 CT slices saves a 16 MB copy per batch.
+    Outside workers ``None``: ``torch.stack`` allocates as usual.
+    """
+    shape = tuple(like.shape) if shape is None else shape
+    if get_worker_info() is None:
+        return None if shape == tuple(like.shape) else like.new_empty((batch, *shape))
+    numel = batch * math.prod(shape)
+    storage = like.untyped_storage()._new_shared(numel * like.element_size(), device=like.device)
+    return like.new_empty(0).set_(storage, 0, (batch, *shape))
 
 
 def _label_tensor(values: list[Any]) -> torch.Tensor | list[Any]:
