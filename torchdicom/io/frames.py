@@ -614,6 +614,10 @@ def read_frames_numpy(
             int(row["pixel_offset"]) >= 0
             and not bool(row["has_extended_offsets"])
             and not _unaligned_bits(row)
+            # Encapsulated data must have undefined length; with a defined one
+            # (a broken writer) pydicom decodes only that many bytes, so read
+            # it the way pydicom does rather than scan fragments past it.
+            and not (bool(row["encapsulated"]) and int(row["pixel_length"]) >= 0)
         ):
             return _stack(_read_with_decoder(row, idx, as_rgb), row)
         return _stack(_read_via_dataset(row, idx, as_rgb), row)
@@ -621,7 +625,11 @@ def read_frames_numpy(
         raise
     except MemoryError:
         raise CorruptDicomError(path, f"not enough memory to decode {_describe(row)}") from None
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        # Also a Rust decoder's panic (pyo3 PanicException derives from
+        # BaseException), seen on corrupt RLE segments.
         raise _decode_error(row, exc, None) from None
 
 
