@@ -17,6 +17,8 @@ several):
   timed) + :class:`~torchdicom.Collate`, then batched ``Rescale → Window``
   on the batch in the main process (on a GPU machine that step runs on the
   device in ``on_after_batch_transfer``);
+* **torchdicom, transforms in the workers**: the same batched transforms
+  run in the collate function, so ``num_workers`` processes share them;
 * **torchdicom, raw batches**: the same loader without the CPU transforms —
   what crosses to the device in the intended setup.
 
@@ -142,6 +144,17 @@ class MonaiDataset(Dataset):
         return torch.from_numpy(_window_numpy(hu.T, 1.0, 0.0))
 
 
+class _CollateThen:
+    """Collate, then the batched transforms, in the worker (a CPU-only setup's choice)."""
+
+    def __init__(self, transforms: nn.Module):
+        self.collate = Collate()
+        self.transforms = transforms
+
+    def __call__(self, items: list[dict[str, Any]]) -> torch.Tensor:
+        return self.transforms(self.collate(items))["image"]
+
+
 def _monai_version() -> str | None:
     try:
         import monai
@@ -220,6 +233,11 @@ def run(quick: bool = False, n: int = 128) -> str:
             ours,
             Collate(),
             transforms,
+        )
+        pipelines["torchdicom DicomDataset + batched Rescale → Window in the workers' collate"] = (
+            ours,
+            _CollateThen(gpu_side),
+            lambda b: b,
         )
         pipelines["torchdicom DicomDataset, raw int16 batches (transforms on device)"] = (
             ours,

@@ -98,6 +98,22 @@ def test_setup_splits_by_patient_deterministically(siim):
     assert batch["image"].dtype == torch.uint8  # 8-bit CR stays 8-bit on the host
 
 
+def test_setup_from_parquet_index_equals_directory(siim, tmp_path):
+    from torchdicom.index import scan
+
+    index_file = tmp_path / "index.parquet"
+    scan(siim.root, progress=False).to_parquet(index_file)
+    from_dir = DicomDataModule(siim.root, labels=siim.labels_csv, val_fraction=0.3)
+    from_index = DicomDataModule(index_file, labels=siim.labels_csv, val_fraction=0.3)
+    for dm in (from_dir, from_index):
+        dm.setup("fit")
+    assert [r["path"] for r in from_index.dataset.rows] == [
+        r["path"] for r in from_dir.dataset.rows
+    ]
+    assert from_index.dataset.label_codes() == from_dir.dataset.label_codes()
+    assert from_index.val_set.indices == from_dir.val_set.indices
+
+
 def test_loaders_need_setup(siim):
     with pytest.raises(RuntimeError, match="setup"):
         DicomDataModule(siim.root).train_dataloader()
