@@ -169,6 +169,10 @@ def _readme_block(headline: list[str], command: str, when: str) -> str:
             "",
             *headline,
             "",
+            "Cine rows: MONAI and TorchIO have no frame access, so one frame costs them a"
+            " whole-file load; for clips they load the file once and slice. JPEG rows are bound"
+            " by the decoder (torchdicom and pydicom use pylibjpeg; dicomsdl's decoder is faster).",
+            "",
             f"From `{command}` ({when}). Absolute times, the machine, I/O, transform and loader"
             " tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md). Scaling plots:"
             " [files](benchmarks/scaling_files.png), [frames per file](benchmarks/scaling_frames.png),"
