@@ -64,12 +64,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from torchdicom.io.frames import read_frames, row_for_path, scaled_px
     from torchdicom.io.header import dcmread, patient_hash
 
+    # Read the pixels first: a damaged file then fails with one error line
+    # before anything is printed. A header whose elements are shifted by
+    # damage can otherwise parse "fine" and show identifying bytes under
+    # harmless-looking keys, bypassing the masking of PatientName/PatientID.
+    row = row_for_path(args.file)
+    frame = args.frame
+    stored = read_frames(row, frame).to(torch.float64)
+    values = scaled_px(row, frame).double()
     ds = dcmread(args.file, stop_before_pixels=True)
     print(f"file: {args.file}")
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts:
-        print(f"{'TransferSyntax':<26} {ts} ({UID(ts).name})")
+        print(f"{'TransferSyntax':<26} {ts} ({UID(str(ts)).name})")
     for key in _INFO_KEYS:
         if key not in ds:
             continue
@@ -83,10 +91,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
         else:
             text = str(value)
         print(f"{key:<26} {text}")
-    row = row_for_path(args.file)
-    frame = args.frame
-    stored = read_frames(row, frame).to(torch.float64)
-    values = scaled_px(row, frame).double()
     print(
         f"pixels (frame {frame} of {row['frames']}): stored min {stored.min().item():g} max {stored.max().item():g}"
         f" mean {stored.mean().item():.2f}; scaled min {values.min().item():g} max {values.max().item():g}"
