@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -122,6 +124,27 @@ def patient_hash(identifier: str, salt: str | None = None) -> str:
     digest = hashlib.sha256(f"{salt}\x00{identifier}".encode("utf-8", "surrogatepass"))
     return digest.hexdigest()[:16]
 
+
+_INVALID_VALUE = re.compile(r"(Invalid value for VR \w+): .*?(\. Please see|$)", re.S)
+
+
+class _WithholdValues(logging.Filter):
+    """Keep pydicom's "invalid value" log lines but drop the value they quote.
+
+    pydicom logs a malformed element's value verbatim; in a damaged header
+    that value can run over the patient's name and ID. Logs leave the site
+    (training logs, CI), identifiers must not.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Invalid value for VR" in message:
+            record.msg = _INVALID_VALUE.sub(r"\1: <value withheld>\2", message)
+            record.args = ()
+        return True
+
+
+logging.getLogger("pydicom").addFilter(_WithholdValues())
 
 # Reads at most this large go through unchanged (the per-element fast case).
 _CLAMP_READS_ABOVE = 1 << 16
