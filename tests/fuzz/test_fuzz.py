@@ -138,7 +138,14 @@ def tally():
         "seeds": 0,
     }
     yield stats
+    _write_report(stats)
+
+
+def _write_report(stats: dict[str, Any]) -> None:
+    """Outcome counts to ``TORCHDICOM_FUZZ_REPORT`` (rewritten as the run goes, so a
+    run stopped early still reports what it tried)."""
     if REPORT:
+        counts = stats["by_call"]
         out = {
             "inputs": stats["inputs"],
             "seeds": stats["seeds"],
@@ -243,6 +250,8 @@ def test_mutated_files_give_pydicom_pixels_or_torchdicom_error(
     tally["seeds"] = len(seeds)
     for m in mutations:
         tally["by_op"][m.op if m.op != "set" else f"set {m.arg[0]}"] += 1  # type: ignore[index]
+    if tally["inputs"] % 50 == 0:
+        _write_report(tally)
     context = f"seed {name}, mutations: {_mutate.describe(mutations)}"
     assert "crash" not in verdicts, f"{verdicts['crash']} ({context})"
     assert "harness" not in verdicts, verdicts["harness"]
