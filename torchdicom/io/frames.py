@@ -519,6 +519,12 @@ def _decode_opts(row: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def _each_frame(decoder, f, idx: list[int], offset: int, as_rgb: bool, opts: dict[str, Any]):
+    for k in idx:
+        f.seek(offset)
+        yield decoder.as_array(f, index=k, as_rgb=as_rgb, **opts)
+
+
 def _read_with_decoder(
     row: dict[str, Any], idx: list[int], as_rgb: bool = True
 ) -> list[np.ndarray]:
@@ -529,15 +535,26 @@ def _read_with_decoder(
     # Bounded: a corrupt fragment length must not make the decoder
     # allocate 4 GiB (see BoundedReader).
     with _open_checked(row) as fraw, BoundedReader(fraw.fileno(), closefd=False) as f:
-        for k in idx:
-            f.seek(int(row["pixel_offset"]))
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    arr, _ = decoder.as_array(f, index=k, as_rgb=as_rgb, **opts)
-            except Exception as exc:
-                raise _decode_error(row, exc, k) from None
-            out.append(_to_chw(arr, spp))
+        f.seek(int(row["pixel_offset"]))
+        if not idx:
+            return out  # (pydicom's iter_array reads every frame for an empty list)
+        if bool(row["encapsulated"]):
+            # One iterator for all requested frames: pydicom sets up and
+            # validates its decode runner once, not once per frame (cine clips).
+            frames = decoder.iter_array(f, indices=idx, as_rgb=as_rgb, **opts)
+        else:
+            # Native data the fast path does not take (1-bit, YBR_FULL_422,
+            # big-endian): pydicom's iter_array skips the 4:2:2 upsampling
+            # that as_array does, so decode frame by frame.
+            frames = _each_frame(decoder, f, idx, int(row["pixel_offset"]), as_rgb, opts)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for arr, _ in frames:
+                    out.append(_to_chw(arr, spp))
+        except Exception as exc:
+            failed = idx[len(out)] if len(out) < len(idx) else None
+            raise _decode_error(row, exc, failed) from None
     return out
 
 
