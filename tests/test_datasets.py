@@ -416,3 +416,27 @@ def test_ybr_mode_and_device_side_conversion(us, source):
     converted = YbrToRgb()(batch)["image"]
     diff = (converted.int() - reference.int()).abs()
     assert int(diff.max()) <= 2
+
+
+class _Sized(torch.utils.data.Dataset):
+    """Items of two sizes, as a folder mixing detectors would give."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = torch.full((1, 4 + i % 2, 4), i, dtype=torch.int16)
+        return {"image": image, "path": f"item{i}"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_collate_pad_in_workers(workers):
+    # Inside workers the batch is built in shared memory; the values must not change.
+    loader = DataLoader(_Sized(), batch_size=4, num_workers=workers, collate_fn=Collate(pad=True))
+    for b, batch in enumerate(loader):
+        assert batch["image"].shape == (4, 1, 5, 4) and batch["image"].dtype == torch.int16
+        for k in range(4):
+            i = 4 * b + k
+            assert (batch["image"][k, :, : 4 + i % 2] == i).all()
+            assert (batch["image"][k, :, 4 + i % 2 :] == i).all()  # padded with its own minimum
+        assert batch["path"] == [f"item{4 * b + k}" for k in range(4)]
