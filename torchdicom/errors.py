@@ -43,8 +43,19 @@ class TorchDicomError(Exception):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None, reason: str, *, frame: int | None = None
+        self,
+        path: str | os.PathLike[str] | None,
+        reason: str | None = None,
+        *,
+        frame: int | None = None,
     ):
+        if reason is None:
+            # One argument: an already formatted message. This is how PyTorch's
+            # DataLoader re-raises a worker's exception in the main process
+            # (``type(exc)(message)``), so the error keeps its own class there.
+            self.path, self.reason, self.frame = None, str(path), frame
+            super().__init__(self.reason)
+            return
         self.path = None if path is None else os.fspath(path)
         self.reason = reason
         self.frame = frame
