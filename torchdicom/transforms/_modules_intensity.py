@@ -64,7 +64,9 @@ class Rescale(nn.Module):
         slope = data.get("slope", self.slope)
         intercept = data.get("intercept", self.intercept)
         flags = data.get("monochrome1")
-        if flags is None or "bits_stored" not in data:
+        # Most batches hold no MONOCHROME1 image: skip the full-size inversion
+        # pass then (one tiny (B,) reduction instead of a pass over the pixels).
+        if flags is None or "bits_stored" not in data or not bool(torch.as_tensor(flags).any()):
             return apply_to_image(data, lambda x, _: rescale(x, slope, intercept))
         out = dict(data)
         image = data["image"]
