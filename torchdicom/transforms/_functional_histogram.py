@@ -4,7 +4,12 @@ The bins are the tutorial's: per image, the sorted pixel values picked at fracti
 positions ``[0.001, (i + 0.5) / n_bins for i < n_bins, 0.999]`` (positions computed in float32
 exactly as the tutorial computes them, index ``floor(position * pixel_count)``), de-duplicated.
 For integer-valued images the same order statistics come from a per-image histogram and its
-cumulative counts (one ``bincount`` for the whole batch) instead of a full sort.
+cumulative counts instead of a full sort, and :func:`hist_scaled` interpolates once per
+distinct value (a lookup table over the value range) and gathers the pixels from it.
+
+On CPU the batch is processed in chunks of whole images (about :data:`_CHUNK_VALUES` values), so
+the intermediates (int32 keys, histograms, tables) stay bounded and are reused from chunk to
+chunk, and the only batch-sized allocation is the result.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,7 +28,13 @@ from torchdicom.transforms._functional_intensity import (
     resolve_window,
     windowed,
 )
-from torchdicom.transforms._utils import check_image, float_dtype, unbatch
+from torchdicom.transforms._utils import (
+    check_image,
+    chunk_rows,
+    empty_large,
+    float_dtype,
+    unbatch,
+)
 
 __all__ = [
     "FreqHistBins",
@@ -34,9 +46,14 @@ __all__ = [
 ]
 
 # Histogram order statistics are used while one image's value range stays below this (covers
-# all 16-bit data) and the whole batch's histogram below _MAX_HIST_ENTRIES counts.
+# all 16-bit data) and one chunk's histogram below _MAX_HIST_ENTRIES counts.
 _MAX_RANGE = 1 << 17
 _MAX_HIST_ENTRIES = 1 << 25
+# CPU work happens about this many values (16 images of 512 x 512) at a time, so intermediates
+# stay bounded and their buffers are reused. Smaller, cache-sized chunks measured no faster on
+# one thread and much slower on two threads of a busy machine (every torch op is a parallel
+# region whose join can wait on a descheduled worker). Read at call time (tests shrink it).
+_CHUNK_VALUES = 1 << 22
 
 
 class FreqHistBins(NamedTuple):
@@ -70,36 +87,84 @@ def _check_n_bins(n_bins: int) -> None:
 
 
 class _IntegerView(NamedTuple):
-    keys: Tensor  # (B, N) int32: value - min_b + b * span, an index into a flat (B * span) table
-    mins: Tensor  # (B,) int64
-    span: int  # max over images of (max_b - min_b + 1)
+    keys: Tensor  # (k, N) int32: value - low + r * span for row r, an index into a (k * span) table
+    low: int  # the chunk's smallest value
+    span: int  # the chunk's max - min + 1: every row's values lie in [low, low + span)
 
 
-def _integer_view(v: Tensor) -> _IntegerView | None:
-    """Offset integer keys for a (B, N) batch, or None when the histogram route does not apply.
+def _integer_view(
+    v: Tensor, keys: Tensor | None = None, scratch: Tensor | None = None
+) -> _IntegerView | None:
+    """Offset integer keys for a (k, N) chunk, or None when the histogram route does not apply.
 
     Float input qualifies when every value is finite and integral (HU from integer CT with an
-    integer slope/intercept), so those order statistics are exact too.
+    integer slope/intercept), so those order statistics are exact too. ``keys`` (int32) and
+    ``scratch`` (``v.dtype``, floats only) are optional reusable buffers of at least k rows.
+    The range is the chunk's (one reduction, not one per row); rows whose values do not reach
+    its ends just have empty histogram entries there.
     """
-    if v.requires_grad or v.shape[0] == 0 or v.shape[1] == 0:
+    k, n = v.shape
+    if v.requires_grad or k == 0 or n == 0:
         return None
-    if v.is_floating_point() or v.element_size() >= 4:
-        # Wide values (float, int32, int64) must fit int32 keys; 8/16-bit ones always do.
-        lo, hi = torch.aminmax(v)
-        if v.is_floating_point() and not (torch.isfinite(lo) and torch.isfinite(hi)):
+    keys = torch.empty((k, n), dtype=torch.int32, device=v.device) if keys is None else keys[:k]
+    if v.is_floating_point():
+        lo_t, hi_t = torch.aminmax(v)
+        lo, hi = float(lo_t), float(hi_t)
+        # Wide values must fit int32 keys; NaN and infinities fail these comparisons.
+        if not (lo >= -(2**30) and hi <= 2**30):
             return None
-        if lo < -(2**30) or hi > 2**30:
+        # Integral iff frac() is 0 everywhere: one pass and one reduction, no bool temporaries.
+        frac = torch.frac(v, out=scratch[:k]) if scratch is not None else torch.frac(v)
+        fmin, fmax = torch.aminmax(frac)
+        if not (bool(fmin == 0) and bool(fmax == 0)):
             return None
-    ints = v.to(torch.int32, copy=True)
-    if v.is_floating_point() and not bool((ints == v).all()):
+        keys.copy_(v)
+        low, high = int(lo), int(hi)
+    else:
+        if v.element_size() >= 4:
+            lo_t, hi_t = torch.aminmax(v)
+            if lo_t < -(2**30) or hi_t > 2**30:
+                return None
+            keys.copy_(v)
+        else:
+            # 8/16-bit values always fit; uint16 has no aminmax kernel on CPU, int32 does.
+            keys.copy_(v)
+            lo_t, hi_t = torch.aminmax(keys)
+        low, high = int(lo_t), int(hi_t)
+    span = high - low + 1
+    if span > _MAX_RANGE or span * k > _MAX_HIST_ENTRIES:
         return None
-    mins, maxs = torch.aminmax(ints, dim=1)
-    span = int((maxs - mins).max()) + 1
-    if span > _MAX_RANGE or span * v.shape[0] > _MAX_HIST_ENTRIES:
-        return None
-    offsets = torch.arange(v.shape[0], device=v.device, dtype=torch.int32) * span - mins
-    ints.add_(offsets[:, None])
-    return _IntegerView(ints, mins.long(), span)
+    if k == 1:
+        keys.sub_(low)
+    else:
+        offsets = torch.arange(k, dtype=torch.int32, device=v.device) * -span + low
+        keys.sub_(offsets[:, None])
+    return _IntegerView(keys, low, span)
+
+
+def _key_buffers(v: Tensor, rows: int, scratch: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Reusable per-chunk buffers for :func:`_integer_view`: int32 keys and a float scratch."""
+    shape = (rows, v.shape[1])
+    keys = empty_large(shape, torch.int32, v.device)
+    if not (scratch and v.is_floating_point()):
+        return keys, None
+    return keys, empty_large(shape, v.dtype, v.device)
+
+
+def _picked_from_view(view: _IntegerView, ranks: Tensor) -> Tensor:
+    """(k, R) int64 order statistics at ``ranks`` from the chunk's histograms."""
+    k = view.keys.shape[0]
+    counts = torch.bincount(view.keys.view(-1), minlength=k * view.span).view(k, view.span)
+    cumulative = torch.cumsum(counts, dim=1)
+    # The k-th smallest value (0-based) is the first v with more than k values <= v.
+    index = torch.searchsorted(cumulative, ranks.expand(k, -1).contiguous(), right=True)
+    return index + view.low
+
+
+def _picked_by_sort(v: Tensor, ranks: Tensor) -> Tensor:
+    # uint16/uint32 lack sort and scatter kernels on CPU: order them as int64.
+    wide = v.detach() if v.is_floating_point() or v.is_signed() else v.detach().to(torch.int64)
+    return torch.sort(wide, dim=1).values[:, ranks]
 
 
 def _dedup_sorted(picked: Tensor) -> FreqHistBins:
@@ -115,24 +180,26 @@ def _dedup_sorted(picked: Tensor) -> FreqHistBins:
     return FreqHistBins(out, lengths)
 
 
-def _bins_from_rows(v: Tensor, n_bins: int, view: _IntegerView | None) -> FreqHistBins:
+def _bins_from_rows(v: Tensor, n_bins: int, wide: torch.dtype) -> FreqHistBins:
+    """Per-row bins of a (B, N) batch, chunk by chunk, de-duplicated in ``wide``.
+
+    ``wide`` (int64 or float64) holds every value of ``v`` exactly, so the bins are the same
+    numbers whichever route (histogram or sort) a chunk took.
+    """
     b, n = v.shape
     ranks = _rank_positions(n_bins, n, v.device)
     if b == 0:
-        empty = torch.empty((0, ranks.numel()), dtype=v.dtype, device=v.device)
+        empty = torch.empty((0, ranks.numel()), dtype=wide, device=v.device)
         return FreqHistBins(empty, torch.empty(0, dtype=torch.int64, device=v.device))
-    if view is not None:
-        counts = torch.bincount(view.keys.view(-1), minlength=b * view.span).view(b, view.span)
-        cumulative = torch.cumsum(counts, dim=1)
-        # The k-th smallest value (0-based) is the first v with more than k values <= v.
-        index = torch.searchsorted(cumulative, ranks.expand(b, -1).contiguous(), right=True)
-        picked = index + view.mins[:, None]
-    else:
-        # uint16/uint32 lack sort and scatter kernels on CPU: order them as int64.
-        wide = v.detach() if v.is_floating_point() or v.is_signed() else v.detach().to(torch.int64)
-        picked = torch.sort(wide, dim=1).values[:, ranks]
-    result = _dedup_sorted(picked)
-    return FreqHistBins(result.bins.to(v.dtype), result.lengths)
+    step = chunk_rows(b, n, v.device, _CHUNK_VALUES)
+    keys, scratch = _key_buffers(v, step)
+    picked = []
+    for start in range(0, b, step):
+        chunk = v[start : start + step]
+        view = _integer_view(chunk, keys, scratch)
+        rows = _picked_from_view(view, ranks) if view is not None else _picked_by_sort(chunk, ranks)
+        picked.append(rows.to(wide))
+    return _dedup_sorted(torch.cat(picked))
 
 
 def freqhist_bins(x: Tensor, n_bins: int = 100) -> FreqHistBins:
@@ -168,7 +235,9 @@ def freqhist_bins(x: Tensor, n_bins: int = 100) -> FreqHistBins:
         raise ValueError(
             f"freqhist_bins needs images with at least one pixel. Got: {tuple(x.shape)}"
         )
-    result = _bins_from_rows(v, n_bins, _integer_view(v))
+    wide = torch.float64 if v.is_floating_point() else torch.int64
+    result = _bins_from_rows(v, n_bins, wide)
+    result = FreqHistBins(result.bins.to(v.dtype), result.lengths)
     if batched:
         return result
     return FreqHistBins(result.bins[0], result.lengths[0])
@@ -280,21 +349,98 @@ def hist_scaled(x: Tensor, bins: Tensor | FreqHistBins | None = None, n_bins: in
     v = xb.reshape(b, math.prod(xb.shape[1:]))
     if v.numel() == 0:
         return torch.empty(x.shape, dtype=dtype, device=x.device)
-    view = _integer_view(v)
-    per_image = _bins_from_rows(v, n_bins, view) if bins is None else bins
-    fb = _normalise_bins(per_image, b, v.device)
-    if view is not None:
-        # Integer values: interpolate once per distinct value of each image's range, then look
-        # the pixels up; the table entries are the very numbers the per-pixel formula gives.
-        grid = view.mins[:, None].to(torch.float64) + torch.arange(
-            view.span, device=v.device, dtype=torch.float64
-        )
-        table = _interp(grid, fb.bins, fb.lengths).clamp_(0, 1).to(dtype).view(-1)
-        out = torch.empty(v.shape, dtype=dtype, device=v.device)
-        torch.index_select(table, 0, view.keys.view(-1), out=out.view(-1))
+    if v.requires_grad:
+        # Differentiable route: the whole batch through the per-pixel formula.
+        per_image = _bins_from_rows(v, n_bins, torch.float64) if bins is None else bins
+        fb = _normalise_bins(per_image, b, v.device)
+        out = _interp(v.to(torch.float64), fb.bins, fb.lengths).clamp(0, 1).to(dtype)
         return unbatch(out.view(xb.shape), batched)
-    out = _interp(v.to(torch.float64), fb.bins, fb.lengths).clamp(0, 1).to(dtype)
-    return unbatch(out.view(xb.shape), batched)
+    out = empty_large(xb.shape, dtype, v.device)
+    scaler = _HistScaler(v, bins, n_bins)
+    for start in range(0, b, scaler.step):
+        scaler.into(start, out.view(b, -1)[start : start + scaler.step])
+    return unbatch(out, batched)
+
+
+class _HistScaler:
+    """:func:`hist_scaled` of a (B, N) batch, chunk by chunk (see :data:`_CHUNK_VALUES`)."""
+
+    def __init__(self, v: Tensor, bins: Tensor | FreqHistBins | None, n_bins: int) -> None:
+        b, n = v.shape
+        self.v = v
+        self.step = chunk_rows(b, n, v.device, _CHUNK_VALUES)
+        # Float32/64 chunks use their destination rows as the scratch of the integrality check.
+        self.keys, self.scratch = _key_buffers(v, self.step, float_dtype(v) != v.dtype)
+        self.shared = None if bins is None else _normalise_bins(bins, b, v.device)
+        self.ranks = _rank_positions(n_bins, n, v.device) if bins is None else None
+
+    def chunk(self, start: int, dest: Tensor) -> tuple[Tensor, _IntegerView | None]:
+        """Rows ``start : start + k`` and their integer view (None: not integer-valued)."""
+        rows = self.v[start : start + dest.shape[0]]
+        scratch = dest if dest.dtype == rows.dtype else self.scratch
+        return rows, _integer_view(rows, self.keys, scratch)
+
+    def bins(self, start: int, rows: Tensor, view: _IntegerView | None) -> FreqHistBins:
+        """The chunk's bins, float64."""
+        if self.shared is not None:
+            stop = start + rows.shape[0]
+            return FreqHistBins(self.shared.bins[start:stop], self.shared.lengths[start:stop])
+        assert self.ranks is not None
+        if view is not None:
+            picked = _picked_from_view(view, self.ranks)
+        else:
+            picked = _picked_by_sort(rows, self.ranks)
+        return _dedup_sorted(picked.to(torch.float64))
+
+    def table(self, start: int, rows: Tensor, view: _IntegerView, dtype: torch.dtype) -> Tensor:
+        """(k, span) hist_scaled of every value of the chunk's range, per row, in ``dtype``.
+
+        The entries are the very numbers the per-pixel formula gives for those values.
+        """
+        if view.keys.device.type == "cpu":
+            return self._table_numpy(start, view, dtype)
+        fb = self.bins(start, rows, view)
+        grid = torch.arange(view.span, device=fb.bins.device, dtype=torch.float64) + view.low
+        values = grid.expand(rows.shape[0], -1).contiguous()
+        return _interp(values, fb.bins, fb.lengths).clamp_(0, 1).to(dtype)
+
+    def _table_numpy(self, start: int, view: _IntegerView, dtype: torch.dtype) -> Tensor:
+        # On CPU the per-image work on these small arrays (<= 65536 entries) runs as the
+        # tutorial's own numpy calls: bins by searchsorted + unique, then numpy.interp itself,
+        # at a fraction of the per-op overhead of some 60 tiny torch ops per chunk.
+        k = view.keys.shape[0]
+        grid = np.arange(view.span, dtype=np.float64) + view.low
+        table = np.empty((k, view.span), dtype=np.float64 if dtype == torch.float64 else np.float32)
+        if self.shared is None:
+            assert self.ranks is not None
+            counts = torch.bincount(view.keys.view(-1), minlength=k * view.span)
+            cumulative = np.cumsum(counts.numpy().reshape(k, view.span), axis=1)
+            ranks = self.ranks.numpy()
+        for r in range(k):
+            if self.shared is None:
+                picked = np.searchsorted(cumulative[r], ranks, side="right") + view.low
+                bins = np.unique(picked).astype(np.float64)
+            else:
+                length = int(self.shared.lengths[start + r])
+                bins = self.shared.bins[start + r, :length].numpy()
+            y = np.interp(grid, bins, np.linspace(0.0, 1.0, len(bins)))
+            table[r] = np.clip(y, 0.0, 1.0, out=y)
+        return torch.from_numpy(table)
+
+    def into(self, start: int, dest: Tensor) -> None:
+        """Write rows ``start : start + k`` into ``dest`` ((k, N), every row contiguous)."""
+        rows, view = self.chunk(start, dest)
+        if view is None:
+            fb = self.bins(start, rows, view)
+            dest.copy_(_interp(rows.to(torch.float64), fb.bins, fb.lengths).clamp_(0, 1))
+            return
+        # Integer values: gather the pixels from the chunk's (k * span) table.
+        table = self.table(start, rows, view, dest.dtype).view(-1)
+        if dest.is_contiguous():
+            torch.index_select(table, 0, view.keys.view(-1), out=dest.view(-1))
+            return
+        for r in range(dest.shape[0]):
+            torch.index_select(table, 0, view.keys[r], out=dest[r])
 
 
 def freqhist_bins_dataset(
@@ -350,7 +496,7 @@ def freqhist_bins_dataset(
         total += flat.numel()
         view = _integer_view(flat[None]) if sample is None else None
         if view is not None:
-            lo = int(view.mins[0])
+            lo = view.low
             hi = lo + view.span
             counts, low = _grow(counts, low, lo, hi)
             counts[lo - low : hi - low] += torch.bincount(
@@ -461,12 +607,21 @@ def to_nchan(
         if with_hist:
             parts.append(hist_scaled(xb, bins=bins))  # type: ignore[arg-type]
         return unbatch(torch.cat(parts, dim=1), batched)
-    # Channels are written into one preallocated output: no torch.cat copy of the whole batch.
-    out = torch.empty((b, groups, c, h, w), dtype=float_dtype(x), device=x.device)
-    for i, (width, level) in enumerate(resolved):
-        _window_into(out[:, i], xb, width, level, mode)
-    if with_hist:
-        out[:, -1] = hist_scaled(xb, bins=bins)  # type: ignore[arg-type]
+    # Channels are written into one preallocated output chunk by chunk, every window and the
+    # histogram channel of a chunk one after the other while its rows are fresh in cache.
+    out = empty_large((b, groups, c, h, w), float_dtype(x), x.device)
+    n = c * h * w
+    if out.numel() == 0:
+        return unbatch(out.view(b, groups * c, h, w), batched)
+    scaler = _HistScaler(xb.reshape(b, n), bins, 100) if with_hist else None  # type: ignore[arg-type]
+    step = scaler.step if scaler is not None else chunk_rows(b, n, x.device, _CHUNK_VALUES)
+    hist_rows = out[:, -1].view(b, n)
+    for start in range(0, b, step):
+        chunk = xb[start : start + step]
+        for i, (width, level) in enumerate(resolved):
+            _window_into(out[start : start + step, i], chunk, width, level, mode)
+        if scaler is not None:
+            scaler.into(start, hist_rows[start : start + step])
     return unbatch(out.view(b, groups * c, h, w), batched)
 
 
@@ -475,7 +630,11 @@ def _window_into(dest: Tensor, x: Tensor, width: float, level: float, mode: Wind
         dest.copy_(windowed(x, width, level, mode=mode))
         return
     lo, hi = level - width // 2, level + width // 2
-    torch.clamp(x, lo, hi, out=dest)
+    if x.dtype == dest.dtype:
+        torch.clamp(x, lo, hi, out=dest)
+    else:
+        # Integer / half input: convert first, as windowed() does (clamp's out= keeps dtype).
+        dest.copy_(x).clamp_(lo, hi)
     dest.sub_(lo).div_(hi - lo)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import ctypes
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import torch
@@ -41,6 +44,57 @@ def float_dtype(x: Tensor) -> torch.dtype:
     ±3000 lose whole units in half precision.
     """
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# Fresh CPU buffers from 4 MiB up are advised onto transparent huge pages (as numpy does for its
+# arrays): first-touch page faults on 4 KiB pages cost more than the arithmetic that fills them.
+_HUGEPAGE_MIN_BYTES = 1 << 22
+_MADV_HUGEPAGE = 14  # linux/mman.h
+
+
+@cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def empty_large(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.empty`` for a large result or buffer that is about to be written in full.
+
+    On Linux CPU, buffers of 4 MiB and more are advised ``MADV_HUGEPAGE`` before their first
+    touch (the kernel ignores the advice where transparent huge pages are off), which makes
+    faulting a fresh 128 MB ``to_nchan`` output several times cheaper. Values are unaffected.
+    """
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type != "cpu" or nbytes < _HUGEPAGE_MIN_BYTES:
+        return out
+    madvise = _madvise()
+    if madvise is not None:
+        page = 4096
+        start = -(-out.data_ptr() // page) * page
+        end = (out.data_ptr() + nbytes) // page * page
+        if end > start:
+            madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: failure is harmless
+    return out
+
+
+def chunk_rows(rows: int, row_numel: int, device: torch.device, target: int) -> int:
+    """How many rows (images) to process at once so that a chunk holds about ``target`` values.
+
+    On CPU chunks bound the intermediates and let their buffers be reused, instead of
+    whole-batch temporaries; other devices take the whole batch at once.
+    """
+    if device.type != "cpu":
+        return max(rows, 1)
+    return max(1, min(rows, target // max(row_numel, 1)))
 
 
 def per_sample(
