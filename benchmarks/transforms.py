@@ -1,7 +1,8 @@
 """Batched radiology transforms vs the tutorial's per-image loop (sort + numpy.interp).
 
-Run: ``python -m benchmarks.transforms [--quick] [--device cuda]``. Every ratio is measured in
-one run on one machine (shared machines are noisy; compare ratios, not absolute times).
+Run: ``python -m benchmarks.transforms [--quick] [--device cuda] [--threads N]``. Every ratio is
+measured in one run on one machine (shared machines are noisy; compare ratios, not absolute
+times).
 """
 
 from __future__ import annotations
@@ -191,7 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small batch, fewer repeats")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)"
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(run(quick=args.quick, device=args.device))
 
 

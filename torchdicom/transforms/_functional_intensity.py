@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -12,7 +11,6 @@ from torch import Tensor
 from torchdicom.transforms._utils import (
     Param,
     check_image,
-    chunk_rows,
     empty_large,
     float_dtype,
     per_sample,
@@ -29,12 +27,6 @@ __all__ = [
     "window_from_header",
     "windowed",
 ]
-
-# CPU work happens about this many values (16 images of 512 x 512) at a time, so intermediates
-# stay bounded and their buffers are reused. Smaller, cache-sized chunks measured no faster on
-# one thread and much slower on two threads of a busy machine (every torch op is a parallel
-# region whose join can wait on a descheduled worker). Read at call time (tests shrink it).
-_CHUNK_VALUES = 1 << 22
 
 #: Named windows, name -> (width, level) in Hounsfield units, as in the fastai tutorial.
 DICOM_WINDOWS: Mapping[str, tuple[int, int]] = {
@@ -113,17 +105,12 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
     i = torch.where(torch.isnan(i), torch.zeros_like(i), i)
     if xb.requires_grad:
         return unbatch(xb.to(dtype) * s + i, batched)
-    out = empty_large(xb.shape, dtype, xb.device)
-    if not xb.is_floating_point() and bool((s == 1).all()):
-        # x * 1 == x exactly for values converted from integers: one pass that converts and
-        # adds (the same float conversion, then the same addition, as x.to(dtype) + i).
-        torch.add(xb, i, out=out)
-        return unbatch(out, batched)
-    # A few images at a time, so that the add reads the product back from cache.
-    step = chunk_rows(b, math.prod(xb.shape[1:]), xb.device, _CHUNK_VALUES)
-    for start in range(0, b, step):
-        rows = slice(start, start + step)
-        torch.mul(xb[rows], s[rows], out=out[rows]).add_(i[rows])
+    # A fresh (huge-page-advised) output, converted into and scaled in place: mixed-dtype ops
+    # (int16 * float32) would first materialise a converted copy of the whole batch.
+    out = empty_large(xb.shape, dtype, xb.device).copy_(xb)
+    if xb.is_floating_point() or not bool((s == 1).all()):
+        out.mul_(s)  # x * 1 == x exactly for values converted from integers: skipped then
+    out.add_(i)
     return unbatch(out, batched)
 
 
