@@ -145,6 +145,23 @@ def test_lying_header_on_compressed_file(tmp_path: Path) -> None:
     assert peak < 4 * 2**20, peak
 
 
+def test_compressed_frame_larger_than_its_data_can_decode_to(tmp_path: Path) -> None:
+    # Found by fuzzing: a real J2K MR with Rows set to 65535 made pydicom size
+    # a 128 MiB output buffer from the header for a ~100 kB file.
+    path = tmp_path / "liar_j2k.dcm"
+    shutil.copy(real_file("MR2_J2KI.dcm"), path)
+    ds = pydicom.dcmread(path)
+    ds.Rows = 65535
+    ds.save_as(path)
+    tracemalloc.start()
+    try:
+        _raises(CorruptDicomError, lambda: read_frames(path), path, "impossible for 1 compressed")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak
+
+
 def test_impossible_geometry_is_refused_at_parse(tmp_path: Path) -> None:
     path = tmp_path / "zero.dcm"
     _lying_file(path, Rows=0)

@@ -58,12 +58,13 @@ _UNDEFINED = -1
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 _HAS_PREADV = hasattr(os, "preadv")
 
-# A compressed frame decodes to at most this many times its file's size (plus
-# a floor for tiny, highly compressible frames). Real ratios stay far below
-# (lossless 2-4x, lossy 10-50x, a flat JPEG frame a few hundred x); a header
-# beyond it is lying about its dimensions and would make the decoder allocate
-# what the file cannot hold.
-_MAX_DECODE_RATIO = 2000
+# A compressed frame decodes to at most this many times its share of the
+# file (plus a floor under which any frame is allowed). Real ratios stay far
+# below: lossless 2-4x, lossy 10-50x, RLE at most 64x; only near-blank frames
+# go higher, and those are small enough for the floor. A header beyond it is
+# lying about its dimensions and would make the decoder allocate what the file
+# cannot hold (pydicom sizes its output buffer from the header).
+_MAX_DECODE_RATIO = 256
 _DECODE_FLOOR_BYTES = 64 * 2**20
 
 
@@ -228,11 +229,13 @@ def _check_encapsulated_size(row: dict[str, Any]) -> None:
             f"header declares {row['frames']} compressed frames but a file of {size} bytes can hold at most {size // 8}",
         )
     frame_bytes = _frame_nbits(row) // 8
-    if frame_bytes > max(_DECODE_FLOOR_BYTES, _MAX_DECODE_RATIO * size):
+    per_frame = max(size - max(int(row["pixel_offset"]), 0), 0) / int(row["frames"])
+    if frame_bytes > max(_DECODE_FLOOR_BYTES, _MAX_DECODE_RATIO * per_frame):
         raise CorruptDicomError(
             path,
             f"header declares frames of {row['rows']}x{row['columns']}x{row['samples_per_pixel']} at"
-            f" {row['bits_allocated']} bits ({frame_bytes} bytes each), impossible for a {size}-byte file",
+            f" {row['bits_allocated']} bits ({frame_bytes} bytes each), impossible for"
+            f" {row['frames']} compressed frame(s) in a {size}-byte file",
         )
 
 
