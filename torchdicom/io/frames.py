@@ -388,11 +388,42 @@ def _read_native(row: dict[str, Any], idx: list[int]) -> np.ndarray:
         os.close(fd)
     bits_stored = int(row["bits_stored"])
     if bits_stored < int(row["bits_allocated"]) and row["pixel_keyword"] == "PixelData":
-        _clear_unused_bits(out, bits_stored)
+        # Training reads the same unchanged files every epoch: a single-frame
+        # file found clean once (same size and mtime, checked on open above)
+        # needs no second range check.
+        key = (path, int(row["size"]), int(row["mtime_ns"]))
+        single = int(row["frames"]) == 1
+        if not (single and key in _CLEAN_HIGH_BITS):
+            was_clean = _clear_unused_bits(out, bits_stored)
+            if single and was_clean:
+                _CLEAN_HIGH_BITS.add(key)
     return out
 
 
-def _clear_unused_bits(out: np.ndarray, bits_stored: int) -> None:
+class _BoundedKeySet:
+    """A set that forgets its oldest keys beyond ``capacity`` (per process)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._keys: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple[str, int, int]) -> bool:
+        return key in self._keys
+
+    def add(self, key: tuple[str, int, int]) -> None:
+        with self._lock:
+            self._keys[key] = None
+            while len(self._keys) > self.capacity:
+                self._keys.popitem(last=False)
+
+
+# (path, size, mtime_ns) of single-frame files whose bits above Bits Stored
+# were found clear / properly sign-extended.
+_CLEAN_HIGH_BITS = _BoundedKeySet(200_000)
+
+
+def _clear_unused_bits(out: np.ndarray, bits_stored: int) -> bool:
     """Clear (unsigned) or sign-extend (signed) the bits above Bits Stored, in place.
 
     PS3.5 8.1.1: bits above Bits Stored carry no meaning (overlay planes,
@@ -403,18 +434,21 @@ def _clear_unused_bits(out: np.ndarray, bits_stored: int) -> None:
     check the value range with vectorised reductions and only shift when a
     value lies outside what Bits Stored allows. (``torch.aminmax`` would be
     one pass, but its intra-op threads cost more than they save here.)
+
+    Returns whether the values were clean already.
     """
     if out.size == 0:
-        return
+        return True
     if out.dtype.kind == "i":
         limit = 1 << (bits_stored - 1)
-        clean = out.min() >= -limit and out.max() < limit
+        clean = bool(out.min() >= -limit and out.max() < limit)
     else:
-        clean = out.max() < (1 << bits_stored)
+        clean = bool(out.max() < (1 << bits_stored))
     if not clean:
         shift = out.dtype.itemsize * 8 - bits_stored
         np.left_shift(out, shift, out=out)
         np.right_shift(out, shift, out=out)
+    return clean
 
 
 def _unaligned_bits(row: dict[str, Any]) -> bool:
