@@ -153,7 +153,9 @@ def _set_transfer_syntax(data: bytes, uid: str) -> bytes:
     glen = out.find(b"\x02\x00\x00\x00UL\x04\x00")
     if 0 <= glen < tag:
         old = int.from_bytes(out[glen + 8 : glen + 12], "little")
-        out[glen + 8 : glen + 12] = (old + len(value) - old_len).to_bytes(4, "little")
+        new = old + len(value) - old_len
+        if 0 <= new < 2**32:  # an earlier mutation may have made the length absurd already
+            out[glen + 8 : glen + 12] = new.to_bytes(4, "little")
     return bytes(out)
 
 
