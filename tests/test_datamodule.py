@@ -244,3 +244,32 @@ def test_ddp_two_ranks_cover_every_sample_once(siim, tmp_path):
         assert len(seen) == 24 and sorted(counts.values()) == [1] * 22 + [2]
         orders.append(seen)
     assert orders[0] != orders[1]  # reshuffled per epoch (set_epoch)
+
+
+def test_lightning_cli_builds_the_datamodule_from_plain_arguments(tmp_path: Path) -> None:
+    """LightningCLI parses the constructor: a labels CSV path stays a path."""
+    from pytorch_lightning.cli import LightningCLI
+
+    from torchdicom.demo import DemoClassifier
+    from torchdicom.samples import siim_like
+
+    sample = siim_like(tmp_path / "siim", n=12, size=32)
+    cli = LightningCLI(
+        DemoClassifier,
+        DicomDataModule,
+        run=False,
+        save_config_callback=None,
+        args=[
+            "--model.in_channels=1",
+            "--model.n_classes=2",
+            f"--data.data={sample.root}",
+            f"--data.labels={sample.labels_csv}",
+            "--data.batch_size=4",
+            "--data.val_fraction=0.25",
+        ],
+    )
+    dm = cli.datamodule
+    assert dm.labels == str(sample.labels_csv)
+    dm.setup("fit")
+    assert dm.classes == ["No Pneumothorax", "Pneumothorax"]
+    assert len(dm.train_set) + len(dm.val_set) == 12

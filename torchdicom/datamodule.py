@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from torchdicom.cache import FrameCache
-from torchdicom.datasets import Collate, DicomDataset, LabelSource, MaskSource
+from torchdicom.datasets import Collate, DicomDataset, MaskSource
 from torchdicom.index import DicomIndex, scan
 
 __all__ = ["DicomDataModule", "patient_split"]
@@ -80,7 +80,11 @@ class DicomDataModule(pl.LightningDataModule):
     Args:
         data: a directory of DICOM files, or a parquet index written by
             :meth:`DicomIndex.to_parquet` / ``torchdicom scan --out``.
-        labels: CSV path / DataFrame / mapping / callable (see :class:`DicomDataset`).
+        labels: a CSV path or a callable ``f(path)`` / ``f(path, frame)`` (see
+            :class:`DicomDataset`). A DataFrame or a mapping works too from Python;
+            the annotation lists only the types ``LightningCLI`` parses safely
+            (jsonargparse reads a path given for a union with table types as the
+            file's contents).
         masks: paired masks (see :class:`DicomDataset`).
         frames: ``"all"``, ``"first"`` or a frame index (see :class:`DicomDataset`).
         val_fraction, test_fraction: share of items per split; split by hashed
@@ -112,7 +116,7 @@ class DicomDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data: str | os.PathLike[str],
-        labels: LabelSource = None,
+        labels: str | os.PathLike[str] | Callable[..., Any] | None = None,
         masks: MaskSource = None,
         frames: Literal["all", "first"] | int = "first",
         val_fraction: float = 0.2,
