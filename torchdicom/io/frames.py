@@ -47,7 +47,14 @@ from torchdicom.errors import (
     TorchDicomError,
     UnsupportedTransferSyntaxError,
 )
-from torchdicom.io.header import BoundedReader, _short, as_row, dcmread, header_row
+from torchdicom.io.header import (
+    BoundedReader,
+    _short,
+    as_row,
+    dcmread,
+    header_row_stat,
+    stat_file,
+)
 
 __all__ = ["FrameSelection", "read_frames", "resolve_frames", "row_for_path", "scaled_px"]
 
@@ -83,18 +90,13 @@ class _HeaderCache:
         self._lock = threading.Lock()
 
     def get(self, path: str) -> dict[str, Any]:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise DicomFileNotFoundError(path, "no such file") from None
-        except OSError as exc:
-            raise NotDicomError(path, f"cannot be opened ({exc.strerror})") from None
+        st = stat_file(path)
         with self._lock:
             row = self._rows.get(path)
             if row is not None and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
                 self._rows.move_to_end(path)
                 return row
-        row = header_row(path)
+        row = header_row_stat(path, st)
         with self._lock:
             self._rows[path] = row
             self._rows.move_to_end(path)

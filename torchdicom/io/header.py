@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import stat as stat_module
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -216,13 +217,27 @@ def dcmread(path: str | os.PathLike[str], **kwargs: Any) -> Dataset:
         CorruptDicomError: DICOM whose header cannot be parsed (truncated …).
     """
     fspath = os.fspath(path)
+    return _dcmread(fspath, stat_file(fspath), **kwargs)
+
+
+def stat_file(path: str) -> os.stat_result:
+    """``os.stat`` of a file about to be read, failures as torchdicom errors.
+
+    Raises:
+        DicomFileNotFoundError: the path does not exist.
+        NotDicomError: the path cannot be opened.
+    """
     try:
-        st = os.stat(fspath)
+        return os.stat(path)
     except FileNotFoundError:
-        raise DicomFileNotFoundError(fspath, "no such file") from None
+        raise DicomFileNotFoundError(path, "no such file") from None
     except OSError as exc:
-        raise NotDicomError(fspath, f"cannot be opened ({exc.strerror})") from None
-    if os.path.isdir(fspath):
+        raise NotDicomError(path, f"cannot be opened ({exc.strerror})") from None
+
+
+def _dcmread(fspath: str, st: os.stat_result, **kwargs: Any) -> Dataset:
+    """:func:`dcmread` for a path already stat-ed (one ``stat`` per read, not two)."""
+    if stat_module.S_ISDIR(st.st_mode):
         raise NotDicomError(fspath, "is a directory, not a DICOM file")
     if st.st_size == 0:
         raise NotDicomError(fspath, "file is empty (0 bytes)")
@@ -255,8 +270,6 @@ def dcmread(path: str | os.PathLike[str], **kwargs: Any) -> Dataset:
         raise NotDicomError(fspath, f"not a valid DICOM file ({exc})") from None
     except TorchDicomError:
         raise
-    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
-        raise CorruptDicomError(fspath, f"header cannot be parsed: {_short(exc)}") from None
     except Exception as exc:  # pydicom raises many types on damaged files
         raise CorruptDicomError(fspath, f"header cannot be parsed: {_short(exc)}") from None
     return ds
@@ -535,13 +548,12 @@ def header_row(path: str | os.PathLike[str], salt: str | None = None) -> dict[st
         TorchDicomError: any subclass, naming the file and the reason.
     """
     fspath = os.fspath(path)
-    try:
-        st = os.stat(fspath)
-    except FileNotFoundError:
-        raise DicomFileNotFoundError(fspath, "no such file") from None
-    except OSError as exc:
-        raise NotDicomError(fspath, f"cannot be opened ({exc.strerror})") from None
-    ds = dcmread(fspath, defer_size=_DEFER_SIZE)
+    return header_row_stat(fspath, stat_file(fspath), salt)
+
+
+def header_row_stat(fspath: str, st: os.stat_result, salt: str | None = None) -> dict[str, Any]:
+    """:func:`header_row` for a path already stat-ed; size and mtime come from ``st``."""
+    ds = _dcmread(fspath, st, defer_size=_DEFER_SIZE)
     try:
         return row_from_dataset(ds, fspath, st.st_size, st.st_mtime_ns, salt)
     except TorchDicomError:
