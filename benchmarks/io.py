@@ -30,18 +30,16 @@ import argparse
 import os
 import platform
 import random
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
+from benchmarks._common import ct_dataset, median_s, warm_page_cache, write_ct
 from torchdicom import read_frames, scan
 
 __all__ = ["main", "run"]
@@ -50,56 +48,9 @@ CINE_FRAMES = 1000
 CINE_SIZE = 253
 
 
-def _base_dataset(rows: int, columns: int, bits_allocated: int, bits_stored: int) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "BENCH"
-    ds.Modality = "CT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = bits_allocated
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if bits_allocated == 16 else 0
-    ds.RescaleSlope = 1
-    ds.RescaleIntercept = -1024
-    ds.WindowCenter = 40
-    ds.WindowWidth = 400
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    return ds
-
-
-def _write_ct(directory: Path, n: int, bits_stored: int = 16) -> list[Path]:
-    rng = np.random.default_rng(0)
-    ds = _base_dataset(512, 512, 16, bits_stored)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        uid = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-        ds.SOPInstanceUID = uid
-        ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
-        high = 2 ** (bits_stored - 1) - 1
-        ds.PixelData = rng.integers(-1024, high, (512, 512), dtype=np.int16).tobytes()
-        path = directory / f"IM{i + 1:06d}"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
 def _write_cine(path: Path) -> None:
     rng = np.random.default_rng(1)
-    ds = _base_dataset(CINE_SIZE, CINE_SIZE, 8, 8)
+    ds = ct_dataset(CINE_SIZE, CINE_SIZE, 8, 8)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
     ds.Modality = "US"
     ds.NumberOfFrames = CINE_FRAMES
@@ -108,23 +59,6 @@ def _write_cine(path: Path) -> None:
     data = rng.integers(0, 256, (CINE_FRAMES, CINE_SIZE, CINE_SIZE), dtype=np.uint8).tobytes()
     ds.PixelData = data + b"\x00" * (len(data) % 2)
     ds.save_as(path, enforce_file_format=True)
-
-
-def _warm(paths: list[Path]) -> None:
-    for p in paths:
-        with open(p, "rb") as f:
-            while f.read(1 << 20):
-                pass
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: imports, first-call caches, page cache
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _dicomsdl_reader() -> Callable[[Path], object] | None:
@@ -150,11 +84,11 @@ def run(quick: bool = False, n: int = 500) -> str:
 
     with tempfile.TemporaryDirectory(prefix="torchdicom-bench-io-") as tmp:
         root = Path(tmp)
-        paths = _write_ct(root / "ct16", n, bits_stored=16)
-        paths12 = _write_ct(root / "ct12", n, bits_stored=12)
+        paths = write_ct(root / "ct16", n, bits_stored=16)
+        paths12 = write_ct(root / "ct12", n, bits_stored=12)
         cine = root / "cine.dcm"
         _write_cine(cine)
-        _warm([*paths, *paths12, cine])
+        warm_page_cache([*paths, *paths12, cine])
 
         rows = scan(root / "ct16", progress=False).rows()
         rows12 = scan(root / "ct12", progress=False).rows()
@@ -183,10 +117,10 @@ def run(quick: bool = False, n: int = 500) -> str:
                 pydicom.dcmread(p).pixel_array  # noqa: B018 - decoding is the point
 
         timings: dict[str, float] = {
-            "plain open+read (physical limit)": _median_time(plain, repeats),
-            "torchdicom read_frames(row) (indexed)": _median_time(indexed, repeats),
-            "torchdicom read_frames(row), Bits Stored 12": _median_time(indexed12, repeats),
-            "pydicom dcmread().pixel_array": _median_time(with_pydicom, repeats),
+            "plain open+read (physical limit)": median_s(plain, repeats),
+            "torchdicom read_frames(row) (indexed)": median_s(indexed, repeats),
+            "torchdicom read_frames(row), Bits Stored 12": median_s(indexed12, repeats),
+            "pydicom dcmread().pixel_array": median_s(with_pydicom, repeats),
         }
         sdl = _dicomsdl_reader()
         if sdl is not None:
@@ -196,7 +130,7 @@ def run(quick: bool = False, n: int = 500) -> str:
                 for p in paths:
                     sdl(p)
 
-            timings["dicomsdl pixelData() (optional)"] = _median_time(with_dicomsdl, repeats)
+            timings["dicomsdl pixelData() (optional)"] = median_s(with_dicomsdl, repeats)
 
         # One frame of the cine, random k each call.
         rng = random.Random(0)
@@ -209,8 +143,8 @@ def run(quick: bool = False, n: int = 500) -> str:
             for k in ks:
                 read_frames(cine, frames=k)
 
-        per_frame = _median_time(one_frame, repeats) / frame_calls
-        per_whole = _median_time(lambda: pydicom.dcmread(cine).pixel_array, whole_repeats)
+        per_frame = median_s(one_frame, repeats) / frame_calls
+        per_whole = median_s(lambda: pydicom.dcmread(cine).pixel_array, whole_repeats)
 
     plain_rate = n / timings["plain open+read (physical limit)"]
     pydicom_rate = n / timings["pydicom dcmread().pixel_array"]

@@ -33,19 +33,17 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import torch
-from pydicom.dataset import Dataset as DicomDataset_
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks._common import warm_page_cache, write_ct
 from torchdicom import Collate, DicomDataset, scan
 from torchdicom.transforms import Rescale, Window
 
@@ -54,52 +52,6 @@ __all__ = ["main", "run"]
 WIDTH, LEVEL = 1500.0, -600.0  # the "lungs" window
 BATCH = 32
 TARGET = 10.0
-
-
-# --------------------------------------------------------------------------- data
-def _write_ct(directory: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = DicomDataset_()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "BENCH"
-    ds.Modality = "CT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = 512
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleSlope = 1
-    ds.RescaleIntercept = -1024
-    ds.WindowCenter = 40
-    ds.WindowWidth = 400
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        uid = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid
-        ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
-        ds.PixelData = rng.integers(-1024, 3072, (512, 512), dtype=np.int16).tobytes()
-        path = directory / f"IM{i + 1:06d}"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def _warm(paths: Iterable[Path]) -> None:
-    for p in paths:
-        with open(p, "rb") as f:
-            while f.read(1 << 20):
-                pass
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -208,8 +160,8 @@ def run(quick: bool = False, n: int = 128) -> str:
 
     results: dict[str, dict[int, float]] = {}
     with tempfile.TemporaryDirectory(prefix="torchdicom-bench-loader-") as tmp:
-        paths = _write_ct(Path(tmp) / "ct", n)
-        _warm(paths)
+        paths = write_ct(Path(tmp) / "ct", n, high=3072)
+        warm_page_cache(paths)
         index = scan(Path(tmp) / "ct", progress=False)  # parse once, outside the timings
         ours = DicomDataset(index, frames="first")
         assert len(ours) == n

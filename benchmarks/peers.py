@@ -40,11 +40,10 @@ import argparse
 import importlib.metadata
 import random
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ import pydicom
 import pydicom.pixels
 from pydicom.uid import JPEG2000Lossless
 
+from benchmarks._common import median_s, warm_page_cache
 from torchdicom import read_frames, scan
 from torchdicom.samples import ct_like, siim_like, us_cine_like
 
@@ -62,25 +62,6 @@ __all__ = ["PEERS", "Workload", "median_s", "peer_status", "run", "warm_page_cac
 #: Column order of every table.
 PEERS = ("plain read", "torchdicom", "pydicom", "dicomsdl", "MONAI", "TorchIO", "fastai")
 CLIP_LEN = 16
-
-
-def median_s(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one untimed warm-up call."""
-    fn()  # imports, first-call caches and lazily built decoders stay out of the numbers
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def warm_page_cache(paths: Iterable[Path]) -> None:
-    """Read every byte once so that no reader pays for the disk and every one sees the same cache."""
-    for p in paths:
-        with open(p, "rb") as f:
-            while f.read(1 << 22):
-                pass
 
 
 # ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from benchmarks.peers import median_s, warm_page_cache
+from benchmarks._common import median_s, warm_page_cache
 from torchdicom import DicomDataset, collate, read_frames, scan
 
 __all__ = ["PLOTS", "make_file_tree", "run"]
