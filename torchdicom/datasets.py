@@ -241,6 +241,17 @@ class _SkipCounter:
             self._value.value = 0
 
 
+def _item_starts(counts: list[int]) -> np.ndarray:
+    """Global index of each file's first item (plus the total at the end), from items per file."""
+    return np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))]).astype(np.int64)
+
+
+def _locate(starts: np.ndarray, i: int) -> tuple[int, int]:
+    """(file position, item within that file) of global item ``i``, by bisection."""
+    f = int(np.searchsorted(starts, i, side="right")) - 1
+    return f, i - int(starts[f])
+
+
 class _Base(Dataset):
     def __init__(
         self,
@@ -387,13 +398,7 @@ class DicomDataset(_Base):
                     frames + 1,
                 )
             self.rows = keep
-        counts = np.array(
-            [int(r["frames"]) if frames == "all" else 1 for r in self.rows], dtype=np.int64
-        )
-        # starts[i] = global index of file i's first item: item → (file, frame) by bisection.
-        self._starts = (
-            np.concatenate([[0], np.cumsum(counts)]) if len(counts) else np.zeros(1, np.int64)
-        )
+        self._starts = _item_starts([int(r["frames"]) if frames == "all" else 1 for r in self.rows])
 
         self._labeler = _Labeler(labels, label_column)
         self.classes: list[str] | None = None
@@ -421,9 +426,9 @@ class DicomDataset(_Base):
 
     def locate(self, i: int) -> tuple[int, int]:
         """(file position in :attr:`rows`, frame) of item ``i``, without reading anything."""
-        f = int(np.searchsorted(self._starts, i, side="right")) - 1
+        f, k = _locate(self._starts, i)
         if self.frames == "all":
-            return f, i - int(self._starts[f])
+            return f, k
         return f, 0 if self.frames == "first" else int(self.frames)
 
     def _get(self, i: int) -> dict[str, Any]:
@@ -505,11 +510,8 @@ class DicomClipDataset(_Base):
         self.clip_len, self.stride, self.transform = clip_len, stride, transform
         self._masks = _MaskResolver(masks, self.root)
         self.rows = [r for r in self._masks.exclude(self.rows) if int(r["frames"]) >= clip_len]
-        counts = np.array(
-            [(int(r["frames"]) - clip_len) // stride + 1 for r in self.rows], dtype=np.int64
-        )
-        self._starts = (
-            np.concatenate([[0], np.cumsum(counts)]) if len(counts) else np.zeros(1, np.int64)
+        self._starts = _item_starts(
+            [(int(r["frames"]) - clip_len) // stride + 1 for r in self.rows]
         )
 
     def __len__(self) -> int:
@@ -517,8 +519,8 @@ class DicomClipDataset(_Base):
 
     def locate(self, i: int) -> tuple[int, int]:
         """(file position, first frame) of clip ``i``."""
-        f = int(np.searchsorted(self._starts, i, side="right")) - 1
-        return f, (i - int(self._starts[f])) * self.stride
+        f, k = _locate(self._starts, i)
+        return f, k * self.stride
 
     def _get(self, i: int) -> dict[str, Any]:
         f, start = self.locate(i)
