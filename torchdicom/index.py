@@ -31,7 +31,14 @@ import pandas as pd
 
 from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
 from torchdicom.io.files import get_dicom_files
-from torchdicom.io.header import INDEX_COLUMNS, _short, dcmread, header_row, patient_hash
+from torchdicom.io.header import (
+    INDEX_COLUMNS,
+    INDEX_SCHEMA,
+    _short,
+    dcmread,
+    header_row,
+    patient_hash,
+)
 
 __all__ = ["DicomIndex", "scan", "to_dataframe"]
 
@@ -42,36 +49,9 @@ _ERROR_COLUMNS = ("path", "error_type", "reason")
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
 
-_INT_COLUMNS = {
-    "size",
-    "mtime_ns",
-    "rows",
-    "columns",
-    "frames",
-    "samples_per_pixel",
-    "planar_configuration",
-    "bits_allocated",
-    "bits_stored",
-    "high_bit",
-    "pixel_representation",
-    "pixel_offset",
-    "pixel_length",
-    "instance_number",
-}
-_BOOL_COLUMNS = {"encapsulated", "has_extended_offsets", "has_modality_lut"}
-_STR_COLUMNS = {
-    "path",
-    "sop_instance_uid",
-    "sop_class_uid",
-    "series_instance_uid",
-    "study_instance_uid",
-    "patient_hash",
-    "modality",
-    "photometric",
-    "transfer_syntax",
-    "pixel_keyword",
-    "pixel_vr",
-}
+_INT_COLUMNS = {c for c, kind in INDEX_SCHEMA.items() if kind == "int"}
+_BOOL_COLUMNS = {c for c, kind in INDEX_SCHEMA.items() if kind == "bool"}
+_STR_COLUMNS = {c for c, kind in INDEX_SCHEMA.items() if kind == "str"}
 
 
 def _empty_frame() -> pd.DataFrame:
