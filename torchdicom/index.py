@@ -49,25 +49,24 @@ _ERROR_COLUMNS = ("path", "error_type", "reason")
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
 
-_INT_COLUMNS = {c for c, kind in INDEX_SCHEMA.items() if kind == "int"}
-_BOOL_COLUMNS = {c for c, kind in INDEX_SCHEMA.items() if kind == "bool"}
-_STR_COLUMNS = {c for c, kind in INDEX_SCHEMA.items() if kind == "str"}
+# pandas dtype and missing-value fill of each schema kind.
+_DTYPES: dict[str, Any] = {"int": "int64", "bool": bool, "str": object, "float": "float64"}
+_FILLS: dict[str, Any] = {"int": -1, "bool": False, "str": "", "float": math.nan}
 
 
 def _empty_frame() -> pd.DataFrame:
     return _typed(pd.DataFrame({c: [] for c in INDEX_COLUMNS}))
 
 
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    for c in INDEX_COLUMNS:
-        if c in _INT_COLUMNS:
-            df[c] = df[c].astype("int64")
-        elif c in _BOOL_COLUMNS:
-            df[c] = df[c].astype(bool)
-        elif c in _STR_COLUMNS:
-            df[c] = df[c].astype(object)
-        else:
-            df[c] = df[c].astype("float64")
+def _typed(df: pd.DataFrame, fill_missing: bool = False) -> pd.DataFrame:
+    """Cast every index column to its schema dtype, first filling gaps when asked."""
+    for c, kind in INDEX_SCHEMA.items():
+        col = df[c]
+        if fill_missing:
+            if kind in ("int", "float"):
+                col = pd.to_numeric(col, errors="coerce")
+            col = col.fillna(_FILLS[kind])
+        df[c] = col.astype(_DTYPES[kind])
     return df
 
 
@@ -186,15 +185,7 @@ def _combined_table(df: pd.DataFrame, errors: pd.DataFrame):
     else:
         bad["error_type"] = []
         bad["error"] = []
-    for c in INDEX_COLUMNS:
-        if c in _INT_COLUMNS:
-            bad[c] = pd.to_numeric(bad[c], errors="coerce").fillna(-1).astype("int64")
-        elif c in _BOOL_COLUMNS:
-            bad[c] = bad[c].fillna(False).astype(bool)
-        elif c in _STR_COLUMNS:
-            bad[c] = bad[c].fillna("").astype(object)
-        else:
-            bad[c] = pd.to_numeric(bad[c], errors="coerce").astype("float64")
+    bad = _typed(bad, fill_missing=True)
     frames = [f for f in (good, bad) if len(f)]
     both = pd.concat(frames, ignore_index=True) if frames else good
     table = pa.Table.from_pandas(both, preserve_index=False)
