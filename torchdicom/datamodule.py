@@ -192,10 +192,10 @@ class DicomDataModule(pl.LightningDataModule):
             cache=FrameCache(self.cache_dir) if self.cache_dir is not None else None,
             label_column=self.label_column,
         )
-        groups = [
-            self.dataset.rows[self.dataset.locate(i)[0]]["patient_hash"]
-            for i in range(len(self.dataset))
-        ]
+        # One patient per item, by repeating each file's hash over its items
+        # (no per-item bisection: a cine collection has millions of frames).
+        per_file = [r["patient_hash"] for r in self.dataset.rows]
+        groups = np.repeat(np.array(per_file, dtype=object), self.dataset.items_per_file()).tolist()
         train, val, test = patient_split(groups, self.val_fraction, self.test_fraction, self.seed)
         self.train_set = Subset(self.dataset, train.tolist())
         self.val_set = Subset(self.dataset, val.tolist())

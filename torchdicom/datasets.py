@@ -420,6 +420,10 @@ class DicomDataset(_Base):
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def items_per_file(self) -> np.ndarray:
+        """Number of items each file of :attr:`rows` contributes, (len(rows),) int64."""
+        return np.diff(self._starts)
+
     def label_codes(self) -> list[Any]:
         """The (encoded) label of every file, in :attr:`rows` order (empty without table labels)."""
         return list(self._labels or [])
