@@ -61,24 +61,21 @@ def _hist_scaled(image: np.ndarray, bins: np.ndarray) -> np.ndarray:
 def _read_file(path: str | os.PathLike, frame: int) -> tuple[np.ndarray, bool]:
     """One frame of a DICOM file: (image, monochrome1).
 
-    Grey images come back rescaled by (0028,1053) *Rescale Slope* and
-    (0028,1052) *Rescale Intercept* when present, as float64 (H, W); colour
-    ones as pydicom gives them, RGB (H, W, 3). Only the requested frame is
-    decoded for multi-frame files.
+    Grey images come back in modality units (:func:`torchdicom.scaled_px`:
+    rescale slope/intercept or the Modality LUT), as float32 (H, W); colour ones
+    as stored, RGB (H, W, 3). Only the requested frame is read.
     """
-    import pydicom
-    from pydicom.pixels import pixel_array
+    from torchdicom.io.frames import read_frames, row_for_path, scaled_px
 
-    ds = pydicom.dcmread(path)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    row = row_for_path(path)
+    frames = int(row["frames"])
     if not 0 <= frame < frames:
         raise IndexError(f"{os.fspath(path)}: frame {frame} out of range for {frames} frames")
-    pixels = pixel_array(ds, index=frame) if frames > 1 else ds.pixel_array
-    if int(ds.get("SamplesPerPixel", 1)) == 1:
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        pixels = pixels.astype(np.float64) * slope + intercept
-    return pixels, ds.get("PhotometricInterpretation", "") == "MONOCHROME1"
+    if int(row["samples_per_pixel"]) == 1:
+        pixels = scaled_px(row, frame).numpy()
+    else:
+        pixels = np.moveaxis(read_frames(row, frame)[0].numpy(), 0, -1)
+    return pixels, row["photometric"] == "MONOCHROME1"
 
 
 def _to_image(x: ImageLike, frame: int = 0) -> tuple[np.ndarray, bool]:
