@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchdicom.transforms import _native
 from torchdicom.transforms._functional_intensity import (
     WindowMode,
     WindowSpec,
@@ -356,10 +357,58 @@ def hist_scaled(x: Tensor, bins: Tensor | FreqHistBins | None = None, n_bins: in
         out = _interp(v.to(torch.float64), fb.bins, fb.lengths).clamp(0, 1).to(dtype)
         return unbatch(out.view(xb.shape), batched)
     out = empty_large(xb.shape, dtype, v.device)
+    if _native.usable(v):
+        _native_hist_into(v, out.view(b, -1), bins, n_bins)
+        return unbatch(out, batched)
     scaler = _HistScaler(v, bins, n_bins)
     for start in range(0, b, scaler.step):
         scaler.into(start, out.view(b, -1)[start : start + scaler.step])
     return unbatch(out, batched)
+
+
+def _native_hist_into(
+    v: Tensor, dest: Tensor, bins: Tensor | FreqHistBins | None, n_bins: int
+) -> None:
+    """:func:`hist_scaled` of a contiguous CPU (B, N) batch into ``dest`` (B, N) via the kernels.
+
+    Per image: one pass for the value range, one for the histogram, the tutorial's numpy calls
+    on the (small) histogram for bins and table, one gather pass for the pixels. Images that are
+    not integer-valued go through :class:`_HistScaler` one by one.
+    """
+    b, n = v.shape
+    shared = None if bins is None else _normalise_bins(bins, b, v.device)
+    # Ascending ranks: the picks are monotone in the rank, and de-duplication sorts them anyway.
+    ranks = np.sort(_rank_positions(n_bins, n, v.device).numpy()) if bins is None else None
+    rows = _native.as_rows(v)
+    dst = dest.numpy()
+    table_dtype = np.float64 if dest.dtype == torch.float64 else np.float32
+    failed: list[int] = []
+
+    def work(r0: int, r1: int) -> None:
+        for r in range(r0, r1):
+            hist = _native.integer_histogram(rows[r])
+            if hist is None:
+                failed.append(r)  # list.append is atomic under the GIL
+                continue
+            low, counts = hist
+            if shared is None:
+                assert ranks is not None
+                row_bins = _native.histogram_bins(low, counts, ranks)
+            else:
+                row_bins = shared.bins[r, : int(shared.lengths[r])].numpy()
+            grid = np.arange(counts.size, dtype=np.float64) + low
+            y = np.interp(grid, row_bins, np.linspace(0.0, 1.0, len(row_bins)))
+            table = np.clip(y, 0.0, 1.0, out=y).astype(table_dtype)
+            _native.gather_into(rows[r], table, low, dst[r])
+
+    _native.run_rows(b, work, n)
+    for r in sorted(failed):
+        row_bins = (
+            None
+            if shared is None
+            else FreqHistBins(shared.bins[r : r + 1], shared.lengths[r : r + 1])
+        )
+        _HistScaler(v[r : r + 1], row_bins, n_bins).into(0, dest[r : r + 1])
 
 
 class _HistScaler:
@@ -612,6 +661,24 @@ def to_nchan(
     out = empty_large((b, groups, c, h, w), float_dtype(x), x.device)
     n = c * h * w
     if out.numel() == 0:
+        return unbatch(out.view(b, groups * c, h, w), batched)
+    if _native.usable(xb) and mode == "fastai" and all(w >= 2 for w, _ in resolved):
+        if resolved:
+            # The torch route's float operations exactly: clamp to float(lo), float(hi), then
+            # subtract float(lo) and divide by float(hi - lo), hi - lo taken in Python.
+            bounds = [(level - width // 2, level + width // 2) for width, level in resolved]
+            grid = torch.tensor(
+                [
+                    [lo for lo, _ in bounds],
+                    [hi for _, hi in bounds],
+                    [hi - lo for lo, hi in bounds],
+                ],
+                dtype=torch.float64,
+            )
+            lo_t, hi_t, span_t = (row.expand(b, -1) for row in grid)
+            _native.window_into(xb, lo_t, hi_t, span_t, out.view(b, groups, n))
+        if with_hist:
+            _native_hist_into(xb.reshape(b, n), out[:, -1].view(b, n), bins, 100)  # type: ignore[arg-type]
         return unbatch(out.view(b, groups * c, h, w), batched)
     scaler = _HistScaler(xb.reshape(b, n), bins, 100) if with_hist else None  # type: ignore[arg-type]
     step = scaler.step if scaler is not None else chunk_rows(b, n, x.device, _CHUNK_VALUES)

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from torchdicom.transforms import _native
 from torchdicom.transforms._utils import (
     Param,
     check_image,
@@ -111,6 +112,10 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
         return unbatch(xb.to(dtype) * s + i, batched)
     # A fresh (huge-page-advised) output, converted into and scaled in place: mixed-dtype ops
     # (int16 * float32) would first materialise a converted copy of the whole batch.
+    if _native.usable(xb):
+        out = empty_large(xb.shape, dtype, xb.device)
+        _native.rescale_into(xb, s, i, out)  # one fused pass, the same float operations
+        return unbatch(out, batched)
     out = empty_large(xb.shape, dtype, xb.device).copy_(xb)
     if xb.is_floating_point() or not bool((s == 1).all()):
         out.mul_(s)  # x * 1 == x exactly for values converted from integers: skipped then
@@ -229,6 +234,11 @@ def windowed(x: Tensor, width: Param, level: Param, mode: WindowMode = "fastai")
         # (clamp(x, lo, hi) - lo) / (hi - lo), so the values are identical.
         out = empty_large(xb.shape, dtype, xb.device)
         span = hi - lo
+        if _native.usable(xb) and b > 0:
+            _native.window_into(
+                xb, lo.view(b, 1), hi.view(b, 1), span.view(b, 1), out.view(b, 1, -1)
+            )
+            return unbatch(out, batched)
         step = chunk_rows(b, xb[0].numel() if b else 1, xb.device, _WINDOW_CHUNK_VALUES)
         for start in range(0, b, step):
             rows = slice(start, start + step)

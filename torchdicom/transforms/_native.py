@@ -1,0 +1,348 @@
+"""Fused CPU kernels for the hot intensity transforms (private).
+
+Why hand-written: on CPU, torch runs ``rescale -> clamp -> sub -> div`` and the histogram
+lookups as separate passes over batch-sized float buffers, and on a few cores those passes are
+bound by memory traffic, not arithmetic. Batched histogram normalisation and windowing are the
+point of this package, so they get one fused pass per image here, compiled by numba (no C
+toolchain at install time). Each kernel does the *same float operations in the same order* as
+the torch route it replaces (numba compiles without fast-math, so nothing is contracted into
+FMAs or reassociated), which keeps every result bit-identical to the torch route and to the
+tutorial's numpy formulas; the tests compare them element for element.
+
+Images are split across a small thread pool (the kernels release the GIL). Only contiguous,
+grad-free CPU tensors of the dtypes in :data:`DTYPES` come here; the callers keep their torch
+route for everything else (CUDA, autograd, float16, strided views).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__: list[str] = []
+
+#: torch dtypes the kernels take (numba has no float16/bfloat16 arithmetic worth using here).
+DTYPES = frozenset(
+    {
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.uint16,
+        torch.int32,
+        torch.int64,
+        torch.float32,
+        torch.float64,
+    }
+)
+
+# Integer-valued images whose values lie in [-_HIST_BASE, _HIST_BASE) are histogrammed by the
+# kernels (a table of at most 2 * _HIST_BASE int32 counts, 512 KiB: cache-resident), which
+# covers every 8- and 16-bit image and HU from them. Wider or non-integral images take the
+# torch route (sort or an offset histogram).
+_HIST_BASE = 1 << 16
+
+# Set False (tests do) to force the torch route and compare the two.
+ENABLED = True
+
+
+def usable(x: Tensor) -> bool:
+    """Whether ``x`` can take the native route."""
+    return (
+        ENABLED
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and x.dtype in DTYPES
+        and x.is_contiguous()
+    )
+
+
+# --------------------------------------------------------------------------- kernels
+_kernels: dict[str, Callable[..., Any]] | None = None
+_kernels_lock = threading.Lock()
+
+
+def _compile() -> dict[str, Callable[..., Any]]:
+    # numba is imported on first use: importing it costs ~0.3 s that scripts which never run a
+    # CPU transform should not pay. cache=True keeps compiled kernels on disk between runs.
+    from numba import njit
+
+    jit = njit(nogil=True, cache=True, boundscheck=False)
+
+    @jit
+    def rescale_rows(x, slope, intercept, mul, out, r0, r1):  # pragma: no cover - compiled
+        # out[r] = float(x[r]) * slope[r] + intercept[r]; the multiply skipped where mul[r] is
+        # False (slope 1 on integer input, where x * 1 == x exactly), as the torch route does.
+        for r in range(r0, r1):
+            s = slope[r]
+            c = intercept[r]
+            row = x[r]
+            dst = out[r]
+            if mul[r]:
+                for i in range(row.size):
+                    dst[i] = row[i]  # the conversion to the output's float type
+                    dst[i] = dst[i] * s + c
+            else:
+                for i in range(row.size):
+                    dst[i] = row[i]
+                    dst[i] = dst[i] + c
+
+    @jit
+    def window_rows(x, lo, hi, span, out, r0, r1):  # pragma: no cover - compiled
+        # out[r, g] = (clamp(x[r], lo, hi) - lo) / (hi - lo) for each window g of row r; NaN is
+        # kept as torch.clamp keeps it (comparisons with NaN are false).
+        for r in range(r0, r1):
+            row = x[r]
+            for g in range(lo.shape[1]):
+                a = lo[r, g]
+                b = hi[r, g]
+                d = span[r, g]
+                dst = out[r, g]
+                for i in range(row.size):
+                    dst[i] = row[i]  # the conversion to the output's float type
+                    v = dst[i]
+                    if v < a:
+                        v = a
+                    elif v > b:
+                        v = b
+                    dst[i] = (v - a) / d
+
+    @jit
+    def rescale_window_rows(
+        x, slope, intercept, mul, lo, hi, span, out, r0, r1
+    ):  # pragma: no cover - compiled
+        # rescale_rows then window_rows, without the intermediate buffer.
+        for r in range(r0, r1):
+            s = slope[r]
+            c = intercept[r]
+            m = mul[r]
+            a = lo[r]
+            b = hi[r]
+            d = span[r]
+            row = x[r]
+            dst = out[r]
+            for i in range(row.size):
+                dst[i] = row[i]
+                v = dst[i]
+                if m:
+                    v = v * s
+                v = v + c
+                if v < a:
+                    v = a
+                elif v > b:
+                    v = b
+                dst[i] = (v - a) / d
+
+    @jit
+    def value_range(row, integral):  # pragma: no cover - compiled
+        # (min, max, all integral) in two vectorisable passes (one fused loop measured slower).
+        # NaN never wins a comparison, so it is caught by the integrality pass (NaN != NaN);
+        # infinities pass that test but fail the caller's range check on (min, max).
+        lo = row[0]
+        hi = row[0]
+        for i in range(row.size):
+            v = row[i]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+        bad = False
+        if integral:
+            for i in range(row.size):
+                v = row[i]
+                bad |= v != np.floor(v)
+        return lo, hi, not bad
+
+    @jit
+    def count_row(row, counts, low):  # pragma: no cover - compiled
+        # counts[v - low] += 1; the caller checked that every value is an integer in range.
+        for i in range(row.size):
+            counts[np.int64(row[i]) - low] += 1
+
+    @jit
+    def pick_bins(counts, ranks, low, out):  # pragma: no cover - compiled
+        # The order statistics at ``ranks`` (ascending) from a histogram, de-duplicated into
+        # ``out`` (float64); returns how many. Same as searchsorted(cumsum(counts), ranks,
+        # side="right") + low followed by unique(), in one walk.
+        j = 0
+        cum = counts[0]
+        m = 0
+        last = counts.size - 1
+        for t in range(ranks.size):
+            rank = ranks[t]
+            while cum <= rank and j < last:
+                j += 1
+                cum += counts[j]
+            value = np.float64(j + low)
+            if m == 0 or out[m - 1] != value:
+                out[m] = value
+                m += 1
+        return m
+
+    @jit
+    def gather_row(row, table, low, out):  # pragma: no cover - compiled
+        for i in range(row.size):
+            out[i] = table[np.int64(row[i]) - low]
+
+    return {
+        "rescale_rows": rescale_rows,
+        "window_rows": window_rows,
+        "rescale_window_rows": rescale_window_rows,
+        "value_range": value_range,
+        "count_row": count_row,
+        "pick_bins": pick_bins,
+        "gather_row": gather_row,
+    }
+
+
+def kernels() -> dict[str, Callable[..., Any]]:
+    global _kernels
+    if _kernels is None:
+        with _kernels_lock:
+            if _kernels is None:
+                _kernels = _compile()
+    return _kernels
+
+
+# --------------------------------------------------------------------------- threads
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = -1
+_pool_lock = threading.Lock()
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    # One pool per process: a pool inherited through fork (DataLoader workers) has no threads
+    # behind it in the child, so a child makes its own.
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchdicom")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def run_rows(rows: int, fn: Callable[[int, int], None], row_numel: int) -> None:
+    """Call ``fn(r0, r1)`` over contiguous slices of ``range(rows)``, in parallel.
+
+    Small jobs (under about a quarter of a 512 x 512 image per thread) run on the calling
+    thread: handing them to the pool would cost more than it saves.
+    """
+    threads = min(_threads(), rows, max(1, rows * row_numel // (1 << 16)))
+    if threads <= 1:
+        fn(0, rows)
+        return
+    bounds = [rows * t // threads for t in range(threads + 1)]
+    pool = _executor(threads - 1)
+    futures = [pool.submit(fn, bounds[t], bounds[t + 1]) for t in range(1, threads)]
+    error: BaseException | None = None
+    try:
+        fn(bounds[0], bounds[1])
+    except BaseException as exc:  # still wait for the others: they write into shared output
+        error = exc
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+
+
+def as_rows(x: Tensor) -> np.ndarray:
+    """(B, ...) contiguous CPU tensor as a (B, N) numpy view (no copy)."""
+    return x.detach().numpy().reshape(x.shape[0], -1)
+
+
+def params(values: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """(B, 1, 1, 1) per-sample parameters as a contiguous (B,) numpy array of ``dtype``."""
+    return np.ascontiguousarray(values.detach().to(device="cpu", dtype=dtype).reshape(-1).numpy())
+
+
+# --------------------------------------------------------------------------- entry points
+def rescale_into(x: Tensor, slope: Tensor, intercept: Tensor, out: Tensor) -> None:
+    """out = x * slope + intercept per image; slope/intercept (B, 1, 1, 1) of out's dtype."""
+    k = kernels()["rescale_rows"]
+    xs, dst = as_rows(x), as_rows(out)
+    s, c = params(slope, out.dtype), params(intercept, out.dtype)
+    mul = np.ascontiguousarray(x.is_floating_point() | (s != 1))
+    run_rows(xs.shape[0], lambda r0, r1: k(xs, s, c, mul, dst, r0, r1), xs.shape[1])
+
+
+def window_into(x: Tensor, lo: Tensor, hi: Tensor, span: Tensor, out: Tensor) -> None:
+    """out[:, g] = (clamp(x, lo[:, g], hi[:, g]) - lo[:, g]) / span[:, g] per image.
+
+    Args:
+        x: (B, ...) values.
+        lo, hi, span: (B, G) window bounds and ``hi - lo`` as the caller's torch route computes
+            it (cast to out's dtype, as torch casts them).
+        out: (B, G', N) with G' >= G and N = ``x[0].numel()``, every (b, g) row contiguous;
+            channels ``g < G`` are written.
+    """
+    k = kernels()["window_rows"]
+    b = x.shape[0]
+    xs = as_rows(x)
+    dst = out.detach().numpy()
+    a, c = _grid(lo, out.dtype, b), _grid(hi, out.dtype, b)
+    d = _grid(span, out.dtype, b)
+    run_rows(b, lambda r0, r1: k(xs, a, c, d, dst, r0, r1), xs.shape[1] * a.shape[1])
+
+
+def _grid(values: Tensor, dtype: torch.dtype, b: int) -> np.ndarray:
+    return np.ascontiguousarray(
+        values.detach().to(device="cpu", dtype=dtype).reshape(b, -1).numpy()
+    )
+
+
+def rescale_window_into(
+    x: Tensor,
+    slope: Tensor,
+    intercept: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    span: Tensor,
+    out: Tensor,
+) -> None:
+    """:func:`rescale_into` then :func:`window_into` in one pass, bit-identical to the two."""
+    k = kernels()["rescale_window_rows"]
+    xs, dst = as_rows(x), as_rows(out)
+    s, c = params(slope, out.dtype), params(intercept, out.dtype)
+    mul = np.ascontiguousarray(x.is_floating_point() | (s != 1))
+    a, b = params(lo, out.dtype), params(hi, out.dtype)
+    d = params(span, out.dtype)
+    run_rows(xs.shape[0], lambda r0, r1: k(xs, s, c, mul, a, b, d, dst, r0, r1), xs.shape[1])
+
+
+def integer_histogram(row: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """``(low, counts)`` of an integer-valued row: ``counts[j]`` pixels equal ``low + j``.
+
+    None when the row is not integer-valued (non-integral floats, NaN, infinities) or its
+    range is wider than ``2 * 2**16`` values; the caller then takes the torch route.
+    """
+    k = kernels()
+    lo, hi, ok = k["value_range"](row, row.dtype.kind == "f")
+    if not ok or not (lo >= -_HIST_BASE and hi < _HIST_BASE):
+        return None
+    low = int(lo)
+    counts = np.zeros(int(hi) - low + 1, dtype=np.int32)
+    k["count_row"](row, counts, low)
+    return low, counts
+
+
+def histogram_bins(low: int, counts: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Sorted distinct values at the (ascending) ``ranks`` of a histogram, float64."""
+    out = np.empty(ranks.size, dtype=np.float64)
+    m = kernels()["pick_bins"](counts, ranks, low, out)
+    return out[:m]
+
+
+def gather_into(row: np.ndarray, table: np.ndarray, low: int, out: np.ndarray) -> None:
+    """out[i] = table[row[i] - low] for an integer-valued row whose values the table covers."""
+    kernels()["gather_row"](row, table, low, out)
