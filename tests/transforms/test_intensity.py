@@ -230,3 +230,35 @@ def test_cuda_window_rescale_match_cpu():
     torch.testing.assert_close(
         F.windowed(hu, 400, 50).cpu(), F.windowed(F.rescale(x, 1.0, -1024.0), 400, 50)
     )
+
+
+class TestWindowFusedRescale:
+    def _batch(self, monochrome1=None):
+        x = torch.from_numpy(synthetic_ct(4, 16))
+        batch = {
+            "image": x,
+            "slope": torch.tensor([1.0, 2.0, float("nan"), 0.5]),
+            "intercept": torch.tensor([-1024.0, -2048.0, 0.0, float("nan")]),
+            "bits_stored": torch.full((4,), 12),
+            "label": torch.arange(4),
+        }
+        if monochrome1 is not None:
+            batch["monochrome1"] = torch.tensor(monochrome1)
+        return batch
+
+    @pytest.mark.parametrize("flags", [None, [False] * 4, [False, True, False, True]])
+    def test_equals_rescale_then_window(self, flags):
+        batch = self._batch(flags)
+        fused = Window(1500, -600, rescale=True)(batch)
+        two = Window(1500, -600)(Rescale()(batch))
+        assert torch.equal(fused["image"], two["image"])
+        assert fused["label"] is batch["label"]
+
+    def test_preset_and_repr(self):
+        w = Window.preset("lungs", rescale=True)
+        assert (w.width, w.level, w.rescale) == (1500, -600, True)
+        assert "rescale=True" in repr(w)
+
+    def test_bare_tensor_is_refused(self):
+        with pytest.raises(TypeError, match="batch dict"):
+            Window(400, 50, rescale=True)(torch.zeros(1, 1, 4, 4))

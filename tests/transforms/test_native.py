@@ -240,3 +240,23 @@ def test_freqhist_bins_kernel_matches_searchsorted():
 
 def test_freqhist_bins_type_is_unchanged():
     assert isinstance(F.freqhist_bins(_images("hu")), FreqHistBins)
+
+
+@pytest.mark.parametrize("kind", ["int16", "uint16", "hu", "hu64"])
+def test_windowed_fused_rescale_equals_two_steps(threads, kind):
+    x = _images(kind)
+    slopes = torch.tensor([1.0, 0.5, 2.5, 1.0, float("nan"), 1e-3])
+    intercepts = torch.tensor([-1024.0, 0.0, -3.75, float("nan"), 12.0, -1.0])
+    for slope, intercept in ((1.0, -1024.0), (slopes, intercepts), (None, -1024.0), (0.5, None)):
+        two_steps = F.windowed(
+            F.rescale(x, 1.0 if slope is None else slope, 0.0 if intercept is None else intercept),
+            1500,
+            -600,
+        )
+        fused, reference = _both(
+            lambda s=slope, i=intercept: F.windowed(x, 1500, -600, slope=s, intercept=i)
+        )
+        _assert_same(fused, two_steps)
+        _assert_same(reference, two_steps)
+    dicom = F.windowed(x, 400, 50, mode="dicom", slope=slopes, intercept=intercepts)
+    _assert_same(dicom, F.windowed(F.rescale(x, slopes, intercepts), 400, 50, mode="dicom"))

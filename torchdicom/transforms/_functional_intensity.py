@@ -104,10 +104,7 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
     xb, batched = check_image(x)
     dtype = float_dtype(x)
     b = xb.shape[0]
-    s = per_sample(slope, "slope", b, xb.device, dtype)
-    i = per_sample(intercept, "intercept", b, xb.device, dtype)
-    s = torch.where(torch.isnan(s), torch.ones_like(s), s)
-    i = torch.where(torch.isnan(i), torch.zeros_like(i), i)
+    s, i = _rescale_params(slope, intercept, b, xb.device, dtype)
     if xb.requires_grad:
         return unbatch(xb.to(dtype) * s + i, batched)
     # A fresh (huge-page-advised) output, converted into and scaled in place: mixed-dtype ops
@@ -121,6 +118,17 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
         out.mul_(s)  # x * 1 == x exactly for values converted from integers: skipped then
     out.add_(i)
     return unbatch(out, batched)
+
+
+def _rescale_params(
+    slope: Param | None, intercept: Param | None, b: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """(B, 1, 1, 1) slope and intercept, NaN (and None) meaning 1 and 0."""
+    s = per_sample(1.0 if slope is None else slope, "slope", b, device, dtype)
+    i = per_sample(0.0 if intercept is None else intercept, "intercept", b, device, dtype)
+    s = torch.where(torch.isnan(s), torch.ones_like(s), s)
+    i = torch.where(torch.isnan(i), torch.zeros_like(i), i)
+    return s, i
 
 
 def invert_monochrome1(
@@ -183,7 +191,14 @@ def _check_width(width: Tensor, minimum: float) -> None:
         )
 
 
-def windowed(x: Tensor, width: Param, level: Param, mode: WindowMode = "fastai") -> Tensor:
+def windowed(
+    x: Tensor,
+    width: Param,
+    level: Param,
+    mode: WindowMode = "fastai",
+    slope: Param | None = None,
+    intercept: Param | None = None,
+) -> Tensor:
     r"""Map the window ``(width, level)`` onto [0, 1].
 
     ``mode="fastai"`` (the tutorial's definition): ``lo = level - width // 2``,
@@ -199,6 +214,10 @@ def windowed(x: Tensor, width: Param, level: Param, mode: WindowMode = "fastai")
         width: a number or a (B,) tensor.
         level: the window centre, a number or a (B,) tensor.
         mode: ``"fastai"`` or ``"dicom"``.
+        slope, intercept: when either is given, ``x`` holds stored values and is rescaled
+            first: the result equals ``windowed(rescale(x, slope, intercept), ...)`` bit for bit,
+            but on CPU it is one fused pass with no batch-sized HU intermediate (the usual
+            loader step: raw int16 in, windowed float32 out).
 
     Returns:
         float32 in [0, 1] (float64 for float64 input), same shape as ``x``. Differentiable in
@@ -222,9 +241,19 @@ def windowed(x: Tensor, width: Param, level: Param, mode: WindowMode = "fastai")
     c = per_sample(level, "level", b, xb.device, dtype)
     if torch.isnan(c).any():
         raise ValueError(f"window level must not be NaN. Got: {c.flatten().tolist()}")
+    fused = slope is not None or intercept is not None
     if mode == "fastai":
         _check_width(w, 2)
         lo, hi = _window_bounds(w, c)
+        if fused and _native.usable(xb) and b > 0:
+            s, i = _rescale_params(slope, intercept, b, xb.device, dtype)
+            out = empty_large(xb.shape, dtype, xb.device)
+            _native.rescale_window_into(xb, s, i, lo, hi, hi - lo, out)
+            return unbatch(out, batched)
+    if fused:
+        hu = rescale(x, 1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
+        return windowed(hu, width, level, mode=mode)
+    if mode == "fastai":
         if xb.requires_grad:
             xf = xb.to(dtype)
             return unbatch((torch.clamp(xf, lo, hi) - lo) / (hi - lo), batched)

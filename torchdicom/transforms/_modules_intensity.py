@@ -108,6 +108,10 @@ class Window(nn.Module):
         width: window width (>= 2 in ``"fastai"`` mode, >= 1 in ``"dicom"`` mode).
         level: window centre.
         mode: ``"fastai"`` or ``"dicom"``.
+        rescale: apply :class:`Rescale` first, fused: the batch dict holds stored values
+            (raw int16 as collated) and the output equals ``Window(...)(Rescale()(batch))``
+            bit for bit, in one pass on CPU without a batch-sized HU intermediate. Batches
+            with MONOCHROME1 samples take the two steps one after the other.
 
     Shape:
         - image: :math:`(B, C, H, W)` → float32, same shape
@@ -115,9 +119,15 @@ class Window(nn.Module):
     Example:
         >>> Window(400, 50)(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 1, 8, 8])
+        >>> batch = {"image": torch.zeros(2, 1, 8, 8, dtype=torch.int16),
+        ...          "slope": torch.ones(2), "intercept": torch.full((2,), -1024.0)}
+        >>> Window(1500, -600, rescale=True)(batch)["image"].dtype
+        torch.float32
     """
 
-    def __init__(self, width: float, level: float, mode: WindowMode = "fastai") -> None:
+    def __init__(
+        self, width: float, level: float, mode: WindowMode = "fastai", rescale: bool = False
+    ) -> None:
         super().__init__()
         _check_mode(mode)
         for name, value in (("width", width), ("level", level)):
@@ -127,13 +137,14 @@ class Window(nn.Module):
         if not width >= minimum:
             raise ValueError(f"width must be >= {minimum} in {mode!r} mode. Got: {width!r}")
         self.width, self.level, self.mode = width, level, mode
+        self.rescale = bool(rescale)
 
     @classmethod
-    def preset(cls, name: str, mode: WindowMode = "fastai") -> Window:
+    def preset(cls, name: str, mode: WindowMode = "fastai", rescale: bool = False) -> Window:
         """A window from :data:`DICOM_WINDOWS`, e.g. ``Window.preset("brain")``."""
         if not isinstance(name, str):
             raise TypeError(f"preset takes a DICOM_WINDOWS name. Got: {name!r}")
-        return cls(*resolve_window(name), mode=mode)
+        return cls(*resolve_window(name), mode=mode, rescale=rescale)
 
     @staticmethod
     def from_header(
@@ -143,12 +154,29 @@ class Window(nn.Module):
         return WindowFromHeader(fallback=fallback, mode=mode)
 
     def forward(self, data: Batch) -> Tensor | dict[str, Any]:
+        if self.rescale:
+            if not isinstance(data, Mapping):
+                raise TypeError(
+                    "Window(rescale=True) reads 'slope' and 'intercept' from a batch dict; "
+                    "pass the dict, not a bare tensor. Got: Tensor"
+                )
+            flags = data.get("monochrome1")
+            if flags is None or not bool(torch.as_tensor(flags).any()):
+                slope, intercept = data.get("slope", 1.0), data.get("intercept", 0.0)
+                return apply_to_image(
+                    data,
+                    lambda x, _: windowed(
+                        x, self.width, self.level, self.mode, slope=slope, intercept=intercept
+                    ),
+                )
+            data = Rescale()(data)  # MONOCHROME1 inversion first, then the window
         return apply_to_image(
             data, lambda x, _: windowed(x, self.width, self.level, mode=self.mode)
         )
 
     def extra_repr(self) -> str:
-        return f"width={self.width}, level={self.level}, mode={self.mode!r}"
+        extra = ", rescale=True" if self.rescale else ""
+        return f"width={self.width}, level={self.level}, mode={self.mode!r}{extra}"
 
 
 class WindowFromHeader(nn.Module):
