@@ -439,3 +439,83 @@ def test_collate_pad_in_workers(workers):
             assert (batch["image"][k, :, : 4 + i % 2] == i).all()
             assert (batch["image"][k, :, 4 + i % 2 :] == i).all()  # padded with its own minimum
         assert batch["path"] == [f"item{4 * b + k}" for k in range(4)]
+
+
+# --------------------------------------------------------------------------- batched reads
+def _per_item_batch(ds: DicomDataset, indices: list[int]) -> dict[str, Any]:
+    return collate([ds[i] for i in indices])
+
+
+def _assert_batches_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert a[key].dtype == b[key].dtype and torch.equal(
+                a[key].nan_to_num(-7), b[key].nan_to_num(-7)
+            ), key
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_getitems_batches_equal_per_item_batches(siim, workers):
+    ds = DicomDataset(siim.root / "train", labels=siim.labels_csv, frames="first")
+    loader = DataLoader(ds, batch_size=5, num_workers=workers, collate_fn=collate)
+    n = len(ds)
+    for k, batch in enumerate(loader):
+        indices = list(range(5 * k, min(5 * k + 5, n)))
+        _assert_batches_equal(batch, _per_item_batch(ds, indices))
+
+
+def test_getitems_reads_into_one_buffer_that_collate_passes_on(siim):
+    ds = DicomDataset(siim.files, frames="first")
+    items = ds.__getitems__([3, 0, 7, 1])
+    base = items[0]["image"].untyped_storage().data_ptr()
+    assert all(it["image"].untyped_storage().data_ptr() == base for it in items)
+    batch = collate(items)
+    assert batch["image"].untyped_storage().data_ptr() == base  # no copy
+    assert torch.equal(batch["image"], torch.stack([ds[i]["image"] for i in (3, 0, 7, 1)]))
+    # Items out of their buffer's order are stacked as usual (a copy, same values).
+    shuffled = collate([items[1], items[0], items[2], items[3]])
+    assert shuffled["image"].untyped_storage().data_ptr() != base
+    assert torch.equal(shuffled["image"][0], batch["image"][1])
+
+
+def test_getitems_falls_back_for_compressed_and_mixed_sizes(us, ct, siim):
+    compressed = DicomDataset(us.files, frames="all")  # us_001 is JPEG: no shared buffer
+    indices = [10, 11, 15, 16]
+    assert {compressed[i]["path"] for i in indices} == {str(compressed.rows[1]["path"])}
+    assert compressed._batch_slots(indices) is None
+    _assert_batches_equal(
+        collate(compressed.__getitems__(indices)), _per_item_batch(compressed, indices)
+    )
+    mixed = DicomDataset([*ct.files[:2], *siim.files[:2]])
+    assert mixed._batch_slots([0, 1, 2, 3]) is None
+    assert mixed._batch_slots([0, 1]) is not None
+
+
+def test_getitems_skip_substitutes_into_a_copied_batch(with_corrupt):
+    root, _bad = with_corrupt
+    ds = DicomDataset(root, on_error="skip")
+    batch = collate(ds.__getitems__([0, 1, 2, 3]))  # f01 is truncated
+    assert batch["substituted"].tolist() == [False, True, False, False]
+    assert torch.equal(batch["image"][1], ds[2]["image"])  # the next readable sample
+    with pytest.raises(CorruptDicomError, match=r"f01\.dcm"):
+        DicomDataset(root).__getitems__([0, 1, 2])
+
+
+def test_read_frames_numpy_into_out(ct, us):
+    row = DicomDataset(ct.files, frames="first").rows[0]
+    expected = read_frames(row).numpy()
+    out = np.full(expected.shape, -1, expected.dtype)
+    got = frames_module.read_frames_numpy(row, out=out)
+    assert got is out and np.array_equal(out, expected)
+    jpeg = str(next(f for f in us.files if Path(f).name == "us_001.dcm"))
+    expected = read_frames(jpeg, frames=[2, 3]).numpy()
+    out = np.zeros(expected.shape, expected.dtype)
+    assert np.array_equal(frames_module.read_frames_numpy(jpeg, [2, 3], out=out), expected)
+    for bad in (np.zeros((1, 1, 4, 4), expected.dtype), np.zeros(expected.shape, np.float32)):
+        with pytest.raises(ValueError, match=r"us_001\.dcm"):
+            frames_module.read_frames_numpy(jpeg, [2, 3], out=bad)
+    with pytest.raises(ValueError, match="out must have shape"):
+        frames_module.read_frames_numpy(row, out=np.zeros((2, 1, 32, 32), np.int16))

@@ -29,7 +29,8 @@ from torch.utils.data import Dataset, get_worker_info
 from torchdicom.cache import FrameCache
 from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.index import DicomIndex, scan
-from torchdicom.io.frames import read_frames_numpy, row_for_path
+from torchdicom.io.frames import _is_fast_native, _np_dtype, read_frames_numpy, row_for_path
+from torchdicom.transforms._utils import empty_large
 
 __all__ = [
     "Collate",
@@ -295,23 +296,29 @@ class _Base(Dataset):
             return self.cache.read(row, frames, as_rgb=as_rgb)
         return read_frames_numpy(row, frames, as_rgb=as_rgb)
 
-    def _get(self, i: int) -> dict[str, Any]:  # pragma: no cover - abstract
+    def _get(
+        self, i: int, into: torch.Tensor | None = None
+    ) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._fetch(i)
+
+    def _fetch(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n} items")
         i %= n
         if self.on_error == "raise":
-            return self._get(i)
+            return self._get(i, into)
         # Substitute the next readable sample so batch counts stay equal on
         # every DDP rank (no rank waits at a collective for a missing batch).
         last: TorchDicomError | None = None
         for attempt in range(min(n, 64)):
             j = (i + attempt) % n
             try:
-                item = self._get(j)
+                # A substitute is read on its own: it may not fit the batch slot.
+                item = self._get(j, into if attempt == 0 else None)
             except TorchDicomError as exc:
                 self._skips.add(exc.path or "?", exc)
                 last = exc
@@ -435,11 +442,61 @@ class DicomDataset(_Base):
             return f, k
         return f, 0 if self.frames == "first" else int(self.frames)
 
-    def _get(self, i: int) -> dict[str, Any]:
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The items of one DataLoader batch (the DataLoader calls this instead of ``[i]``).
+
+        When every item comes from an uncompressed file with the same frame shape and
+        dtype, the images are read straight into one (B, C, H, W) batch buffer and each
+        item's ``image`` is a view of its slot; :class:`Collate` hands that buffer on as
+        the batch without stacking a copy. In the main process the buffer is recycled
+        memory of an earlier, freed batch (first-touch page faults of fresh buffers cost
+        more than reading the files); in a worker it is shared memory, which crosses to
+        the main process uncopied. Otherwise items are read one by one, as by ``[i]``.
+        """
+        into = self._batch_slots(indices)
+        if into is None:
+            return [self._fetch(i) for i in indices]
+        return [self._fetch(i, into[k : k + 1]) for k, i in enumerate(indices)]
+
+    def _batch_slots(self, indices: Sequence[int]) -> torch.Tensor | None:
+        """A (B, C, H, W) batch buffer for the items, or None when they differ."""
+        n = len(self)
+        if len(indices) < 2 or not all(
+            isinstance(i, int | np.integer) and -n <= i < n for i in indices
+        ):
+            return None
+        layout = None
+        for i in indices:
+            row = self.rows[self.locate(int(i) % n)[0]]
+            if not _is_fast_native(row):
+                return None
+            this = (
+                int(row["samples_per_pixel"]),
+                int(row["rows"]),
+                int(row["columns"]),
+                _np_dtype(row),
+            )
+            if layout is not None and this != layout:
+                return None
+            layout = this
+        assert layout is not None
+        spp, h, w, dtype = layout
+        like = torch.from_numpy(np.empty(0, dtype))
+        return _batch_buffer(like, len(indices), (spp, h, w))
+
+    def _get(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
         f, frame = self.locate(i)
         row = self.rows[f]
-        image = self._read(row, frame)[0]
-        item: dict[str, Any] = {"image": torch.from_numpy(image), **_meta(row)}
+        image = None
+        if into is not None and _is_fast_native(row):
+            slot = into.numpy()
+            spp, h, w = int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"])
+            if slot.shape == (1, spp, h, w) and slot.dtype == _np_dtype(row):
+                read_frames_numpy(row, frame, out=slot)
+                image = into[0]  # a view of the batch buffer: Collate passes it on uncopied
+        if image is None:
+            image = torch.from_numpy(self._read(row, frame)[0])
+        item: dict[str, Any] = {"image": image, **_meta(row)}
         item["ybr"] = self._keeps_ybr(row)
         if self._labels is not None:
             item["label"] = self._labels[f]
@@ -526,7 +583,7 @@ class DicomClipDataset(_Base):
         f, k = _locate(self._starts, i)
         return f, k * self.stride
 
-    def _get(self, i: int) -> dict[str, Any]:
+    def _get(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
         f, start = self.locate(i)
         row = self.rows[f]
         frames = slice(start, start + self.clip_len)
@@ -594,7 +651,7 @@ class DicomVolumeDataset(_Base):
     def __len__(self) -> int:
         return len(self.series)
 
-    def _get(self, i: int) -> dict[str, Any]:
+    def _get(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
         uid = self.series[i]
         slices, positions, dz = _order_series(uid, self._groups[uid], self.gap_tolerance)
         first = slices[0]
@@ -734,6 +791,9 @@ class Collate:
     def _stack(
         self, values: list[torch.Tensor], items: Sequence[Mapping[str, Any]], key: str
     ) -> torch.Tensor:
+        whole = _whole_buffer(values)
+        if whole is not None:
+            return whole
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) == 1:
             return torch.stack(values, out=_batch_buffer(values[0], len(values)))
@@ -754,19 +814,47 @@ class Collate:
         return out
 
 
+def _whole_buffer(values: list[torch.Tensor]) -> torch.Tensor | None:
+    """The (B, ...) tensor whose slots the ``values`` are, in order and covering all of it.
+
+    :meth:`DicomDataset.__getitems__` reads a batch's images into one buffer; stacking
+    them would copy it into an identical one. None for anything else.
+    """
+    first = values[0]
+    if first.device.type != "cpu":
+        return None
+    storage = first.untyped_storage()
+    nbytes = first.numel() * first.element_size()
+    base = storage.data_ptr()
+    if nbytes == 0 or storage.nbytes() != nbytes * len(values):
+        return None
+    for k, v in enumerate(values):
+        if (
+            v.dtype != first.dtype
+            or v.shape != first.shape
+            or not v.is_contiguous()
+            or v.untyped_storage().data_ptr() != base
+            or v.data_ptr() != base + k * nbytes
+        ):
+            return None
+    return first.new_empty(0).set_(storage, 0, (len(values), *first.shape))
+
+
 def _batch_buffer(
     like: torch.Tensor, batch: int, shape: tuple[int, ...] | None = None
-) -> torch.Tensor | None:
+) -> torch.Tensor:
     """The (B, ...) output of a stack; in shared memory inside a DataLoader worker.
 
     A worker's batch travels to the main process through shared memory: built
     there directly (as torch's default_collate does), the batch is not copied
     again on its way, which for 32 CT slices saves a 16 MB copy per batch.
-    Outside workers ``None``: ``torch.stack`` allocates as usual.
+    Outside workers, CPU batches come from the transforms' recycling pool
+    (:func:`~torchdicom.transforms._utils.empty_large`): the pages of an earlier,
+    freed batch are written again instead of faulting in fresh ones.
     """
     shape = tuple(like.shape) if shape is None else shape
     if get_worker_info() is None:
-        return None if shape == tuple(like.shape) else like.new_empty((batch, *shape))
+        return empty_large((batch, *shape), like.dtype, like.device)
     numel = batch * math.prod(shape)
     storage = like.untyped_storage()._new_shared(numel * like.element_size(), device=like.device)
     return like.new_empty(0).set_(storage, 0, (batch, *shape))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
-import sys
+import math
+import os
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from functools import cache
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,44 +48,95 @@ def float_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-# Fresh CPU buffers from 4 MiB up are advised onto transparent huge pages (as numpy does for its
-# arrays): first-touch page faults on 4 KiB pages cost more than the arithmetic that fills them.
-_HUGEPAGE_MIN_BYTES = 1 << 22
-_MADV_HUGEPAGE = 14  # linux/mman.h
+# CPU results from 4 MiB up come from the recycling pool below.
+_POOL_MIN_BYTES = 1 << 22
 
 
-@cache
-def _madvise() -> Callable[[int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+class _BufferPool:
+    """Recycles the memory of large CPU results once nothing references them any more.
+
+    Why: a fresh batch-sized buffer costs page faults (the kernel zeroes every page on first
+    touch) that take as long as the transform that fills it; a training loop allocates the
+    same sizes batch after batch, freeing the previous batch's meanwhile. This is the CPU
+    counterpart of torch's CUDA caching allocator, for the transforms' own results only.
+
+    Each slab is handed out as a fresh numpy view wrapped by ``torch.from_numpy``; the tensor
+    (and every view or storage reference derived from it) keeps that view alive, so a slab is
+    reused only after its weak reference to the view is dead. Bounded by :data:`POOL_BYTES`
+    and :data:`POOL_SLABS`; busy slabs are never evicted, and a request that does not fit
+    gets an untracked buffer. Tensors from it are not resizable (``resize_`` raises), like
+    any ``torch.from_numpy`` tensor.
+    """
+
+    def __init__(self, max_bytes: int, max_slabs: int) -> None:
+        self.max_bytes, self.max_slabs = max_bytes, max_slabs
+        self._slabs: list[tuple[np.ndarray, weakref.ref[np.ndarray] | None]] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 array of ``nbytes`` whose memory no live tensor uses."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child starts with a pool of its own
+                self._slabs, self._pid = [], os.getpid()
+            for k, (slab, ref) in enumerate(self._slabs):
+                if slab.nbytes == nbytes and (ref is None or ref() is None):
+                    del self._slabs[k]
+                    return self._hand_out(slab)
+            self._make_room(nbytes)
+            # numpy advises huge pages itself for arrays of 4 MiB and more.
+            slab = np.empty(nbytes, dtype=np.uint8)
+            if len(self._slabs) < self.max_slabs and self._total() + nbytes <= self.max_bytes:
+                return self._hand_out(slab)
+            return slab
+
+    def _hand_out(self, slab: np.ndarray) -> np.ndarray:
+        view = slab[:]
+        self._slabs.append((slab, weakref.ref(view)))  # most recently used last
+        return view
+
+    def _total(self) -> int:
+        return sum(slab.nbytes for slab, _ in self._slabs)
+
+    def _make_room(self, nbytes: int) -> None:
+        # Drop free slabs, least recently used first, until the new one fits.
+        k = 0
+        while k < len(self._slabs) and (
+            len(self._slabs) >= self.max_slabs or self._total() + nbytes > self.max_bytes
+        ):
+            ref = self._slabs[k][1]
+            if ref is None or ref() is None:
+                del self._slabs[k]
+            else:
+                k += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._slabs = []
+
+
+#: Bounds of the CPU result pool: at most this many bytes and slabs kept for reuse (a 32-image
+#: 512 x 512 float32 batch is 32 MiB; four windowed channels 128 MiB).
+POOL_BYTES = 1 << 30
+POOL_SLABS = 8
+_POOL = _BufferPool(POOL_BYTES, POOL_SLABS)
 
 
 def empty_large(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """``torch.empty`` for a large result or buffer that is about to be written in full.
 
-    On Linux CPU, buffers of 4 MiB and more are advised ``MADV_HUGEPAGE`` before their first
-    touch (the kernel ignores the advice where transparent huge pages are off), which makes
-    faulting a fresh 128 MB ``to_nchan`` output several times cheaper. Values are unaffected.
+    On CPU, buffers of 4 MiB and more come from a pool that recycles the memory of earlier
+    results once nothing references them (see :class:`_BufferPool`): batch after batch the
+    same pages are written again instead of being faulted in and zeroed anew. Fresh memory is
+    advised ``MADV_HUGEPAGE`` before its first touch (the kernel ignores the advice where
+    transparent huge pages are off). Values are unaffected.
     """
-    out = torch.empty(tuple(shape), dtype=dtype, device=device)
-    nbytes = out.numel() * out.element_size()
-    if out.device.type != "cpu" or nbytes < _HUGEPAGE_MIN_BYTES:
-        return out
-    madvise = _madvise()
-    if madvise is not None:
-        page = 4096
-        start = -(-out.data_ptr() // page) * page
-        end = (out.data_ptr() + nbytes) // page * page
-        if end > start:
-            madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: failure is harmless
-    return out
+    shape = tuple(shape)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    nbytes = math.prod(shape) * itemsize
+    if torch.device(device).type == "cpu" and nbytes >= _POOL_MIN_BYTES:
+        return torch.from_numpy(_POOL.take(nbytes)).view(dtype).view(shape)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def chunk_rows(rows: int, row_numel: int, device: torch.device, target: int) -> int:
