@@ -242,6 +242,10 @@ class _SkipCounter:
             self._value.value = 0
 
 
+# A batch-buffer slot of one item: (its (C, H, W) tensor view, its (1, C, H, W) numpy view).
+_Slot = tuple[torch.Tensor, np.ndarray]
+
+
 def _item_starts(counts: list[int]) -> np.ndarray:
     """Global index of each file's first item (plus the total at the end), from items per file."""
     return np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))]).astype(np.int64)
@@ -297,14 +301,14 @@ class _Base(Dataset):
         return read_frames_numpy(row, frames, as_rgb=as_rgb)
 
     def _get(
-        self, i: int, into: torch.Tensor | None = None
+        self, i: int, into: _Slot | None = None
     ) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self._fetch(i)
 
-    def _fetch(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
+    def _fetch(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n} items")
@@ -437,10 +441,12 @@ class DicomDataset(_Base):
 
     def locate(self, i: int) -> tuple[int, int]:
         """(file position in :attr:`rows`, frame) of item ``i``, without reading anything."""
-        f, k = _locate(self._starts, i)
         if self.frames == "all":
-            return f, k
-        return f, 0 if self.frames == "first" else int(self.frames)
+            return _locate(self._starts, i)
+        # One item per file: item i is file i (no search; this runs once per item).
+        if not 0 <= i < len(self.rows):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self.rows)} items")
+        return int(i), 0 if self.frames == "first" else int(self.frames)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The items of one DataLoader batch (the DataLoader calls this instead of ``[i]``).
@@ -456,7 +462,8 @@ class DicomDataset(_Base):
         into = self._batch_slots(indices)
         if into is None:
             return [self._fetch(i) for i in indices]
-        return [self._fetch(i, into[k : k + 1]) for k, i in enumerate(indices)]
+        slots = into.numpy()
+        return [self._fetch(i, (into[k], slots[k : k + 1])) for k, i in enumerate(indices)]
 
     def _batch_slots(self, indices: Sequence[int]) -> torch.Tensor | None:
         """A (B, C, H, W) batch buffer for the items, or None when they differ."""
@@ -484,17 +491,15 @@ class DicomDataset(_Base):
         like = torch.from_numpy(np.empty(0, dtype))
         return _batch_buffer(like, len(indices), (spp, h, w))
 
-    def _get(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
+    def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, frame = self.locate(i)
         row = self.rows[f]
-        image = None
-        if into is not None and _is_fast_native(row):
-            slot = into.numpy()
-            spp, h, w = int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"])
-            if slot.shape == (1, spp, h, w) and slot.dtype == _np_dtype(row):
-                read_frames_numpy(row, frame, out=slot)
-                image = into[0]  # a view of the batch buffer: Collate passes it on uncopied
-        if image is None:
+        if into is not None:
+            # A slot _batch_slots made for this very file's layout (read_frames_numpy checks
+            # its shape and dtype again); the image is a view of the batch buffer.
+            image, slot = into
+            read_frames_numpy(row, frame, out=slot)
+        else:
             image = torch.from_numpy(self._read(row, frame)[0])
         item: dict[str, Any] = {"image": image, **_meta(row)}
         item["ybr"] = self._keeps_ybr(row)
@@ -583,7 +588,7 @@ class DicomClipDataset(_Base):
         f, k = _locate(self._starts, i)
         return f, k * self.stride
 
-    def _get(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
+    def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, start = self.locate(i)
         row = self.rows[f]
         frames = slice(start, start + self.clip_len)
@@ -651,7 +656,7 @@ class DicomVolumeDataset(_Base):
     def __len__(self) -> int:
         return len(self.series)
 
-    def _get(self, i: int, into: torch.Tensor | None = None) -> dict[str, Any]:
+    def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         uid = self.series[i]
         slices, positions, dz = _order_series(uid, self._groups[uid], self.gap_tolerance)
         first = slices[0]
