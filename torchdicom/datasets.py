@@ -462,8 +462,8 @@ class DicomDataset(_Base):
         into = self._batch_slots(indices)
         if into is None:
             return [self._fetch(i) for i in indices]
-        slots = into.numpy()
-        return [self._fetch(i, (into[k], slots[k : k + 1])) for k, i in enumerate(indices)]
+        views, slots = into.unbind(0), into.numpy()  # all item views in two calls
+        return [self._fetch(i, (views[k], slots[k : k + 1])) for k, i in enumerate(indices)]
 
     def _batch_slots(self, indices: Sequence[int]) -> torch.Tensor | None:
         """A (B, C, H, W) batch buffer for the items, or None when they differ."""
