@@ -30,6 +30,7 @@ from torchdicom.cache import FrameCache
 from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.index import DicomIndex, scan
 from torchdicom.io.frames import _is_fast_native, _np_dtype, read_frames_numpy, row_for_path
+from torchdicom.transforms._native import run_rows
 from torchdicom.transforms._utils import empty_large
 
 __all__ = [
@@ -242,8 +243,9 @@ class _SkipCounter:
             self._value.value = 0
 
 
-# A batch-buffer slot of one item: (its (C, H, W) tensor view, its (1, C, H, W) numpy view).
-_Slot = tuple[torch.Tensor, np.ndarray]
+# A batch-buffer slot of one item: (its (C, H, W) tensor view, its (1, C, H, W) numpy view to
+# read into, or None when the pixels are there already).
+_Slot = tuple[torch.Tensor, np.ndarray | None]
 
 
 def _item_starts(counts: list[int]) -> np.ndarray:
@@ -463,7 +465,38 @@ class DicomDataset(_Base):
         if into is None:
             return [self._fetch(i) for i in indices]
         views, slots = into.unbind(0), into.numpy()  # all item views in two calls
-        return [self._fetch(i, (views[k], slots[k : k + 1])) for k, i in enumerate(indices)]
+        filled = self._prefill(indices, slots)
+        return [
+            self._fetch(i, (views[k], slots[k : k + 1]))
+            if not filled[k]
+            else self._fetch(i, (views[k], None))
+            for k, i in enumerate(indices)
+        ]
+
+    def _prefill(self, indices: Sequence[int], slots: np.ndarray) -> list[bool]:
+        """Read the batch's pixels into ``slots`` on the transforms' thread pool.
+
+        In the main process the reads (open, pread, close: the GIL is released while the
+        kernel copies the bytes) overlap across threads. A file that fails is left for the
+        item path, which reads it again and raises or substitutes as ``on_error`` says.
+        Workers (and single-thread runs) read inside the item path instead.
+        """
+        done = [False] * len(indices)
+        if get_worker_info() is not None or torch.get_num_threads() < 2:
+            return done
+        n = len(self)
+
+        def read(k0: int, k1: int) -> None:
+            for k in range(k0, k1):
+                f, frame = self.locate(int(indices[k]) % n)
+                try:
+                    read_frames_numpy(self.rows[f], frame, out=slots[k : k + 1])
+                except TorchDicomError:
+                    continue
+                done[k] = True
+
+        run_rows(len(indices), read, slots[0].size)
+        return done
 
     def _batch_slots(self, indices: Sequence[int]) -> torch.Tensor | None:
         """A (B, C, H, W) batch buffer for the items, or None when they differ."""
@@ -496,9 +529,11 @@ class DicomDataset(_Base):
         row = self.rows[f]
         if into is not None:
             # A slot _batch_slots made for this very file's layout (read_frames_numpy checks
-            # its shape and dtype again); the image is a view of the batch buffer.
+            # its shape and dtype again); the image is a view of the batch buffer. No numpy
+            # slot: _prefill has read it already.
             image, slot = into
-            read_frames_numpy(row, frame, out=slot)
+            if slot is not None:
+                read_frames_numpy(row, frame, out=slot)
         else:
             image = torch.from_numpy(self._read(row, frame)[0])
         item: dict[str, Any] = {"image": image, **_meta(row)}
