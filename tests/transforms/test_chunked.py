@@ -246,3 +246,17 @@ class TestBufferPool:
         small = empty_large((8,), torch.float64, torch.device("cpu"))
         assert small.shape == (8,) and small.dtype == torch.float64
         assert _POOL._slabs == []
+
+    def test_size_from_the_environment(self, monkeypatch):
+        import torchdicom.transforms._utils as U
+
+        monkeypatch.setenv("TORCHDICOM_CPU_POOL_MB", "64")
+        assert U._pool_bytes() == 64 << 20
+        monkeypatch.setenv("TORCHDICOM_CPU_POOL_MB", "0")
+        off = _BufferPool(U._pool_bytes(), 8)
+        a = off.take(1 << 22)
+        del a
+        assert off._slabs == []  # nothing kept: every buffer is fresh memory
+        monkeypatch.setenv("TORCHDICOM_CPU_POOL_MB", "lots")
+        with pytest.raises(ValueError, match="TORCHDICOM_CPU_POOL_MB"):
+            U._pool_bytes()

@@ -115,9 +115,21 @@ class _BufferPool:
             self._slabs = []
 
 
-#: Bounds of the CPU result pool: at most this many bytes and slabs kept for reuse (a 32-image
-#: 512 x 512 float32 batch is 32 MiB; four windowed channels 128 MiB).
-POOL_BYTES = 1 << 30
+def _pool_bytes() -> int:
+    value = os.environ.get("TORCHDICOM_CPU_POOL_MB", "1024")
+    try:
+        megabytes = int(value)
+    except ValueError:
+        raise ValueError(
+            f"TORCHDICOM_CPU_POOL_MB must be a whole number of MiB (0 turns the pool off). Got: {value!r}"
+        ) from None
+    return max(megabytes, 0) << 20
+
+
+#: Bounds of the CPU result pool: at most this many bytes (``TORCHDICOM_CPU_POOL_MB``, default
+#: 1024; 0 turns recycling off) and slabs kept for reuse (a 32-image 512 x 512 float32 batch is
+#: 32 MiB; four windowed channels 128 MiB).
+POOL_BYTES = _pool_bytes()
 POOL_SLABS = 8
 _POOL = _BufferPool(POOL_BYTES, POOL_SLABS)
 
