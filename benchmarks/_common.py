@@ -11,18 +11,40 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["ct_dataset", "median_s", "warm_page_cache", "write_ct"]
+__all__ = ["ct_dataset", "median_s", "medians_s", "warm_page_cache", "write_ct"]
 
 
-def median_s(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one untimed warm-up call."""
-    fn()  # imports, first-call caches and lazily built decoders stay out of the numbers
-    times = []
+def medians_s(fns: list[Callable[[], object]], repeats: int, sync: bool = False) -> list[float]:
+    """Median wall time of each function over ``repeats`` runs, after one untimed warm-up each.
+
+    The runs are interleaved (a, b, a, b, ...) so that load from other jobs on a shared machine
+    falls on every side alike. ``sync``: wait for CUDA before and after each run (CUDA calls
+    are asynchronous: time the work, not the launch).
+    """
+    for fn in fns:
+        fn()  # imports, first-call caches and lazily built decoders stay out of the numbers
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, acc in zip(fns, times, strict=True):
+            if sync:
+                _cuda_synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if sync:
+                _cuda_synchronize()
+            acc.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def median_s(fn: Callable[[], object], repeats: int, sync: bool = False) -> float:
+    """:func:`medians_s` of one function."""
+    return medians_s([fn], repeats, sync)[0]
+
+
+def _cuda_synchronize() -> None:
+    import torch
+
+    torch.cuda.synchronize()
 
 
 def warm_page_cache(paths: Iterable[Path]) -> None:

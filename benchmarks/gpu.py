@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -37,24 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks._common import median_s
+
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOWS = ["brain", "subdural", "brain_bone"]
-
-
-def _median_s(fn: Callable[[], object], repeats: int, sync: bool) -> float:
-    fn()
-    if sync:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()  # CUDA calls are asynchronous: time the work, not the launch
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _pipeline() -> nn.Module:
@@ -89,8 +75,8 @@ def device_transforms(batch_size: int = 64, repeats: int = 10) -> str:
         moved = {k: v.to("cuda", non_blocking=True) for k, v in batch.items()}
         pipe_gpu(moved)
 
-    t_cpu = _median_s(on_cpu, max(3, repeats // 3), sync=False)
-    t_gpu = _median_s(on_gpu, repeats, sync=True)
+    t_cpu = median_s(on_cpu, max(3, repeats // 3), sync=False)
+    t_gpu = median_s(on_gpu, repeats, sync=True)
     return "\n".join(
         [
             f"| B = {batch_size}, 512² int16 CT, Rescale → MultiWindow({', '.join(WINDOWS)}) + freqhist"
@@ -144,8 +130,8 @@ def loader_device_transforms(n: int, batch_size: int = 64, workers: int = 2) -> 
             for b in loader:
                 pipe_cpu({k: b[k] for k in keys})
 
-        t_gpu = _median_s(epoch_gpu, 3, sync=True)
-        t_cpu = _median_s(epoch_cpu, 3, sync=False)
+        t_gpu = median_s(epoch_gpu, 3, sync=True)
+        t_cpu = median_s(epoch_cpu, 3, sync=False)
     return "\n".join(
         [
             f"| loader, {n} files 512² int16, B = {batch_size}, {workers} workers | images/s | ratio |",

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._common import warm_page_cache, write_ct
+from benchmarks._common import median_s, medians_s, warm_page_cache, write_ct
 from torchdicom import Collate, DicomDataset, scan
 from torchdicom.transforms import Rescale, Window
 
@@ -118,40 +116,22 @@ def _monai_version() -> str | None:
     return str(monai.__version__)
 
 
+def _run_epoch(loader: DataLoader, after: Callable[[Any], Any]) -> None:
+    for batch in loader:
+        after(batch)
+
+
 def _epoch_time(loader: DataLoader, after: Callable[[Any], torch.Tensor], repeats: int) -> float:
     """Median seconds per epoch after one warm-up epoch (workers started, caches warm)."""
-
-    def epoch() -> None:
-        for batch in loader:
-            after(batch)
-
-    epoch()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        epoch()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_s(lambda: _run_epoch(loader, after), repeats)
 
 
 def _interleaved_epochs(
     loaders: dict[str, tuple[DataLoader, Callable[[Any], Any]]], repeats: int
 ) -> dict[str, float]:
     """Median seconds per epoch of each loader, epochs taken in turn after one warm-up each."""
-
-    def epoch(loader: DataLoader, after: Callable[[Any], Any]) -> float:
-        t0 = time.perf_counter()
-        for batch in loader:
-            after(batch)
-        return time.perf_counter() - t0
-
-    for loader, after in loaders.values():
-        epoch(loader, after)
-    times: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(repeats):
-        for name, (loader, after) in loaders.items():
-            times[name].append(epoch(loader, after))
-    return {name: statistics.median(t) for name, t in times.items()}
+    epochs = [lambda lo=loader, af=after: _run_epoch(lo, af) for loader, after in loaders.values()]
+    return dict(zip(loaders, medians_s(epochs, repeats), strict=True))
 
 
 def _loader(dataset: Dataset, workers: int, collate_fn: Any = None) -> DataLoader:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 import torchdicom.transforms.functional as F
+from benchmarks._common import medians_s
 
 __all__ = ["main", "run", "synthetic_ct_batch"]
 
@@ -106,24 +104,6 @@ def batched_pipeline(stored: torch.Tensor) -> torch.Tensor:
     return F.to_nchan(hu, WINDOWS)
 
 
-def _medians_s(fns: list[Callable[[], object]], repeats: int, sync: bool = False) -> list[float]:
-    """Median wall time of each function, the repeats interleaved (a, b, a, b, ...) so that load
-    from other jobs on a shared machine falls on every side alike."""
-    for fn in fns:
-        fn()  # warm-up (allocator, kernels)
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, acc in zip(fns, times, strict=True):
-            if sync:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if sync:
-                torch.cuda.synchronize()
-            acc.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
 def run(quick: bool = False, device: str = "cpu") -> str:
     """Measure and return the markdown table (also the lines of notes below it)."""
     batch = 8 if quick else 32
@@ -146,7 +126,7 @@ def run(quick: bool = False, device: str = "cpu") -> str:
             lambda: batched_pipeline(stored),
         ),
     ):
-        t_loop, t_batched = _medians_s([loop, batched], repeats)
+        t_loop, t_batched = medians_s([loop, batched], repeats)
         rows.append((label, t_loop, t_batched))
 
     lines = [
@@ -177,7 +157,7 @@ def run(quick: bool = False, device: str = "cpu") -> str:
         else:
             gpu_batch = 64
             stored_gpu = torch.from_numpy(synthetic_ct_batch(gpu_batch, size)).cuda()
-            (t_gpu,) = _medians_s([lambda: batched_pipeline(stored_gpu)], repeats, sync=True)
+            (t_gpu,) = medians_s([lambda: batched_pipeline(stored_gpu)], repeats, sync=True)
             cpu_rate = batch / rows[1][2]
             gpu_rate = gpu_batch / t_gpu
             lines += [
