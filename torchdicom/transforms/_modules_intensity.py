@@ -63,11 +63,9 @@ class Rescale(nn.Module):
             return rescale(data, self.slope, self.intercept)
         slope = data.get("slope", self.slope)
         intercept = data.get("intercept", self.intercept)
-        flags = data.get("monochrome1")
-        # Most batches hold no MONOCHROME1 image: skip the full-size inversion
-        # pass then (one tiny (B,) reduction instead of a pass over the pixels).
-        if flags is None or "bits_stored" not in data or not bool(torch.as_tensor(flags).any()):
+        if not _inverts_monochrome1(data):
             return apply_to_image(data, lambda x, _: rescale(x, slope, intercept))
+        flags = data["monochrome1"]
         out = dict(data)
         image = data["image"]
         inverted = invert_monochrome1(image, data["bits_stored"], apply=flags.to(image.device))
@@ -78,6 +76,16 @@ class Rescale(nn.Module):
 
     def extra_repr(self) -> str:
         return f"slope={self.slope}, intercept={self.intercept}"
+
+
+def _inverts_monochrome1(data: Mapping[str, Any]) -> bool:
+    """Whether :class:`Rescale` inverts some sample of this batch dict first.
+
+    Most batches hold no MONOCHROME1 image: the full-size inversion pass is skipped then (one
+    tiny (B,) reduction instead of a pass over the pixels).
+    """
+    flags = data.get("monochrome1")
+    return flags is not None and "bits_stored" in data and bool(torch.as_tensor(flags).any())
 
 
 def _mirror_centre(data: Mapping[str, Any], image: Tensor, slope: Any, intercept: Any) -> Tensor:
@@ -160,8 +168,7 @@ class Window(nn.Module):
                     "Window(rescale=True) reads 'slope' and 'intercept' from a batch dict; "
                     "pass the dict, not a bare tensor. Got: Tensor"
                 )
-            flags = data.get("monochrome1")
-            if flags is None or not bool(torch.as_tensor(flags).any()):
+            if not _inverts_monochrome1(data):
                 slope, intercept = data.get("slope", 1.0), data.get("intercept", 0.0)
                 return apply_to_image(
                     data,
