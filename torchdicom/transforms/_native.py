@@ -263,9 +263,22 @@ def as_rows(x: Tensor) -> np.ndarray:
     return x.detach().numpy().reshape(x.shape[0], -1)
 
 
-def params(values: Tensor, dtype: torch.dtype) -> np.ndarray:
-    """(B, 1, 1, 1) per-sample parameters as a contiguous (B,) numpy array of ``dtype``."""
-    return np.ascontiguousarray(values.detach().to(device="cpu", dtype=dtype).reshape(-1).numpy())
+def params(values: Tensor, dtype: torch.dtype, *shape: int) -> np.ndarray:
+    """Per-sample parameters as a contiguous numpy array of ``dtype``.
+
+    ``shape`` defaults to (B,) from (B, 1, 1, 1); window bounds pass ``(B, -1)`` for (B, G).
+    """
+    host = values.detach().to(device="cpu", dtype=dtype)
+    return np.ascontiguousarray(host.reshape(shape or (-1,)).numpy())
+
+
+def _rescale_params(
+    x: Tensor, slope: Tensor, intercept: Tensor, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slope, intercept, multiply?) per image. The multiply is skipped on integer input with
+    slope 1, where x * 1 == x exactly, as the torch route skips it."""
+    s, c = params(slope, dtype), params(intercept, dtype)
+    return s, c, np.ascontiguousarray(x.is_floating_point() | (s != 1))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -273,8 +286,7 @@ def rescale_into(x: Tensor, slope: Tensor, intercept: Tensor, out: Tensor) -> No
     """out = x * slope + intercept per image; slope/intercept (B, 1, 1, 1) of out's dtype."""
     k = kernels()["rescale_rows"]
     xs, dst = as_rows(x), as_rows(out)
-    s, c = params(slope, out.dtype), params(intercept, out.dtype)
-    mul = np.ascontiguousarray(x.is_floating_point() | (s != 1))
+    s, c, mul = _rescale_params(x, slope, intercept, out.dtype)
     run_rows(xs.shape[0], lambda r0, r1: k(xs, s, c, mul, dst, r0, r1), xs.shape[1])
 
 
@@ -292,15 +304,8 @@ def window_into(x: Tensor, lo: Tensor, hi: Tensor, span: Tensor, out: Tensor) ->
     b = x.shape[0]
     xs = as_rows(x)
     dst = out.detach().numpy()
-    a, c = _grid(lo, out.dtype, b), _grid(hi, out.dtype, b)
-    d = _grid(span, out.dtype, b)
+    a, c, d = (params(v, out.dtype, b, -1) for v in (lo, hi, span))
     run_rows(b, lambda r0, r1: k(xs, a, c, d, dst, r0, r1), xs.shape[1] * a.shape[1])
-
-
-def _grid(values: Tensor, dtype: torch.dtype, b: int) -> np.ndarray:
-    return np.ascontiguousarray(
-        values.detach().to(device="cpu", dtype=dtype).reshape(b, -1).numpy()
-    )
 
 
 def rescale_window_into(
@@ -315,10 +320,8 @@ def rescale_window_into(
     """:func:`rescale_into` then :func:`window_into` in one pass, bit-identical to the two."""
     k = kernels()["rescale_window_rows"]
     xs, dst = as_rows(x), as_rows(out)
-    s, c = params(slope, out.dtype), params(intercept, out.dtype)
-    mul = np.ascontiguousarray(x.is_floating_point() | (s != 1))
-    a, b = params(lo, out.dtype), params(hi, out.dtype)
-    d = params(span, out.dtype)
+    s, c, mul = _rescale_params(x, slope, intercept, out.dtype)
+    a, b, d = (params(v, out.dtype) for v in (lo, hi, span))
     run_rows(xs.shape[0], lambda r0, r1: k(xs, s, c, mul, a, b, d, dst, r0, r1), xs.shape[1])
 
 

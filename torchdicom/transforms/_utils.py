@@ -144,8 +144,7 @@ def empty_large(shape: Sequence[int], dtype: torch.dtype, device: torch.device) 
     transparent huge pages are off). Values are unaffected.
     """
     shape = tuple(shape)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    nbytes = math.prod(shape) * itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if torch.device(device).type == "cpu" and nbytes >= _POOL_MIN_BYTES:
         return torch.from_numpy(_POOL.take(nbytes)).view(dtype).view(shape)
     return torch.empty(shape, dtype=dtype, device=device)
