@@ -461,19 +461,18 @@ class DicomDataset(_Base):
         more than reading the files); in a worker it is shared memory, which crosses to
         the main process uncopied. Otherwise items are read one by one, as by ``[i]``.
         """
-        into = self._batch_slots(indices)
-        if into is None:
+        batch = self._batch_slots(indices)
+        if batch is None:
             return [self._fetch(i) for i in indices]
+        into, located = batch
         views, slots = into.unbind(0), into.numpy()  # all item views in two calls
-        filled = self._prefill(indices, slots)
+        filled = self._prefill(located, slots)
         return [
-            self._fetch(i, (views[k], slots[k : k + 1]))
-            if not filled[k]
-            else self._fetch(i, (views[k], None))
+            self._fetch(i, (views[k], None if filled[k] else slots[k : k + 1]))
             for k, i in enumerate(indices)
         ]
 
-    def _prefill(self, indices: Sequence[int], slots: np.ndarray) -> list[bool]:
+    def _prefill(self, located: list[tuple[int, int]], slots: np.ndarray) -> list[bool]:
         """Read the batch's pixels into ``slots`` on the transforms' thread pool.
 
         In the main process the reads (open, pread, close: the GIL is released while the
@@ -481,33 +480,36 @@ class DicomDataset(_Base):
         item path, which reads it again and raises or substitutes as ``on_error`` says.
         Workers (and single-thread runs) read inside the item path instead.
         """
-        done = [False] * len(indices)
+        done = [False] * len(located)
         if get_worker_info() is not None or torch.get_num_threads() < 2:
             return done
-        n = len(self)
 
         def read(k0: int, k1: int) -> None:
             for k in range(k0, k1):
-                f, frame = self.locate(int(indices[k]) % n)
+                f, frame = located[k]
                 try:
                     read_frames_numpy(self.rows[f], frame, out=slots[k : k + 1])
                 except TorchDicomError:
                     continue
                 done[k] = True
 
-        run_rows(len(indices), read, slots[0].size)
+        run_rows(len(located), read, slots[0].size)
         return done
 
-    def _batch_slots(self, indices: Sequence[int]) -> torch.Tensor | None:
-        """A (B, C, H, W) batch buffer for the items, or None when they differ."""
+    def _batch_slots(
+        self, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+        """A (B, C, H, W) batch buffer for the items and their (file, frame), or None when the
+        items differ in layout (or are not all uncompressed)."""
         n = len(self)
         if len(indices) < 2 or not all(
             isinstance(i, int | np.integer) and -n <= i < n for i in indices
         ):
             return None
+        located = [self.locate(int(i) % n) for i in indices]
         layout = None
-        for i in indices:
-            row = self.rows[self.locate(int(i) % n)[0]]
+        for f, _frame in located:
+            row = self.rows[f]
             if not _is_fast_native(row):
                 return None
             this = (
@@ -522,7 +524,7 @@ class DicomDataset(_Base):
         assert layout is not None
         spp, h, w, dtype = layout
         like = torch.from_numpy(np.empty(0, dtype))
-        return _batch_buffer(like, len(indices), (spp, h, w))
+        return _batch_buffer(like, len(indices), (spp, h, w)), located
 
     def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, frame = self.locate(i)
