@@ -139,9 +139,9 @@ def empty_large(shape: Sequence[int], dtype: torch.dtype, device: torch.device) 
 
     On CPU, buffers of 4 MiB and more come from a pool that recycles the memory of earlier
     results once nothing references them (see :class:`_BufferPool`): batch after batch the
-    same pages are written again instead of being faulted in and zeroed anew. Fresh memory is
-    advised ``MADV_HUGEPAGE`` before its first touch (the kernel ignores the advice where
-    transparent huge pages are off). Values are unaffected.
+    same pages are written again instead of being faulted in and zeroed anew. Fresh slabs are
+    numpy arrays, which numpy advises ``MADV_HUGEPAGE`` from 4 MiB up (the kernel ignores the
+    advice where transparent huge pages are off). Values are unaffected.
     """
     shape = tuple(shape)
     nbytes = math.prod(shape) * dtype.itemsize
