@@ -13,7 +13,7 @@ import torch
 
 import torchdicom.cache as cache_module
 from torchdicom.cache import FrameCache
-from torchdicom.datasets import DicomDataset
+from torchdicom.data import DicomDataset
 from torchdicom.io.frames import read_frames, row_for_path
 from torchdicom.samples import us_cine_like
 

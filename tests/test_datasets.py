@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 import torchdicom.io.frames as frames_module
 from tests.conftest import real_file
 from tests.dicom_factory import write_ct_series, write_dicom
-from torchdicom.datasets import (
+from torchdicom.data import (
     Collate,
     DicomClipDataset,
     DicomDataset,
@@ -112,7 +112,7 @@ def test_frames_first_and_int(ct, us, caplog):
     first = DicomDataset(files, frames="first")
     assert len(first) == 2
     assert [first.locate(i) for i in range(2)] == [(0, 0), (1, 0)]
-    with caplog.at_level(logging.WARNING, logger="torchdicom.datasets"):
+    with caplog.at_level(logging.WARNING, logger="torchdicom.data"):
         third = DicomDataset(files, frames=3)
     # The single-frame CT file has no frame 3: left out, with a warning.
     assert len(third) == 1

@@ -36,7 +36,7 @@ from tests.conftest import real_file
 from tests.dicom_factory import pixel_array_fchw, write_dicom
 from torchdicom import DicomDataset, read_frames, scan
 from torchdicom.cache import FrameCache
-from torchdicom.datasets import collate
+from torchdicom.data import collate
 from torchdicom.errors import (
     CorruptDicomError,
     DicomFileNotFoundError,

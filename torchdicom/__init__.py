@@ -7,8 +7,8 @@ normalisation) as batched tensor transforms on the GPU.
 
 from torchdicom import errors, transforms
 from torchdicom.cache import FrameCache
+from torchdicom.data import Collate, DicomClipDataset, DicomDataset, DicomVolumeDataset, collate
 from torchdicom.datamodule import DicomDataModule
-from torchdicom.datasets import Collate, DicomClipDataset, DicomDataset, DicomVolumeDataset, collate
 from torchdicom.errors import (
     CorruptDicomError,
     MissingPixelDataError,

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from torchdicom.cache import FrameCache
-from torchdicom.datasets import Collate, DicomDataset, MaskSource
+from torchdicom.data import Collate, DicomDataset, MaskSource
 from torchdicom.index import DicomIndex, scan
 
 __all__ = ["DicomDataModule", "patient_split"]

@@ -1,0 +1,27 @@
+"""PyTorch datasets over DICOM collections: frames, cine clips, series volumes, and collate.
+
+Every dataset works from a :class:`~torchdicom.DicomIndex` (built by
+:func:`~torchdicom.scan` when given a directory or a file list), so an item
+costs one ``read_frames`` call on an index row: no header parsing, and for
+multi-frame files only the frames the item needs are read.
+
+Items are dicts of *stored* values plus the per-sample metadata the batched
+transforms need; converting to Hounsfield units, windowing and augmenting
+happen later, batched, ideally on the GPU (:mod:`torchdicom.transforms`).
+"""
+
+from torchdicom.data.clips import DicomClipDataset
+from torchdicom.data.collate import Collate, collate
+from torchdicom.data.frames import DicomDataset
+from torchdicom.data.sources import LabelSource, MaskSource
+from torchdicom.data.volumes import DicomVolumeDataset
+
+__all__ = [
+    "Collate",
+    "DicomClipDataset",
+    "DicomDataset",
+    "DicomVolumeDataset",
+    "LabelSource",
+    "MaskSource",
+    "collate",
+]

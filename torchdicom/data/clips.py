@@ -1,0 +1,92 @@
+"""DicomClipDataset: cine clips from multi-frame files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+from torchdicom.cache import FrameCache
+from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
+from torchdicom.data.sources import MaskSource, _MaskResolver, _read_mask
+
+__all__ = ["DicomClipDataset"]
+
+
+class DicomClipDataset(_Base):
+    """Cine clips from multi-frame files (ultrasound, fluoroscopy, cardiac MR).
+
+    Items are windows of ``clip_len`` consecutive frames starting every
+    ``stride`` frames; only the clip's frames are read (native files: one
+    contiguous read; compressed: only those frames decoded).
+
+    Args:
+        source: a directory, a list of files, or a :class:`~torchdicom.DicomIndex`.
+        clip_len: frames per clip (T).
+        stride: distance between clip starts (default ``clip_len``: no overlap).
+        masks, on_error, color, cache, index_cache: as for :class:`DicomDataset`.
+        transform: CPU-side callable on the item dict.
+
+    Item (dict):
+        ``image`` (T, C, H, W) stored dtype; ``mask`` (T, 1, H, W) when masks
+        given; ``path``; ``frame`` (first frame of the clip); ``index`` and the
+        per-file metadata as in :class:`DicomDataset`. Files with fewer than
+        ``clip_len`` frames give no clip.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        clip_len: int,
+        stride: int | None = None,
+        *,
+        masks: MaskSource = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+        color: Literal["rgb", "ybr"] = "rgb",
+        cache: FrameCache | str | os.PathLike[str] | None = None,
+        index_cache: str | os.PathLike[str] | None = None,
+    ):
+        if not isinstance(clip_len, int) or clip_len < 1:
+            raise ValueError(f"clip_len must be a positive int. Got: {clip_len!r}")
+        stride = clip_len if stride is None else stride
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be a positive int. Got: {stride!r}")
+        super().__init__(
+            source, on_error=on_error, color=color, cache=cache, index_cache=index_cache
+        )
+        self.clip_len, self.stride, self.transform = clip_len, stride, transform
+        self._masks = _MaskResolver(masks, self.root)
+        self.rows = [r for r in self._masks.exclude(self.rows) if int(r["frames"]) >= clip_len]
+        self._starts = _item_starts(
+            [(int(r["frames"]) - clip_len) // stride + 1 for r in self.rows]
+        )
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(file position, first frame) of clip ``i``."""
+        f, k = _locate(self._starts, i)
+        return f, k * self.stride
+
+    def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
+        f, start = self.locate(i)
+        row = self.rows[f]
+        frames = slice(start, start + self.clip_len)
+        clip = self._read(row, frames)
+        item: dict[str, Any] = {"image": torch.from_numpy(clip), **_meta(row)}
+        item["ybr"] = self._keeps_ybr(row)
+        if self._masks:
+            item["mask"] = _read_mask(
+                self._masks(row["path"]),
+                list(range(start, start + self.clip_len)),
+                clip.shape[-2:],
+                row["path"],
+            )
+        item.update(path=row["path"], frame=start, index=i)
+        if self.transform is not None:
+            item = self.transform(item)
+        return item

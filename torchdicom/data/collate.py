@@ -1,0 +1,152 @@
+"""Collate: dataset items into a batch dict of stored-dtype images and (B,) metadata tensors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from torchdicom.transforms._utils import empty_large
+
+__all__ = ["Collate", "collate"]
+
+_FLOAT_KEYS = ("slope", "intercept", "window_center", "window_width")
+
+
+class Collate:
+    """Stack dataset items into a batch dict.
+
+    Images are stacked in their stored dtype (the float conversion happens on
+    the device); per-sample metadata become tensors of shape (B,); ``path``
+    stays a list of str.
+
+    Args:
+        pad: when images differ in size, pad each to the largest H and W
+            (bottom/right, with the image's own minimum so padding reads as
+            background) instead of raising.
+
+    Raises:
+        ValueError: images of different shapes (without ``pad``); the message
+            lists the shapes and files.
+
+    Batch:
+        ``image`` (B, C, H, W) (or (B, T, C, H, W) for clips); ``slope``,
+        ``intercept``, ``window_center``, ``window_width`` float32 (B,);
+        ``monochrome1``, ``ybr`` bool (B,); ``bits_stored``, ``frame``,
+        ``index`` int64 (B,); ``label`` int64 / float32 (B,); ``mask`` uint8
+        like ``image`` with C=1; ``path`` list[str].
+    """
+
+    def __init__(self, pad: bool = False):
+        self.pad = pad
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("cannot collate an empty list of items")
+        out: dict[str, Any] = {}
+        for key in items[0]:
+            values = [it[key] for it in items]
+            if key in ("image", "mask", "volume"):
+                out[key] = self._stack(values, items, key)
+            elif key in _FLOAT_KEYS:
+                out[key] = torch.tensor(values, dtype=torch.float32)
+            elif key in ("monochrome1", "ybr", "substituted"):
+                out[key] = torch.tensor(values, dtype=torch.bool)
+            elif key in ("bits_stored", "frame", "index"):
+                out[key] = torch.tensor(values, dtype=torch.int64)
+            elif key == "label":
+                out[key] = _label_tensor(values)
+            elif isinstance(values[0], torch.Tensor):
+                out[key] = self._stack(values, items, key)
+            else:
+                out[key] = list(values)
+        return out
+
+    def _stack(
+        self, values: list[torch.Tensor], items: Sequence[Mapping[str, Any]], key: str
+    ) -> torch.Tensor:
+        whole = _whole_buffer(values)
+        if whole is not None:
+            return whole
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) == 1:
+            return torch.stack(values, out=_batch_buffer(values[0], len(values)))
+        if not self.pad or len({v.shape[:-2] for v in values}) > 1:
+            detail = ", ".join(
+                f"{tuple(v.shape)} {it.get('path', '?')}" for v, it in list(zip(values, items))[:4]
+            )
+            raise ValueError(
+                f"cannot batch {key}s of different sizes: {detail}; use Collate(pad=True),"
+                f" a resizing transform, or batch_size=1"
+            )
+        h = max(v.shape[-2] for v in values)
+        w = max(v.shape[-1] for v in values)
+        out = _batch_buffer(values[0], len(values), (*values[0].shape[:-2], h, w))
+        for p, v in zip(out, values):
+            p.fill_(v.min().item() if v.numel() and key != "mask" else 0)
+            p[..., : v.shape[-2], : v.shape[-1]] = v
+        return out
+
+
+def _whole_buffer(values: list[torch.Tensor]) -> torch.Tensor | None:
+    """The (B, ...) tensor whose slots the ``values`` are, in order and covering all of it.
+
+    :meth:`DicomDataset.__getitems__` reads a batch's images into one buffer; stacking
+    them would copy it into an identical one. None for anything else.
+    """
+    first = values[0]
+    if first.device.type != "cpu":
+        return None
+    storage = first.untyped_storage()
+    nbytes = first.numel() * first.element_size()
+    base = storage.data_ptr()
+    if nbytes == 0 or storage.nbytes() != nbytes * len(values):
+        return None
+    for k, v in enumerate(values):
+        if (
+            v.dtype != first.dtype
+            or v.shape != first.shape
+            or not v.is_contiguous()
+            or v.untyped_storage().data_ptr() != base
+            or v.data_ptr() != base + k * nbytes
+        ):
+            return None
+    return first.new_empty(0).set_(storage, 0, (len(values), *first.shape))
+
+
+def _batch_buffer(
+    like: torch.Tensor, batch: int, shape: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """The (B, ...) output of a stack; in shared memory inside a DataLoader worker.
+
+    A worker's batch travels to the main process through shared memory: built
+    there directly (as torch's default_collate does), the batch is not copied
+    again on its way, which for 32 CT slices saves a 16 MB copy per batch.
+    Outside workers, CPU batches come from the transforms' recycling pool
+    (:func:`~torchdicom.transforms._utils.empty_large`): the pages of an earlier,
+    freed batch are written again instead of faulting in fresh ones.
+    """
+    shape = tuple(like.shape) if shape is None else shape
+    if get_worker_info() is None:
+        return empty_large((batch, *shape), like.dtype, like.device)
+    numel = batch * math.prod(shape)
+    storage = like.untyped_storage()._new_shared(numel * like.element_size(), device=like.device)
+    return like.new_empty(0).set_(storage, 0, (batch, *shape))
+
+
+def _label_tensor(values: list[Any]) -> torch.Tensor | list[Any]:
+    if all(isinstance(v, bool | int | np.integer) for v in values):
+        return torch.tensor([int(v) for v in values], dtype=torch.int64)
+    if all(isinstance(v, int | float | np.integer | np.floating) for v in values):
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if all(isinstance(v, torch.Tensor) for v in values):
+        return torch.stack(values)
+    return list(values)
+
+
+collate = Collate()
+"""Default collate function (no padding); see :class:`Collate`."""

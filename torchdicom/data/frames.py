@@ -1,0 +1,248 @@
+"""DicomDataset: one item per frame (or per file) of a DICOM collection."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from torchdicom.cache import FrameCache
+from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
+from torchdicom.data.collate import _batch_buffer
+from torchdicom.data.sources import (
+    LabelSource,
+    MaskSource,
+    _encode_labels,
+    _Labeler,
+    _MaskResolver,
+    _read_mask,
+)
+from torchdicom.errors import TorchDicomError
+from torchdicom.io.frames import _is_fast_native, _np_dtype, read_frames_numpy
+from torchdicom.transforms._native import run_rows
+
+__all__ = ["DicomDataset"]
+
+log = logging.getLogger("torchdicom.data")
+
+
+class DicomDataset(_Base):
+    """One item per frame (or per file) of a DICOM collection.
+
+    Args:
+        source: a directory, a list of files, or a :class:`~torchdicom.DicomIndex`.
+        frames: ``"all"`` — one item per frame of every file (multi-frame files
+            contribute each frame); ``"first"`` — one item per file, frame 0;
+            an int ``k`` — one item per file, frame ``k`` (files with fewer
+            frames are left out, with a warning).
+        labels: a CSV path or DataFrame (a file column — ``file``/``fname``/
+            ``path``… or the first column — with paths relative to the CSV's
+            folder or to the collection, and the ``label_column``), a mapping
+            path → label, or a callable ``f(path)`` / ``f(path, frame)``.
+            String classes are encoded as integers in sorted order
+            (:attr:`classes`).
+        masks: paired mask files: a directory mirroring the image tree, a
+            mapping, or a callable image path → mask path. Masks are DICOM;
+            the same frame is read.
+        transform: CPU-side callable on the item dict (e.g.
+            :class:`~torchdicom.transforms.AlbumentationsAdapter`).
+        on_error: ``"raise"`` (default) or ``"skip"``: substitute the next
+            readable sample, log the file once, count it in :attr:`skipped`.
+        color: ``"rgb"`` (equal to pydicom) or ``"ybr"``: YBR_FULL(_422)
+            frames are handed over unconverted for a batched device-side
+            :class:`~torchdicom.transforms.YbrToRgb`.
+        cache: a :class:`~torchdicom.cache.FrameCache` or directory for
+            decoded compressed frames (shared by workers and ranks).
+        index_cache: parquet file for the header index when ``source`` is a
+            directory or a file list.
+        label_column: the label column of a CSV/DataFrame (default: the first
+            column that is not the file column).
+
+    Item (dict):
+        ``image`` (C, H, W) stored dtype; ``slope``, ``intercept``,
+        ``window_center``, ``window_width`` float (NaN where absent);
+        ``monochrome1`` bool; ``bits_stored`` int; ``ybr`` bool (frames left
+        in YCbCr); ``label`` (when labels given); ``mask`` (1, H, W) uint8
+        (when masks given); ``path`` str; ``frame`` int; ``index`` int.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        frames: Literal["all", "first"] | int = "all",
+        labels: LabelSource = None,
+        masks: MaskSource = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+        *,
+        color: Literal["rgb", "ybr"] = "rgb",
+        cache: FrameCache | str | os.PathLike[str] | None = None,
+        index_cache: str | os.PathLike[str] | None = None,
+        label_column: str | None = None,
+    ):
+        super().__init__(
+            source, on_error=on_error, color=color, cache=cache, index_cache=index_cache
+        )
+        if not (
+            frames in ("all", "first") or (isinstance(frames, int) and not isinstance(frames, bool))
+        ):
+            raise ValueError(f"frames must be 'all', 'first' or an int. Got: {frames!r}")
+        self.frames = frames
+        self.transform = transform
+        self._masks = _MaskResolver(masks, self.root)
+        self.rows = self._masks.exclude(self.rows)
+        if isinstance(frames, int) and frames != 0:
+            keep = [r for r in self.rows if int(r["frames"]) > frames]
+            if len(keep) < len(self.rows):
+                log.warning(
+                    "%d file(s) have fewer than %d frames and are left out",
+                    len(self.rows) - len(keep),
+                    frames + 1,
+                )
+            self.rows = keep
+        self._starts = _item_starts([int(r["frames"]) if frames == "all" else 1 for r in self.rows])
+
+        self._labeler = _Labeler(labels, label_column)
+        self.classes: list[str] | None = None
+        self._labels: list[Any] | None = None
+        if self._labeler and self._labeler.fn is None:
+            values, missing = [], []
+            for r in self.rows:
+                try:
+                    values.append(self._labeler.for_file(r["path"]))
+                except KeyError:
+                    missing.append(r["path"])
+            if missing:
+                raise ValueError(
+                    f"{len(missing)} file(s) have no label, e.g. {missing[0]}; label keys look like"
+                    f" {next(iter(self._labeler.mapping))!r}"
+                )
+            self._labels, self.classes = _encode_labels(values)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def items_per_file(self) -> np.ndarray:
+        """Number of items each file of :attr:`rows` contributes, (len(rows),) int64."""
+        return np.diff(self._starts)
+
+    def label_codes(self) -> list[Any]:
+        """The (encoded) label of every file, in :attr:`rows` order (empty without table labels)."""
+        return list(self._labels or [])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(file position in :attr:`rows`, frame) of item ``i``, without reading anything."""
+        if self.frames == "all":
+            return _locate(self._starts, i)
+        # One item per file: item i is file i (no search; this runs once per item).
+        if not 0 <= i < len(self.rows):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self.rows)} items")
+        return int(i), 0 if self.frames == "first" else int(self.frames)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The items of one DataLoader batch (the DataLoader calls this instead of ``[i]``).
+
+        When every item comes from an uncompressed file with the same frame shape and
+        dtype, the images are read straight into one (B, C, H, W) batch buffer and each
+        item's ``image`` is a view of its slot; :class:`Collate` hands that buffer on as
+        the batch without stacking a copy. In the main process the buffer is recycled
+        memory of an earlier, freed batch (first-touch page faults of fresh buffers cost
+        more than reading the files); in a worker it is shared memory, which crosses to
+        the main process uncopied. Otherwise items are read one by one, as by ``[i]``.
+        """
+        batch = self._batch_slots(indices)
+        if batch is None:
+            return [self._fetch(i) for i in indices]
+        into, located = batch
+        views, slots = into.unbind(0), into.numpy()  # all item views in two calls
+        filled = self._prefill(located, slots)
+        return [
+            self._fetch(i, (views[k], None if filled[k] else slots[k : k + 1]))
+            for k, i in enumerate(indices)
+        ]
+
+    def _prefill(self, located: list[tuple[int, int]], slots: np.ndarray) -> list[bool]:
+        """Read the batch's pixels into ``slots`` on the transforms' thread pool.
+
+        In the main process the reads (open, pread, close: the GIL is released while the
+        kernel copies the bytes) overlap across threads. A file that fails is left for the
+        item path, which reads it again and raises or substitutes as ``on_error`` says.
+        Workers (and single-thread runs) read inside the item path instead.
+        """
+        done = [False] * len(located)
+        if get_worker_info() is not None or torch.get_num_threads() < 2:
+            return done
+
+        def read(k0: int, k1: int) -> None:
+            for k in range(k0, k1):
+                f, frame = located[k]
+                try:
+                    read_frames_numpy(self.rows[f], frame, out=slots[k : k + 1])
+                except TorchDicomError:
+                    continue
+                done[k] = True
+
+        run_rows(len(located), read, slots[0].size)
+        return done
+
+    def _batch_slots(
+        self, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+        """A (B, C, H, W) batch buffer for the items and their (file, frame), or None when the
+        items differ in layout (or are not all uncompressed)."""
+        n = len(self)
+        if len(indices) < 2 or not all(
+            isinstance(i, int | np.integer) and -n <= i < n for i in indices
+        ):
+            return None
+        located = [self.locate(int(i) % n) for i in indices]
+        layout = None
+        for f, _frame in located:
+            row = self.rows[f]
+            if not _is_fast_native(row):
+                return None
+            this = (
+                int(row["samples_per_pixel"]),
+                int(row["rows"]),
+                int(row["columns"]),
+                _np_dtype(row),
+            )
+            if layout is not None and this != layout:
+                return None
+            layout = this
+        assert layout is not None
+        spp, h, w, dtype = layout
+        like = torch.from_numpy(np.empty(0, dtype))
+        return _batch_buffer(like, len(indices), (spp, h, w)), located
+
+    def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
+        f, frame = self.locate(i)
+        row = self.rows[f]
+        if into is not None:
+            # A slot _batch_slots made for this very file's layout (read_frames_numpy checks
+            # its shape and dtype again); the image is a view of the batch buffer. No numpy
+            # slot: _prefill has read it already.
+            image, slot = into
+            if slot is not None:
+                read_frames_numpy(row, frame, out=slot)
+        else:
+            image = torch.from_numpy(self._read(row, frame)[0])
+        item: dict[str, Any] = {"image": image, **_meta(row)}
+        item["ybr"] = self._keeps_ybr(row)
+        if self._labels is not None:
+            item["label"] = self._labels[f]
+        elif self._labeler.fn is not None:
+            item["label"] = self._labeler.call(row["path"], frame)
+        if self._masks:
+            item["mask"] = _read_mask(
+                self._masks(row["path"]), frame, image.shape[-2:], row["path"]
+            )
+        item.update(path=row["path"], frame=frame, index=i)
+        if self.transform is not None:
+            item = self.transform(item)
+        return item
