@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import kornia
 import torch
 from torch import Tensor
 
@@ -34,6 +33,8 @@ def gauss_blur2d(x: Tensor, sigma: float) -> Tensor:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma <= 0:
         raise ValueError(f"sigma must be a positive number. Got: {sigma!r}")
     size = int(sigma / 4) * 2 + 1
+    import kornia  # on first use: ~1 s that windowing-only users should not pay
+
     out = kornia.filters.gaussian_blur2d(
         xb.to(float_dtype(x)), (size, size), (float(sigma), float(sigma)), "replicate"
     )
@@ -62,6 +63,8 @@ def uniform_blur2d(x: Tensor, size: int, border_type: str = "constant") -> Tenso
     xb, batched = check_image(x)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
         raise ValueError(f"size must be an odd positive int. Got: {size!r}")
+    import kornia  # on first use (see gauss_blur2d)
+
     out = kornia.filters.box_blur(xb.to(float_dtype(x)), (size, size), border_type=border_type)
     return unbatch(out, batched)
 
@@ -190,5 +193,7 @@ def crop_resize(
     corners = torch.stack(
         [torch.stack(p, dim=1) for p in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], dim=1
     )  # (B, 4, 2): top-left, top-right, bottom-right, bottom-left
+    import kornia  # on first use (see gauss_blur2d)
+
     out = kornia.geometry.transform.crop_and_resize(xb.to(dtype), corners, out_size, mode=mode)
     return unbatch(out, batched)

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from kornia import augmentation as K
 from torch import Tensor, nn
 
 __all__ = ["AlbumentationsAdapter", "DicomAugment"]
@@ -50,6 +49,10 @@ class DicomAugment(nn.Module):
         noise_std: float = 0.02,
         vertical_flip: bool = False,
     ) -> None:
+        # kornia is imported here, not at module level: it costs ~1 s that importing
+        # torchdicom.transforms for windowing alone should not pay.
+        from kornia import augmentation as K
+
         super().__init__()
         if not 0 <= translate < 1:
             raise ValueError(f"translate must be in [0, 1). Got: {translate!r}")
