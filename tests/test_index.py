@@ -20,7 +20,7 @@ from tests.dicom_factory import (
     write_dicom,
 )
 from torchdicom import DicomIndex, read_frames, scan, to_dataframe
-from torchdicom.io.header import INDEX_COLUMNS, patient_hash
+from torchdicom.io.header import INDEX_COLUMNS, PER_FRAME_COLUMNS, patient_hash
 
 PHI_STRINGS = (PHI_PATIENT_NAME, PHI_PATIENT_ID, PHI_BIRTH_DATE, "Leakmouth", "Zebedee")
 
@@ -98,6 +98,9 @@ def test_columns_present_and_typed(series: Path) -> None:
             assert dtype == np.dtype(bool), (column, dtype)
         elif column in STR_COLUMNS:
             assert dtype == np.dtype(object) and all(isinstance(v, str) for v in df[column]), column
+        elif column in PER_FRAME_COLUMNS:  # per-frame arrays: empty for classic files
+            assert dtype == np.dtype(object), column
+            assert all(v.dtype == np.float64 and v.shape == (0,) for v in df[column]), column
         else:
             assert dtype == np.float64, (column, dtype)
     first = index.row(0)

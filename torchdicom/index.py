@@ -44,14 +44,29 @@ __all__ = ["DicomIndex", "scan", "to_dataframe"]
 
 log = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = 1
+# 2: the per-frame "floats" columns of enhanced multi-frame objects.
+_SCHEMA_VERSION = 2
 _ERROR_COLUMNS = ("path", "error_type", "reason")
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
 
-# pandas dtype and missing-value fill of each schema kind.
-_DTYPES: dict[str, Any] = {"int": "int64", "bool": bool, "str": object, "float": "float64"}
-_FILLS: dict[str, Any] = {"int": -1, "bool": False, "str": "", "float": math.nan}
+# pandas dtype and missing-value fill of each schema kind. A "floats" cell is a float64 numpy
+# array (parquet: list<double>), empty when missing; pandas cannot fillna with an array, so
+# _typed fills those cells itself.
+_DTYPES: dict[str, Any] = {
+    "int": "int64",
+    "bool": bool,
+    "str": object,
+    "float": "float64",
+    "floats": object,
+}
+_FILLS: dict[str, Any] = {
+    "int": -1,
+    "bool": False,
+    "str": "",
+    "float": math.nan,
+    "floats": np.empty(0, np.float64),
+}
 
 
 def _empty_frame() -> pd.DataFrame:
@@ -62,12 +77,22 @@ def _typed(df: pd.DataFrame, fill_missing: bool = False) -> pd.DataFrame:
     """Cast every index column to its schema dtype, first filling gaps when asked."""
     for c, kind in INDEX_SCHEMA.items():
         col = df[c]
+        if kind == "floats":
+            df[c] = col.map(_float_array).astype(object)
+            continue
         if fill_missing:
             if kind in ("int", "float"):
                 col = pd.to_numeric(col, errors="coerce")
             col = col.fillna(_FILLS[kind])
         df[c] = col.astype(_DTYPES[kind])
     return df
+
+
+def _float_array(value: Any) -> np.ndarray:
+    """A "floats" cell as a float64 array; None / NaN (a missing cell) as the empty one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _FILLS["floats"]
+    return np.asarray(value, dtype=np.float64)
 
 
 class DicomIndex:

@@ -55,6 +55,7 @@ from torchdicom.io.header import (
     header_row_stat,
     stat_file,
 )
+from torchdicom.io.modality import modality_values
 
 __all__ = ["FrameSelection", "read_frames", "resolve_frames", "row_for_path", "scaled_px"]
 
@@ -772,26 +773,14 @@ def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = Tr
     return torch.from_numpy(read_frames_numpy(source, frames, as_rgb=as_rgb))
 
 
-def _modality_lut(row: dict[str, Any], arr: np.ndarray) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
-
-    ds = dcmread(row["path"], stop_before_pixels=True)
-    try:
-        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
-    except Exception as exc:
-        raise CorruptDicomError(
-            row["path"], f"(0028,3000) Modality LUT Sequence cannot be applied: {_short(exc)}"
-        ) from None
-
-
 def scaled_px(source: Any, frame: int | None = None) -> torch.Tensor:
     """Stored values in modality units (Hounsfield for CT), as float32.
 
     The fastai ``scaled_px``: ``stored × RescaleSlope + RescaleIntercept``
-    ((0028,1053) / (0028,1052), from the Pixel Value Transformation functional
-    group for enhanced objects), or through the (0028,3000) *Modality LUT
-    Sequence* when present; the stored values unchanged (as float32) when the
-    file has neither.
+    ((0028,1053) / (0028,1052); for enhanced objects each frame's own, from its
+    Pixel Value Transformation functional group), or through the (0028,3000)
+    *Modality LUT Sequence* when present; the stored values unchanged (as
+    float32) when the file has neither (see :mod:`torchdicom.io.modality`).
 
     Args:
         source: a path or an index row.
@@ -813,17 +802,8 @@ def scaled_px(source: Any, frame: int | None = None) -> torch.Tensor:
     arr = np.moveaxis(stored, 1, -1)  # (F, H, W, C)
     if arr.shape[-1] == 1:
         arr = arr[..., 0]
+    numbers = resolve_frames(frame, int(row["frames"]), row["path"])
+    out = modality_values(row, arr, numbers)
     if frame is not None or int(row["frames"]) == 1:
-        arr = arr[0]
-    if bool(row.get("has_modality_lut", False)):
-        return torch.from_numpy(_modality_lut(row, arr))
-    slope = float(row["rescale_slope"])
-    intercept = float(row["rescale_intercept"])
-    out = arr.astype(np.float32)
-    if math.isnan(slope) and math.isnan(intercept):
-        return torch.from_numpy(out)
-    slope = 1.0 if math.isnan(slope) else slope
-    intercept = 0.0 if math.isnan(intercept) else intercept
-    out *= np.float32(slope)
-    out += np.float32(intercept)
+        out = out[0]
     return torch.from_numpy(out)

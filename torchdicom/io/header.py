@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -41,7 +42,9 @@ from torchdicom.errors import (
 __all__ = [
     "INDEX_COLUMNS",
     "INDEX_SCHEMA",
+    "PER_FRAME_COLUMNS",
     "dcmread",
+    "frame_row",
     "header_row",
     "patient_hash",
     "row_from_dataset",
@@ -107,8 +110,45 @@ INDEX_SCHEMA: dict[str, str] = {
     "spacing_col": "float",
     "slice_thickness": "float",
     "instance_number": "int",
+    # Per-frame values of enhanced multi-frame objects (see PER_FRAME_COLUMNS).
+    "frame_position": "floats",
+    "frame_orientation": "floats",
+    "frame_spacing": "floats",
+    "frame_rescale_slope": "floats",
+    "frame_rescale_intercept": "floats",
+    "frame_window_center": "floats",
+    "frame_window_width": "floats",
 }
 INDEX_COLUMNS: tuple[str, ...] = tuple(INDEX_SCHEMA)
+
+# "floats" columns hold one float64 array per file: for a file with functional groups
+# ((5200,9229) *Shared* / (5200,9230) *Per-frame Functional Groups Sequence*, i.e. enhanced
+# multi-frame objects) ``frames * width`` values, frame after frame, each frame's value taken
+# from its per-frame group, else the shared group, else the top-level element (NaN when none
+# has it); empty for every other file, whose scalar columns hold the one value of all its
+# frames. The scalar columns always hold frame 0's value. Each array column → the scalar
+# columns one frame's values go to (the array's width per frame is their count).
+PER_FRAME_COLUMNS: dict[str, tuple[str, ...]] = {
+    "frame_position": ("position_x", "position_y", "position_z"),
+    "frame_orientation": tuple(f"orientation_{k}" for k in range(6)),
+    "frame_spacing": ("spacing_row", "spacing_col"),
+    "frame_rescale_slope": ("rescale_slope",),
+    "frame_rescale_intercept": ("rescale_intercept",),
+    "frame_window_center": ("window_center",),
+    "frame_window_width": ("window_width",),
+}
+# Where each per-frame column is found: (functional group sequence, element in its item).
+_FUNCTIONAL_GROUP_SOURCES: dict[str, tuple[int, int]] = {
+    "frame_position": (0x00209113, 0x00200032),  # Plane Position / Image Position (Patient)
+    "frame_orientation": (0x00209116, 0x00200037),  # Plane Orientation / Image Orientation
+    "frame_spacing": (0x00289110, 0x00280030),  # Pixel Measures / Pixel Spacing
+    "frame_rescale_slope": (0x00289145, 0x00281053),  # Pixel Value Transformation / Slope
+    "frame_rescale_intercept": (0x00289145, 0x00281052),  # … / Rescale Intercept
+    "frame_window_center": (0x00289132, 0x00281050),  # Frame VOI LUT / Window Center
+    "frame_window_width": (0x00289132, 0x00281051),  # Frame VOI LUT / Window Width
+}
+_SHARED_GROUPS = 0x52009229
+_PER_FRAME_GROUPS = 0x52009230
 
 
 def patient_hash(identifier: str, salt: str | None = None) -> str:
@@ -348,6 +388,73 @@ def _functional_group_value(ds: Dataset, sequence: str, keyword: str) -> Any:
     return None
 
 
+def _values(value: Any, width: int) -> list[float]:
+    """``width`` floats of an element value (a scalar or multi-valued), NaN where absent/bad.
+
+    A multi-valued (0028,1050) *Window Center* of width 1 keeps its first value.
+    """
+    if width == 1:
+        return [_first_float(value)]
+    return _floats(value, width)
+
+
+def _group_value(groups: Dataset, sequence: int, element: int) -> Any:
+    """The ``element`` of the first item of functional group ``sequence`` in one groups item."""
+    if sequence not in groups:
+        return None
+    items = groups[sequence].value
+    if not items or element not in items[0]:
+        return None
+    value = items[0][element].value
+    return None if value is None or value == "" else value
+
+
+def _per_frame_values(ds: Dataset, frames: int) -> dict[str, Any]:
+    """The "floats" columns of a file (see :data:`PER_FRAME_COLUMNS`): empty arrays unless the
+    file has functional groups, then ``frames * width`` values per column."""
+    shared_items = ds[_SHARED_GROUPS].value if _SHARED_GROUPS in ds else None
+    per_frame = ds[_PER_FRAME_GROUPS].value if _PER_FRAME_GROUPS in ds else None
+    if not shared_items and not per_frame:
+        return {column: np.empty(0, np.float64) for column in PER_FRAME_COLUMNS}
+    shared = shared_items[0] if shared_items else None
+    per_frame = list(per_frame or ())[:frames]
+    out: dict[str, Any] = {}
+    for column, (sequence, element) in _FUNCTIONAL_GROUP_SOURCES.items():
+        width = len(PER_FRAME_COLUMNS[column])
+        default = _group_value(shared, sequence, element) if shared is not None else None
+        if default is None and element in ds:
+            default = ds[element].value
+        values = np.empty((frames, width), np.float64)
+        values[:] = _values(default, width)
+        for f, groups in enumerate(per_frame):
+            value = _group_value(groups, sequence, element)
+            if value is not None:
+                values[f] = _values(value, width)
+        out[column] = values.reshape(-1)
+    return out
+
+
+def frame_row(row: Mapping[str, Any], frame: int) -> Mapping[str, Any]:
+    """The index row as seen by one frame: its scalar columns hold that frame's values.
+
+    For a file with per-frame values (enhanced multi-frame objects: position, orientation,
+    pixel spacing, rescale, window) a copy of ``row`` with the frame's values in
+    ``position_*``, ``orientation_*``, ``spacing_*``, ``rescale_*`` and ``window_*``; any
+    other row comes back as it is (the same object).
+    """
+    out: dict[str, Any] | None = None
+    for column, names in PER_FRAME_COLUMNS.items():
+        values = row.get(column)
+        width = len(names)
+        if values is None or len(values) < (frame + 1) * width:
+            continue
+        if out is None:
+            out = dict(row)
+        for k, name in enumerate(names):
+            out[name] = float(values[frame * width + k])
+    return row if out is None else out
+
+
 def _str(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword, "")
     if value is None:
@@ -445,6 +552,15 @@ def row_from_dataset(
     px, py, pz = _floats(position, 3)
     o = _floats(orientation, 6)
     sr, sc = _floats(spacing, 2)
+    per_frame = _per_frame_values(ds, frames)
+    if len(per_frame["frame_rescale_slope"]):
+        # Functional groups: the scalar columns are frame 0's values.
+        first = frame_row(per_frame, 0)
+        slope, intercept = first["rescale_slope"], first["rescale_intercept"]
+        center, width = first["window_center"], first["window_width"]
+        px, py, pz = (first[f"position_{a}"] for a in "xyz")
+        o = [first[f"orientation_{k}"] for k in range(6)]
+        sr, sc = first["spacing_row"], first["spacing_col"]
 
     identifier = _str(ds, "PatientID") or _str(ds, "PatientName")
     pixel_vr = str(getattr(raw, "VR", "") or "")
@@ -494,6 +610,7 @@ def row_from_dataset(
         "spacing_col": sc,
         "slice_thickness": _first_float(thickness),
         "instance_number": _int(ds, "InstanceNumber"),
+        **per_frame,
     }
 
 

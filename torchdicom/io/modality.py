@@ -1,0 +1,107 @@
+"""The Modality LUT: stored values → modality units (Hounsfield for CT), written once.
+
+(0028,1053) *Rescale Slope* and (0028,1052) *Rescale Intercept* (for enhanced objects: each
+frame's Pixel Value Transformation functional group) map stored values linearly; a
+(0028,3000) *Modality LUT Sequence* maps them through a table instead. Index rows and batch
+dicts hold NaN where a file has no slope or intercept: a missing slope means 1 and a missing
+intercept 0. That rule lives here, for :func:`~torchdicom.scaled_px`,
+:func:`torchdicom.transforms.functional.rescale` / :class:`~torchdicom.transforms.Rescale`
+and :class:`~torchdicom.DicomVolumeDataset`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from torchdicom.errors import CorruptDicomError
+from torchdicom.io.header import _short, dcmread, frame_row
+
+__all__ = ["frame_rescale", "modality_values", "rescale_parameters"]
+
+Values = TypeVar("Values", float, np.ndarray, torch.Tensor)
+
+
+def rescale_parameters(slope: Values | None, intercept: Values | None) -> tuple[Values, Values]:
+    """Slope and intercept with the missing ones (NaN, or None) as 1 and 0.
+
+    Args:
+        slope: a number, a numpy array or a tensor (any shape).
+        intercept: the same kind as ``slope``.
+
+    Returns:
+        ``(slope, intercept)`` of the kinds given (None gives the float 1.0 / 0.0), NaN-free.
+
+    Example:
+        >>> rescale_parameters(float("nan"), -1024.0)
+        (1.0, -1024.0)
+    """
+    return _fill(slope, 1.0), _fill(intercept, 0.0)
+
+
+def _fill(value: Any, missing: float) -> Any:
+    if value is None:
+        return missing
+    if isinstance(value, torch.Tensor):
+        return torch.where(torch.isnan(value), torch.full_like(value, missing), value)
+    if isinstance(value, np.ndarray):
+        return np.where(np.isnan(value), missing, value)
+    value = float(value)
+    return missing if math.isnan(value) else value
+
+
+def frame_rescale(row: Mapping[str, Any], frames: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's slope and intercept, NaN-free (float64 arrays of ``len(frames)``).
+
+    Per-frame values of enhanced objects where the index has them, else the file's.
+    """
+    slopes = np.empty(len(frames), np.float64)
+    intercepts = np.empty(len(frames), np.float64)
+    for k, frame in enumerate(frames):
+        values = frame_row(row, frame)
+        slopes[k], intercepts[k] = rescale_parameters(
+            float(values["rescale_slope"]), float(values["rescale_intercept"])
+        )
+    return slopes, intercepts
+
+
+def modality_values(
+    row: Mapping[str, Any], stored: np.ndarray, frames: Sequence[int]
+) -> np.ndarray:
+    """Stored values of ``frames`` in modality units, float32.
+
+    Args:
+        row: the file's index row.
+        stored: the frames' stored values, (F, ...) with F = ``len(frames)``.
+        frames: the file's frame number of each of the F frames.
+
+    Returns:
+        float32 (F, ...): through the Modality LUT Sequence when the file has one, else
+        ``stored × slope + intercept`` with each frame's own values (float32 arithmetic);
+        the stored values unchanged, as float32, when the file has neither.
+
+    Raises:
+        CorruptDicomError: a Modality LUT Sequence that cannot be applied.
+    """
+    if bool(row.get("has_modality_lut", False)):
+        from pydicom.pixels import apply_modality_lut
+
+        ds = dcmread(row["path"], stop_before_pixels=True)
+        try:
+            return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+        except Exception as exc:
+            raise CorruptDicomError(
+                row["path"], f"(0028,3000) Modality LUT Sequence cannot be applied: {_short(exc)}"
+            ) from None
+    out = stored.astype(np.float32)
+    slopes, intercepts = frame_rescale(row, frames)
+    if (slopes == 1).all() and (intercepts == 0).all():
+        return out
+    shape = (len(frames),) + (1,) * (out.ndim - 1)
+    out *= slopes.astype(np.float32).reshape(shape)
+    out += intercepts.astype(np.float32).reshape(shape)
+    return out
