@@ -26,15 +26,15 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import pydicom
-import torch
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
@@ -57,9 +57,14 @@ from torchdicom.io.header import (
 )
 from torchdicom.io.modality import modality_values
 
+# torch is imported where a tensor is made: the header-only command-line tools read pixels
+# as numpy through this module without paying for torch.
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["FrameSelection", "read_frames", "resolve_frames", "row_for_path", "scaled_px"]
 
-FrameSelection = int | slice | Sequence[int] | np.ndarray | torch.Tensor | None
+FrameSelection = Union[int, slice, Sequence[int], np.ndarray, "torch.Tensor", None]
 
 _NATIVE_LE = frozenset({pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian})
 _UNDEFINED = -1
@@ -145,7 +150,10 @@ def resolve_frames(frames: FrameSelection, n_frames: int, path: str | None = Non
         return list(range(n_frames))
     if isinstance(frames, slice):
         return list(range(*frames.indices(n_frames)))
-    if isinstance(frames, (torch.Tensor, np.ndarray)):
+    torch_module = sys.modules.get("torch")  # a tensor implies torch is loaded
+    if isinstance(frames, np.ndarray) or (
+        torch_module is not None and isinstance(frames, torch_module.Tensor)
+    ):
         frames = frames.tolist()
     if isinstance(frames, bool) or not isinstance(frames, int | np.integer | Sequence | list):
         raise TypeError(
@@ -770,6 +778,8 @@ def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = Tr
         >>> read_frames(get_testdata_file("CT_small.dcm")).shape
         torch.Size([1, 1, 128, 128])
     """
+    import torch
+
     return torch.from_numpy(read_frames_numpy(source, frames, as_rgb=as_rgb))
 
 
@@ -797,6 +807,13 @@ def scaled_px(source: Any, frame: int | None = None) -> torch.Tensor:
         >>> hu.shape, hu.dtype
         (torch.Size([128, 128]), torch.float32)
     """
+    import torch
+
+    return torch.from_numpy(scaled_px_numpy(source, frame))
+
+
+def scaled_px_numpy(source: Any, frame: int | None = None) -> np.ndarray:
+    """:func:`scaled_px` as a numpy array (for callers that do not load torch)."""
     row = _source_row(source)
     stored = read_frames_numpy(row, frame)  # (F, C, H, W)
     arr = np.moveaxis(stored, 1, -1)  # (F, H, W, C)
@@ -806,4 +823,4 @@ def scaled_px(source: Any, frame: int | None = None) -> torch.Tensor:
     out = modality_values(row, arr, numbers)
     if frame is not None or int(row["frames"]) == 1:
         out = out[0]
-    return torch.from_numpy(out)
+    return out

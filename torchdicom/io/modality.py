@@ -12,18 +12,21 @@ and :class:`~torchdicom.DicomVolumeDataset`.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
 from torchdicom.errors import CorruptDicomError
 from torchdicom.io.header import _short, dcmread, frame_row
 
+if TYPE_CHECKING:  # torch is not loaded by header-level callers (the info command)
+    import torch
+
 __all__ = ["frame_rescale", "modality_values", "rescale_parameters"]
 
-Values = TypeVar("Values", float, np.ndarray, torch.Tensor)
+Values = TypeVar("Values", float, np.ndarray, "torch.Tensor")
 
 
 def rescale_parameters(slope: Values | None, intercept: Values | None) -> tuple[Values, Values]:
@@ -46,7 +49,8 @@ def rescale_parameters(slope: Values | None, intercept: Values | None) -> tuple[
 def _fill(value: Any, missing: float) -> Any:
     if value is None:
         return missing
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor implies torch is loaded
+    if torch is not None and isinstance(value, torch.Tensor):
         return torch.where(torch.isnan(value), torch.full_like(value, missing), value)
     if isinstance(value, np.ndarray):
         return np.where(np.isnan(value), missing, value)
