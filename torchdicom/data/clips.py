@@ -10,7 +10,7 @@ import torch
 
 from torchdicom.cache import FrameCache
 from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
-from torchdicom.data.sources import MaskSource, _MaskResolver, _read_mask
+from torchdicom.data.sources import MaskSource, _MaskResolver
 
 __all__ = ["DicomClipDataset"]
 
@@ -80,11 +80,8 @@ class DicomClipDataset(_Base):
         item: dict[str, Any] = {"image": torch.from_numpy(clip), **_meta(row)}
         item["ybr"] = self._keeps_ybr(row)
         if self._masks:
-            item["mask"] = _read_mask(
-                self._masks(row["path"]),
-                list(range(start, start + self.clip_len)),
-                clip.shape[-2:],
-                row["path"],
+            item["mask"] = self._masks.read(
+                row, list(range(start, start + self.clip_len)), clip.shape[-2:]
             )
         item.update(path=row["path"], frame=start, index=i)
         if self.transform is not None:

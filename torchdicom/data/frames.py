@@ -20,7 +20,6 @@ from torchdicom.data.sources import (
     _encode_labels,
     _Labeler,
     _MaskResolver,
-    _read_mask,
 )
 from torchdicom.errors import TorchDicomError
 from torchdicom.io.frames import _is_fast_native, _np_dtype, read_frames_numpy
@@ -239,9 +238,7 @@ class DicomDataset(_Base):
         elif self._labeler.fn is not None:
             item["label"] = self._labeler.call(row["path"], frame)
         if self._masks:
-            item["mask"] = _read_mask(
-                self._masks(row["path"]), frame, image.shape[-2:], row["path"]
-            )
+            item["mask"] = self._masks.read(row, frame, image.shape[-2:])
         item.update(path=row["path"], frame=frame, index=i)
         if self.transform is not None:
             item = self.transform(item)

@@ -1,4 +1,5 @@
-"""Where labels and masks come from: CSV / DataFrame / mapping / callable labels, paired mask files."""
+"""Where labels and masks come from: CSV / DataFrame / mapping / callable labels, paired mask
+files or DICOM SEG objects."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from torchdicom.data.seg import SEG_SOP_CLASSES, SegMasks, find_seg_files
 from torchdicom.errors import CorruptDicomError
 from torchdicom.io.frames import read_frames_numpy, row_for_path
 
@@ -108,25 +110,59 @@ def _encode_labels(values: list[Any]) -> tuple[list[Any], list[str] | None]:
 
 
 class _MaskResolver:
-    """Finds the mask file paired with an image file."""
+    """Finds the mask of an image frame: a paired mask file, or the frame's DICOM SEG segments.
+
+    ``masks`` as a path is a DICOM SEG file, a folder of SEG files, or a folder mirroring the
+    image tree with one mask file per image; a folder is told apart by its first DICOM file
+    (a SEG or not, see :func:`~torchdicom.data.seg.find_seg_files`).
+    """
 
     def __init__(self, masks: MaskSource, root: Path | None):
         self.masks = masks
         self.root = root
-        if isinstance(masks, str | os.PathLike) and not Path(masks).is_dir():
-            raise ValueError(
-                f"masks must be a directory mirroring the images, a mapping or a callable. Got: {masks}"
-            )
+        # DICOM SEG files (a SEG file, or a folder whose DICOM files are SEGs), read for the
+        # dataset's rows in exclude(); None for mirrored mask files.
+        self.seg_paths: list[str] | None = None
+        self.seg: SegMasks | None = None
+        if isinstance(masks, str | os.PathLike):
+            if not os.path.exists(masks):
+                raise ValueError(
+                    "masks must be a directory mirroring the images, a DICOM SEG file or a"
+                    f" folder of them, a mapping or a callable. Got: {masks} (no such path)"
+                )
+            self.seg_paths = find_seg_files(masks)
 
     def __bool__(self) -> bool:
         return self.masks is not None
 
     def exclude(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Drop the mask files themselves when the mask folder lies inside the image folder."""
+        """Drop the mask files themselves from the image rows: a mask folder inside the image
+        folder, or SEG objects among the images. For SEG masks, read the SEGs for the rows
+        that remain (once: items then only look their frames up)."""
+        if self.seg_paths is not None:
+            rows = [r for r in rows if str(r.get("sop_class_uid", "")) not in SEG_SOP_CLASSES]
+            self.seg = SegMasks(self.seg_paths, rows)
+            return rows
         if not isinstance(self.masks, str | os.PathLike):
             return rows
         prefix = os.path.join(os.path.realpath(self.masks), "")
         return [r for r in rows if not os.path.realpath(r["path"]).startswith(prefix)]
+
+    @property
+    def segments(self) -> list[str] | None:
+        """The SEG segment label of each mask channel, or None for mirrored mask files."""
+        return None if self.seg is None else list(self.seg.segments)
+
+    def read(
+        self, row: dict[str, Any], frame: int | Sequence[int], shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """The mask of a frame (S, H, W) or of a list of frames (T, S, H, W), uint8.
+
+        S is the number of SEG segments, or 1 for mirrored mask files.
+        """
+        if self.seg is not None:
+            return self.seg.read(row, frame)
+        return _read_mask(self(row["path"]), frame, shape, row["path"])
 
     def __call__(self, path: str) -> str:
         m = self.masks

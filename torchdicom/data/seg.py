@@ -1,0 +1,387 @@
+"""DICOM Segmentation (SEG) objects as per-frame masks, read once per dataset with highdicom.
+
+A SEG is read whole at dataset construction into a lookup (SOP Instance UID, 0-based frame)
+→ the frame's segments as one bit-packed (S, H, W) array, so an item costs one dictionary
+look-up and an unpack. Only frames with at least one segment pixel are kept; every other
+frame of the dataset gets zeros. The lookup holds numpy arrays only, so it pickles into
+DataLoader workers (and is shared copy-on-write under fork).
+
+Matching a SEG frame to an image frame:
+
+* single-frame images: by (0008,1155) *Referenced SOP Instance UID* of the SEG frame's
+  source image (highdicom's ``get_pixels_by_source_instance``);
+* multi-frame images: by referenced SOP Instance UID and (0008,1160) *Referenced Frame
+  Number* (``get_pixels_by_source_frame``); when the SEG does not reference the image's
+  frames by number (segmentations made on a volume), by position instead: a SEG frame
+  belongs to the image frame whose (0020,0032) *Image Position (Patient)* lies within
+  :data:`POSITION_TOLERANCE_MM` of the SEG frame's plane position, in the same series.
+
+(0028,135A) *Spatial Locations Preserved* is not required: most SEG writers leave it out
+(pydicom-data's ``liver.dcm`` does), and highdicom refuses source indexing without it
+unless told to ignore it, which is what is done here.
+
+Segment types:
+
+* ``BINARY``: 0/1 as stored.
+* ``FRACTIONAL`` (probability or occupancy): a pixel belongs to a segment when its value,
+  scaled by (0062,000E) *Maximum Fractional Value* to 0…1, is at least 0.5.
+* ``LABELMAP``: one channel per segment number, 1 where the stored label equals it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchdicom.errors import CorruptDicomError, NotDicomError, TorchDicomError
+from torchdicom.io.files import get_dicom_files
+from torchdicom.io.header import dcmread
+
+__all__ = ["POSITION_TOLERANCE_MM", "SEG_SOP_CLASSES", "SegMasks", "find_seg_files"]
+
+log = logging.getLogger("torchdicom.data")
+
+# Segmentation Storage and Label Map Segmentation Storage.
+SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+POSITION_TOLERANCE_MM = 0.01
+_FRACTIONAL_THRESHOLD = 0.5
+_CHUNK = 16  # source instances (or frames) asked of highdicom at a time: bounds the dense array
+
+
+class MissingHighdicomError(TorchDicomError, ImportError):
+    """DICOM SEG masks need highdicom, which is not installed."""
+
+
+def _highdicom() -> Any:
+    try:
+        import highdicom
+    except ImportError:
+        raise MissingHighdicomError(
+            None, "DICOM SEG masks need highdicom: pip install torchdicom[seg]"
+        ) from None
+    return highdicom
+
+
+def _sop_class(path: str) -> str | None:
+    """The file's SOP Class UID, or None when it is not a readable DICOM file."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except TorchDicomError:
+        return None
+    return str(ds.get("SOPClassUID", "")) or None
+
+
+def find_seg_files(masks: str | os.PathLike[str]) -> list[str] | None:
+    """The SEG files ``masks`` names, or None when it is a folder of mirrored mask images.
+
+    A file must be a SEG. A folder counts as a folder of SEGs when its first DICOM file
+    (in :func:`~torchdicom.io.files.get_dicom_files` order) is a SEG; then every SEG in it
+    is used and its other DICOM files are left out with a warning. Otherwise it is a mask
+    folder mirroring the images, recognised from one header read, however large it is.
+
+    Raises:
+        NotDicomError: ``masks`` is a file but not a DICOM Segmentation.
+    """
+    path = os.fspath(masks)
+    if not os.path.isdir(path):
+        sop_class = _sop_class(path)
+        if sop_class not in SEG_SOP_CLASSES:
+            raise NotDicomError(
+                path,
+                "masks= names a file that is not a DICOM Segmentation (SOP Class UID "
+                f"{sop_class or 'unreadable'}; expected 1.2.840.10008.5.1.4.1.1.66.4)",
+            )
+        return [path]
+    files = [os.fspath(f) for f in get_dicom_files(path)]
+    for i, f in enumerate(files):
+        sop_class = _sop_class(f)
+        if sop_class is None:
+            continue
+        if sop_class not in SEG_SOP_CLASSES:
+            return None
+        segs = [f] + [g for g in files[i + 1 :] if _sop_class(g) in SEG_SOP_CLASSES]
+        if len(segs) < len(files) - i:
+            log.warning(
+                "%d file(s) in the SEG folder %s are not DICOM Segmentations and are left out",
+                len(files) - i - len(segs),
+                path,
+            )
+        return segs
+    return None
+
+
+def _read_seg(path: str) -> Any:
+    hd = _highdicom()
+    ds = dcmread(path)
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in SEG_SOP_CLASSES:
+        raise NotDicomError(path, f"not a DICOM Segmentation (SOP Class UID {sop_class or '?'})")
+    try:
+        return hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except Exception as exc:  # highdicom's checks raise ValueError, AttributeError, KeyError …
+        raise CorruptDicomError(path, f"not a readable DICOM Segmentation: {exc}") from None
+
+
+def _segment_labels(seg: Any) -> dict[int, str]:
+    """Segment number → (0062,0005) *Segment Label* (``"Segment <n>"`` where absent).
+
+    A LABELMAP's background segment (number 0) is not a segment here: it gets no channel.
+    """
+    numbers = {int(n) for n in seg.segment_numbers}
+    return {
+        int(item.SegmentNumber): str(
+            item.get("SegmentLabel", "") or f"Segment {item.SegmentNumber}"
+        )
+        for item in seg.SegmentSequence
+        if int(item.SegmentNumber) in numbers
+    }
+
+
+def _as_binary(pixels: np.ndarray, segmentation_type: str) -> np.ndarray:
+    """(N, H, W, s) highdicom pixels (BINARY 0/1, FRACTIONAL rescaled 0…1) → bool."""
+    if segmentation_type == "FRACTIONAL":
+        return pixels >= _FRACTIONAL_THRESHOLD
+    return pixels > 0
+
+
+def _frame_positions(row: Mapping[str, Any], frames: int) -> np.ndarray:
+    """(frames, 3) Image Position (Patient) of each frame of an image file, NaN where absent.
+
+    From the index's per-frame ``frame_position`` column where the index has it, else from
+    the file's functional groups (one header read per file, at dataset construction).
+    """
+    indexed = row.get("frame_position")
+    if indexed is not None and len(indexed) == 3 * frames:
+        return np.asarray(indexed, float).reshape(frames, 3)
+    out = np.full((frames, 3), np.nan)
+    ds = dcmread(row["path"], stop_before_pixels=True)
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    for k in range(frames):
+        for groups in (per_frame[k] if k < len(per_frame) else None, shared[0] if shared else None):
+            plane = groups.get("PlanePositionSequence") if groups is not None else None
+            if plane:
+                out[k] = [float(v) for v in plane[0].ImagePositionPatient]
+                break
+        else:
+            if frames == 1 and "ImagePositionPatient" in ds:
+                out[k] = [float(v) for v in ds.ImagePositionPatient]
+    return out
+
+
+class SegMasks:
+    """Per-frame masks from DICOM SEG files, for the image files of one dataset.
+
+    Args:
+        seg_paths: the SEG files.
+        rows: the dataset's index rows (the images the masks are for).
+
+    Attributes:
+        segments: the segment labels, one per mask channel, in channel order: the union of
+            the SEGs' (0062,0005) *Segment Label* values, in order of first appearance with
+            the SEG files taken in path order and each SEG's segments in segment-number
+            order. When every SEG has the same segments (one SEG per series, the usual
+            case), these are simply its segments in segment-number order. Segments with the
+            same label share a channel; where two SEGs cover one frame, their pixels are
+            or-ed.
+        seg_paths: the SEG files, sorted.
+
+    Raises:
+        MissingHighdicomError: highdicom is not installed.
+        NotDicomError, CorruptDicomError: a SEG file is not a readable Segmentation.
+        CorruptDicomError: a SEG's frames differ in size from an image they reference.
+    """
+
+    def __init__(
+        self, seg_paths: Iterable[str | os.PathLike[str]], rows: Sequence[Mapping[str, Any]]
+    ):
+        self.seg_paths = sorted(os.fspath(p) for p in seg_paths)
+        if not self.seg_paths:
+            raise ValueError("no DICOM SEG files given for masks")
+        segs = [(p, _read_seg(p)) for p in self.seg_paths]
+        self.segments: list[str] = []
+        for _, seg in segs:
+            for label in _segment_labels(seg).values():
+                if label not in self.segments:
+                    self.segments.append(label)
+        self._packed: dict[tuple[str, int], np.ndarray] = {}
+        by_uid: dict[str, Mapping[str, Any]] = {}
+        for r in rows:
+            by_uid.setdefault(str(r["sop_instance_uid"]), r)
+        for path, seg in segs:
+            self._add(path, seg, by_uid, rows)
+
+    def __len__(self) -> int:
+        """The number of mask channels S."""
+        return len(self.segments)
+
+    def _add(
+        self,
+        path: str,
+        seg: Any,
+        by_uid: Mapping[str, Mapping[str, Any]],
+        rows: Sequence[Mapping[str, Any]],
+    ) -> None:
+        labels = _segment_labels(seg)
+        numbers = sorted(labels)
+        channels = np.array([self.segments.index(labels[n]) for n in numbers])
+        seg_type = seg.segmentation_type.value
+        referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
+        hits = [by_uid[u] for u in sorted(referenced) if u in by_uid]
+        seg_series = {str(series) for _, series, _ in seg.get_source_image_uids()}
+        # Multi-frame images of the referenced series that the SEG does not name: matched
+        # by position (a SEG made on a volume of an enhanced series).
+        hits += [
+            r
+            for r in rows
+            if str(r["series_instance_uid"]) in seg_series
+            and str(r["sop_instance_uid"]) not in referenced
+            and int(r["frames"]) > 1
+        ]
+        if not hits:
+            log.warning("the SEG %s references none of the dataset's images", path)
+            return
+        for r in hits:
+            if (int(r["rows"]), int(r["columns"])) != (int(seg.Rows), int(seg.Columns)):
+                raise CorruptDicomError(
+                    path,
+                    f"SEG frames are {seg.Rows}x{seg.Columns} but the image {r['path']} it "
+                    f"references is {r['rows']}x{r['columns']}",
+                )
+        ask = {
+            "segment_numbers": numbers,
+            "ignore_spatial_locations": True,
+            "assert_missing_frames_are_empty": True,
+            "skip_overlap_checks": True,
+        }
+        single = [str(r["sop_instance_uid"]) for r in hits if int(r["frames"]) == 1]
+        for k in range(0, len(single), _CHUNK):
+            chunk = single[k : k + _CHUNK]
+            pixels = self._ask(path, seg.get_pixels_by_source_instance, chunk, **ask)
+            for uid, frame in zip(chunk, _as_binary(pixels, seg_type)):
+                self._put((uid, 0), frame, channels)
+        for r in hits:
+            if int(r["frames"]) > 1:
+                self._add_multiframe(path, seg, r, referenced, channels, ask)
+
+    def _add_multiframe(
+        self,
+        path: str,
+        seg: Any,
+        row: Mapping[str, Any],
+        referenced: set[str],
+        channels: np.ndarray,
+        ask: dict[str, Any],
+    ) -> None:
+        uid, frames = str(row["sop_instance_uid"]), int(row["frames"])
+        seg_type = seg.segmentation_type.value
+        if uid in referenced and _references_frames(seg, uid):
+            for k in range(0, frames, _CHUNK):
+                numbers = list(range(k + 1, min(k + _CHUNK, frames) + 1))
+                pixels = self._ask(path, seg.get_pixels_by_source_frame, uid, numbers, **ask)
+                for n, frame in zip(numbers, _as_binary(pixels, seg_type)):
+                    self._put((uid, n - 1), frame, channels)
+            return
+        self._add_by_position(path, seg, row, channels)
+
+    def _add_by_position(
+        self, path: str, seg: Any, row: Mapping[str, Any], channels: np.ndarray
+    ) -> None:
+        """Match the SEG's frames to the image's frames by Image Position (Patient)."""
+        uid, frames = str(row["sop_instance_uid"]), int(row["frames"])
+        image_positions = _frame_positions(row, frames)
+        seg_positions, seg_numbers = _seg_frame_positions(seg)
+        numbers = sorted(_segment_labels(seg))
+        seg_type = seg.segmentation_type.value
+        max_fractional = float(seg.get("MaximumFractionalValue", 1) or 1)
+        for f, (position, number) in enumerate(zip(seg_positions, seg_numbers)):
+            distance = np.abs(image_positions - position).max(axis=1)
+            if not np.isfinite(distance).any() or np.nanmin(distance) > POSITION_TOLERANCE_MM:
+                continue
+            k = int(np.nanargmin(distance))
+            stored = (
+                seg.get_stored_frame(f + 1)
+                if hasattr(seg, "get_stored_frame")  # highdicom >= 0.25
+                else seg.pixel_array[f]
+                if seg.NumberOfFrames > 1
+                else seg.pixel_array
+            )
+            if seg_type == "LABELMAP":
+                binary = np.stack([stored == n for n in numbers], axis=-1)
+            else:
+                values = stored / max_fractional if seg_type == "FRACTIONAL" else stored
+                binary = np.zeros((*stored.shape, len(numbers)), bool)
+                binary[..., numbers.index(number)] = _as_binary(values, seg_type)
+            self._put((uid, k), binary, channels)
+
+    @staticmethod
+    def _ask(path: str, method: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        try:
+            return method(*args, **kwargs)
+        except (ValueError, RuntimeError, KeyError, AttributeError) as exc:
+            raise CorruptDicomError(
+                path, f"cannot map SEG frames to source images: {exc}"
+            ) from None
+
+    def _put(self, key: tuple[str, int], frame: np.ndarray, channels: np.ndarray) -> None:
+        """Or a (H, W, s) bool frame into the (S, H, W) mask kept for ``key``."""
+        if not frame.any():
+            return
+        h, w = frame.shape[:2]
+        mask = self._unpack(key, h, w) if key in self._packed else np.zeros((len(self), h, w), bool)
+        mask[channels] |= np.moveaxis(frame, -1, 0)
+        self._packed[key] = np.packbits(mask)
+
+    def _unpack(self, key: tuple[str, int], h: int, w: int) -> np.ndarray:
+        bits = np.unpackbits(self._packed[key], count=len(self) * h * w)
+        return bits.reshape(len(self), h, w).view(bool)
+
+    def read(self, row: Mapping[str, Any], frame: int | Sequence[int]) -> torch.Tensor:
+        """The mask of one frame (S, H, W) or of a list of frames (T, S, H, W), uint8 0/1.
+
+        Frames no segment covers are zeros.
+        """
+        h, w = int(row["rows"]), int(row["columns"])
+        uid = str(row["sop_instance_uid"])
+        wanted = [frame] if isinstance(frame, int) else list(frame)
+        out = np.zeros((len(wanted), len(self), h, w), np.uint8)
+        for t, k in enumerate(wanted):
+            if (uid, int(k)) in self._packed:
+                out[t] = self._unpack((uid, int(k)), h, w)
+        m = torch.from_numpy(out)
+        return m[0] if isinstance(frame, int) else m
+
+
+def _references_frames(seg: Any, uid: str) -> bool:
+    """Whether the SEG's frames name source frames of instance ``uid`` by number."""
+    for groups in seg.get("PerFrameFunctionalGroupsSequence") or []:
+        for derivation in groups.get("DerivationImageSequence") or []:
+            for source in derivation.get("SourceImageSequence") or []:
+                if str(source.ReferencedSOPInstanceUID) == uid and source.get(
+                    "ReferencedFrameNumber"
+                ):
+                    return True
+    return False
+
+
+def _seg_frame_positions(seg: Any) -> tuple[np.ndarray, list[int]]:
+    """(frames, 3) plane positions of the SEG's frames and each frame's segment number."""
+    shared = (seg.get("SharedFunctionalGroupsSequence") or [None])[0]
+    positions, numbers = [], []
+    for groups in seg.get("PerFrameFunctionalGroupsSequence") or []:
+        plane = groups.get("PlanePositionSequence") or (
+            shared.get("PlanePositionSequence") if shared is not None else None
+        )
+        positions.append(
+            [float(v) for v in plane[0].ImagePositionPatient] if plane else [np.nan] * 3
+        )
+        ident = groups.get("SegmentIdentificationSequence") or (
+            shared.get("SegmentIdentificationSequence") if shared is not None else None
+        )
+        numbers.append(int(ident[0].ReferencedSegmentNumber) if ident else 0)
+    return np.asarray(positions, float).reshape(-1, 3), numbers
