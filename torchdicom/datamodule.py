@@ -28,6 +28,9 @@ __all__ = ["DicomDataModule", "patient_split"]
 
 log = logging.getLogger(__name__)
 
+#: Folders (relative to the data folder) left out of the images by default: masks live there.
+MASK_FOLDERS = ("masks",)
+
 
 def patient_split(
     groups: list[str], val_fraction: float, test_fraction: float, seed: int = 0
@@ -107,6 +110,12 @@ class DicomDataModule(pl.LightningDataModule):
         label_column: label column of a CSV/DataFrame.
         pad: pad mixed image sizes in a batch (see :class:`Collate`).
         drop_last: drop the last incomplete training batch.
+        exclude: folders of ``data`` (relative to it, or absolute) whose files
+            are not images. Default ``["masks"]``: a ``masks/`` folder at the
+            top of ``data`` — where :mod:`torchdicom.samples` writes masks, and
+            what ``masks="masks"`` names — holds masks, never training images,
+            whether or not ``masks`` is given. ``[]`` keeps every file. Folders
+            that do not exist are ignored.
 
     Batches are dicts (see :class:`Collate`); ``image`` arrives on the device
     in its stored dtype and leaves :meth:`on_after_batch_transfer` as whatever
@@ -136,6 +145,7 @@ class DicomDataModule(pl.LightningDataModule):
         label_column: str | None = None,
         pad: bool = False,
         drop_last: bool = False,
+        exclude: list[str] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -163,6 +173,7 @@ class DicomDataModule(pl.LightningDataModule):
         self.label_column = label_column
         self.collate = Collate(pad=pad)
         self.drop_last = drop_last
+        self.exclude = list(MASK_FOLDERS if exclude is None else exclude)
         self.dataset: DicomDataset | None = None
         self.train_set: Subset | None = None
         self.val_set: Subset | None = None
@@ -191,6 +202,7 @@ class DicomDataModule(pl.LightningDataModule):
             color=self.color,
             cache=FrameCache(self.cache_dir) if self.cache_dir is not None else None,
             label_column=self.label_column,
+            exclude=self._excluded(root),
         )
         # One patient per item, by repeating each file's hash over its items
         # (no per-item bisection: a cine collection has millions of frames).
@@ -203,6 +215,18 @@ class DicomDataModule(pl.LightningDataModule):
         log.info(
             "split by patient: %d train, %d val, %d test items", len(train), len(val), len(test)
         )
+
+    def _excluded(self, root: Path | None) -> list[Path]:
+        """The existing folders of :attr:`exclude`, absolute (relative ones need a data folder)."""
+        folders = [
+            Path(f) if root is None else root / f
+            for f in self.exclude
+            if root is not None or os.path.isabs(f)
+        ]
+        found = [f.resolve() for f in folders if f.is_dir()]
+        for f in found:
+            log.info("leaving out the files under %s (exclude=)", f)
+        return found
 
     @property
     def classes(self) -> list[str] | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -14,11 +16,26 @@ import torch
 from torch.utils.data import Dataset
 
 from torchdicom.cache import FrameCache
-from torchdicom.errors import TorchDicomError
+from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.index import DicomIndex, scan
 from torchdicom.io.frames import read_frames_numpy
 
 log = logging.getLogger("torchdicom.data")
+
+_TORCH_DTYPES = {
+    np.dtype(t): getattr(torch, name)
+    for t, name in (
+        ("u1", "uint8"),
+        ("i1", "int8"),
+        ("u2", "uint16"),
+        ("i2", "int16"),
+        ("u4", "uint32"),
+        ("i4", "int32"),
+        ("i8", "int64"),
+        ("f4", "float32"),
+        ("f8", "float64"),
+    )
+}
 
 _YBR = ("YBR_FULL", "YBR_FULL_422")
 
@@ -53,6 +70,18 @@ def _as_index(
     return index, root
 
 
+def _leave_out(
+    rows: list[dict[str, Any]], folders: Iterable[str | os.PathLike[str]], root: Path | None
+) -> list[dict[str, Any]]:
+    """``rows`` without the files under ``folders`` (relative ones are relative to ``root``)."""
+    prefixes = tuple(
+        os.path.join(os.path.realpath(Path(root or ".") / folder), "") for folder in folders
+    )
+    if not prefixes:
+        return rows
+    return [r for r in rows if not os.path.realpath(r["path"]).startswith(prefixes)]
+
+
 def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
     photometric = str(row["photometric"])
     return {
@@ -62,7 +91,132 @@ def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
         "window_width": float(row["window_width"]),
         "monochrome1": photometric == "MONOCHROME1",
         "bits_stored": int(row["bits_stored"]),
+        # Two's complement stored values ((0028,0103) Pixel Representation 1): the image's
+        # dtype no longer says so once files of both kinds share a dataset dtype.
+        "signed": int(row["pixel_representation"]) == 1,
     }
+
+
+# Integer dtypes a dataset may store its images in. At equal width the one most files are
+# stored in wins (they need no conversion), then the earlier one here.
+_INT_DTYPES = tuple(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "i8"))
+_FLOAT_KEYWORDS = {"FloatPixelData": np.dtype("f4"), "DoubleFloatPixelData": np.dtype("f8")}
+_FLOAT32_EXACT = 1 << 24  # every integer of at most this magnitude is a float32
+
+
+def _value_bounds(row: Mapping[str, Any]) -> tuple[int, int]:
+    """The smallest and largest stored value a file may hold, by its header.
+
+    (0028,0101) *Bits Stored* bounds the values: :func:`~torchdicom.io.read_frames`
+    clears (unsigned) or sign-extends (signed) the bits above it, as pydicom does.
+    1-bit data unpacks to 0/1. A missing or impossible Bits Stored counts as
+    (0028,0100) *Bits Allocated*.
+    """
+    allocated = int(row["bits_allocated"])
+    stored = int(row["bits_stored"])
+    if allocated == 1:
+        return 0, 1
+    bits = stored if 0 < stored <= allocated else allocated
+    if int(row["pixel_representation"]) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _file_dtype(row: Mapping[str, Any]) -> np.dtype | None:
+    """The dtype ``read_frames`` returns for the file (None where no integer dtype fits)."""
+    if str(row["pixel_keyword"]) in _FLOAT_KEYWORDS:
+        return _FLOAT_KEYWORDS[str(row["pixel_keyword"])]
+    allocated = int(row["bits_allocated"])
+    if allocated == 1:
+        return np.dtype("u1")
+    if allocated not in (8, 16, 32, 64):
+        return None
+    kind = "i" if int(row["pixel_representation"]) == 1 else "u"
+    return np.dtype(f"{kind}{allocated // 8}")
+
+
+def stored_dtype(rows: Iterable[Mapping[str, Any]]) -> np.dtype:
+    """The narrowest dtype that holds the stored values of every file in ``rows`` exactly.
+
+    Decided from the index alone ((0028,0100) *Bits Allocated*, (0028,0101) *Bits
+    Stored*, (0028,0103) *Pixel Representation*, the pixel data keyword):
+
+    - integer files: the narrowest integer dtype holding every file's value range
+      (:func:`_value_bounds`) — ``uint8`` when all are unsigned 8-bit (1-bit and
+      8-bit colour included); ``int16`` when signed 16-bit files mix with unsigned
+      files of at most 15 stored bits; ``uint16`` when all are unsigned 16-bit;
+      ``int32`` when signed files mix with unsigned 16-bit ones, and so on. At
+      equal width the dtype most files already have wins, so a uniform collection
+      keeps its own dtype.
+    - any (7FE0,0008) *Float Pixel Data*: ``float32``, or ``float64`` with
+      (7FE0,0009) *Double Float Pixel Data* or integers beyond 2**24 in magnitude.
+    - no files: ``uint8``.
+    """
+    layouts = Counter(
+        (
+            str(r["pixel_keyword"]),
+            int(r["bits_allocated"]),
+            int(r["bits_stored"]),
+            int(r["pixel_representation"]),
+        )
+        for r in rows
+    )
+    lo = hi = 0
+    floats: set[np.dtype] = set()
+    files_in: Counter[np.dtype] = Counter()
+    for (keyword, allocated, stored, signed), n in layouts.items():
+        row = {
+            "pixel_keyword": keyword,
+            "bits_allocated": allocated,
+            "bits_stored": stored,
+            "pixel_representation": signed,
+        }
+        own = _file_dtype(row)
+        if keyword in _FLOAT_KEYWORDS:
+            floats.add(_FLOAT_KEYWORDS[keyword])
+            continue
+        low, high = _value_bounds(row)
+        lo, hi = min(lo, low), max(hi, high)
+        if own is not None:
+            files_in[own] += n
+    if floats:
+        exact32 = -_FLOAT32_EXACT <= lo and hi <= _FLOAT32_EXACT
+        return np.dtype("f8") if np.dtype("f8") in floats or not exact32 else np.dtype("f4")
+    fits = [d for d in _INT_DTYPES if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max]
+    if not fits:
+        raise ValueError(f"no integer dtype holds stored values {lo}…{hi}")
+    width = min(d.itemsize for d in fits)
+    return max((d for d in fits if d.itemsize == width), key=lambda d: files_in[d])
+
+
+def _fit_check(values: np.ndarray, dtype: np.dtype, path: str) -> None:
+    """Raise unless every value of ``values`` converts to ``dtype`` exactly."""
+    if values.size == 0 or np.can_cast(values.dtype, dtype, "safe"):
+        return
+    if values.dtype.kind == "f" and dtype.kind != "f":
+        raise CorruptDicomError(
+            path, f"decoded {values.dtype} pixels where the dataset stores {dtype} integers"
+        )
+    lo, hi = values.min().item(), values.max().item()
+    if dtype.kind == "f":
+        bounds = (-_FLOAT32_EXACT, _FLOAT32_EXACT) if dtype.itemsize == 4 else (-math.inf, math.inf)
+    else:
+        bounds = (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    if not bounds[0] <= lo <= hi <= bounds[1]:
+        raise CorruptDicomError(
+            path,
+            f"stored values {lo}…{hi} do not fit the dataset's {dtype} (bounds {bounds[0]}…"
+            f"{bounds[1]}, from every file's (0028,0101) Bits Stored); the pixel data exceeds"
+            f" what its header declares",
+        )
+
+
+def _into_dtype(values: np.ndarray, dtype: np.dtype, path: str) -> np.ndarray:
+    """``values`` in ``dtype``, converted exactly or refused (never a silent wrap-around)."""
+    if values.dtype == dtype:
+        return values
+    _fit_check(values, dtype, path)
+    return values.astype(dtype)
 
 
 class _SkipCounter:
@@ -145,11 +299,31 @@ class _Base(Dataset):
             and str(row["photometric"]) in _YBR
         )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The one dtype of every item's ``image``: see :func:`stored_dtype`.
+
+        Decided once, from the header index of the files the dataset reads, so every
+        batch of the dataset has it whatever files it draws.
+        """
+        return _TORCH_DTYPES[self._stored_dtype()]
+
+    def _stored_dtype(self) -> np.dtype:
+        # Computed on first use (a subclass settles self.rows in its __init__ first) and
+        # kept, so DataLoader workers receive it instead of recomputing it.
+        cached = self.__dict__.get("_stored")
+        if cached is None:
+            cached = self.__dict__["_stored"] = stored_dtype(self.rows)
+        return cached
+
     def _read(self, row: dict[str, Any], frames: Any) -> np.ndarray:
+        """The frames of a file in the dataset's dtype (:attr:`dtype`)."""
         as_rgb = not self._keeps_ybr(row)
         if self.cache is not None and bool(row["encapsulated"]):
-            return self.cache.read(row, frames, as_rgb=as_rgb)
-        return read_frames_numpy(row, frames, as_rgb=as_rgb)
+            values = self.cache.read(row, frames, as_rgb=as_rgb)
+        else:
+            values = read_frames_numpy(row, frames, as_rgb=as_rgb)
+        return _into_dtype(values, self._stored_dtype(), row["path"])
 
     def _get(
         self, i: int, into: _Slot | None = None

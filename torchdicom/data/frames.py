@@ -14,6 +14,7 @@ from torch.utils.data import get_worker_info
 from torchdicom.cache import FrameCache
 from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
 from torchdicom.data.collate import _batch_buffer
+from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
 from torchdicom.data.sources import (
     LabelSource,
     MaskSource,
@@ -23,6 +24,7 @@ from torchdicom.data.sources import (
 )
 from torchdicom.errors import TorchDicomError
 from torchdicom.io.frames import _is_fast_native, _np_dtype, read_frames_numpy
+from torchdicom.io.header import frame_row
 from torchdicom.transforms._native import run_rows
 
 __all__ = ["DicomDataset"]
@@ -61,13 +63,41 @@ class DicomDataset(_Base):
             directory or a file list.
         label_column: the label column of a CSV/DataFrame (default: the first
             column that is not the file column).
+        size: output (H, W) (or an int for a square) every item is resized to, per
+            item in the DataLoader worker, rounded back to the stored dtype (see
+            :class:`~torchdicom.data.resize.SizePolicy`); items then carry
+            ``original_size``, ``crop``, ``scale``, ``pad`` (map predictions back with
+            :func:`~torchdicom.data.resize.to_original`). None: sizes as stored.
+        resize: ``"stretch"``, ``"letterbox"`` (scale the longest side, pad) or
+            ``"crop"`` (scale the shortest side, centre-crop); masks follow, nearest.
+        channels: None (each file's own; with ``size`` set, a collection mixing grey
+            and colour raises at construction, naming ``channels=1`` / ``channels=3``),
+            1 (colour becomes luma) or 3 (grey is repeated).
 
     Item (dict):
-        ``image`` (C, H, W) stored dtype; ``slope``, ``intercept``,
+        ``image`` (C, H, W) in the dataset's one stored dtype :attr:`dtype`;
+        ``slope``, ``intercept``,
         ``window_center``, ``window_width`` float (NaN where absent);
         ``monochrome1`` bool; ``bits_stored`` int; ``ybr`` bool (frames left
         in YCbCr); ``label`` (when labels given); ``mask`` (1, H, W) uint8
         (when masks given); ``path`` str; ``frame`` int; ``index`` int.
+
+    Stored dtype:
+        Every ``image`` of a dataset has one dtype, :attr:`dtype`, so any two items
+        batch together. It is decided once from the index: the narrowest dtype that
+        holds every file's stored values exactly, by (0028,0100) *Bits Allocated*,
+        (0028,0101) *Bits Stored* and (0028,0103) *Pixel Representation* —
+        ``uint8`` when every file is unsigned 8-bit (1-bit and 8-bit colour
+        included); ``int16`` for signed files of up to 16 stored bits, mixed or
+        not with unsigned files of up to 15; ``uint16`` when every file is unsigned
+        16-bit; ``int32`` when signed files mix with unsigned 16-bit ones (e.g. CT
+        series from several scanners); ``float32``/``float64`` with float pixel
+        data. A uniform collection keeps its files' own dtype. Files stored in
+        another dtype are converted exactly on reading (the values do not change;
+        ``read_frames`` of the file equals the item's ``image``). A file whose
+        values exceed its Bits Stored, so that they do not fit :attr:`dtype`,
+        raises :class:`~torchdicom.errors.CorruptDicomError` naming the file and the
+        value range — never a silent wrap-around.
     """
 
     def __init__(
@@ -83,6 +113,9 @@ class DicomDataset(_Base):
         cache: FrameCache | str | os.PathLike[str] | None = None,
         index_cache: str | os.PathLike[str] | None = None,
         label_column: str | None = None,
+        size: int | tuple[int, int] | None = None,
+        resize: ResizeMode = "stretch",
+        channels: Literal[1, 3] | None = None,
     ):
         super().__init__(
             source, on_error=on_error, color=color, cache=cache, index_cache=index_cache
@@ -105,6 +138,9 @@ class DicomDataset(_Base):
                 )
             self.rows = keep
         self._starts = _item_starts([int(r["frames"]) if frames == "all" else 1 for r in self.rows])
+        self.size_policy = SizePolicy(size, resize, channels)
+        if size is not None:  # a size promises items that batch: grey and colour must agree
+            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
 
         self._labeler = _Labeler(labels, label_column)
         self.classes: list[str] | None = None
@@ -122,6 +158,7 @@ class DicomDataset(_Base):
                     f" {next(iter(self._labeler.mapping))!r}"
                 )
             self._labels, self.classes = _encode_labels(values)
+        self._stored_dtype()  # decided now, from the final rows, and pickled to workers
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -154,7 +191,8 @@ class DicomDataset(_Base):
         more than reading the files); in a worker it is shared memory, which crosses to
         the main process uncopied. Otherwise items are read one by one, as by ``[i]``.
         """
-        batch = self._batch_slots(indices)
+        # A size policy makes a new image per item: nothing to read into one buffer.
+        batch = None if self.size_policy else self._batch_slots(indices)
         if batch is None:
             return [self._fetch(i) for i in indices]
         into, located = batch
@@ -168,6 +206,9 @@ class DicomDataset(_Base):
     def _prefill(self, located: list[tuple[int, int]], slots: np.ndarray) -> list[bool]:
         """Read the batch's pixels into ``slots`` on the transforms' thread pool.
 
+        Only files stored in the batch dtype are read here; the item path reads and
+        converts the others.
+
         In the main process the reads (open, pread, close: the GIL is released while the
         kernel copies the bytes) overlap across threads. A file that fails is left for the
         item path, which reads it again and raises or substitutes as ``on_error`` says.
@@ -177,11 +218,16 @@ class DicomDataset(_Base):
         if get_worker_info() is not None or torch.get_num_threads() < 2:
             return done
 
+        dtype = slots.dtype
+
         def read(k0: int, k1: int) -> None:
             for k in range(k0, k1):
                 f, frame = located[k]
+                row = self.rows[f]
+                if _np_dtype(row) != dtype:
+                    continue  # read and converted in the item path
                 try:
-                    read_frames_numpy(self.rows[f], frame, out=slots[k : k + 1])
+                    read_frames_numpy(row, frame, out=slots[k : k + 1])
                 except TorchDicomError:
                     continue
                 done[k] = True
@@ -193,7 +239,10 @@ class DicomDataset(_Base):
         self, indices: Sequence[int]
     ) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
         """A (B, C, H, W) batch buffer for the items and their (file, frame), or None when the
-        items differ in layout (or are not all uncompressed)."""
+        items differ in shape (or are not all uncompressed).
+
+        The buffer has the dataset's dtype (:attr:`dtype`), whatever the files' own: a file
+        stored in another dtype is read and converted into its slot by the item path."""
         n = len(self)
         if len(indices) < 2 or not all(
             isinstance(i, int | np.integer) and -n <= i < n for i in indices
@@ -205,33 +254,30 @@ class DicomDataset(_Base):
             row = self.rows[f]
             if not _is_fast_native(row):
                 return None
-            this = (
-                int(row["samples_per_pixel"]),
-                int(row["rows"]),
-                int(row["columns"]),
-                _np_dtype(row),
-            )
+            this = (int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"]))
             if layout is not None and this != layout:
                 return None
             layout = this
         assert layout is not None
-        spp, h, w, dtype = layout
-        like = torch.from_numpy(np.empty(0, dtype))
-        return _batch_buffer(like, len(indices), (spp, h, w)), located
+        like = torch.from_numpy(np.empty(0, self._stored_dtype()))
+        return _batch_buffer(like, len(indices), layout), located
 
     def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, frame = self.locate(i)
         row = self.rows[f]
         if into is not None:
-            # A slot _batch_slots made for this very file's layout (read_frames_numpy checks
-            # its shape and dtype again); the image is a view of the batch buffer. No numpy
-            # slot: _prefill has read it already.
+            # A slot _batch_slots made for this very file's shape, in the dataset's dtype
+            # (read_frames_numpy checks shape and dtype again); the image is a view of the
+            # batch buffer. No numpy slot: _prefill has read it already.
             image, slot = into
             if slot is not None:
-                read_frames_numpy(row, frame, out=slot)
+                if _np_dtype(row) == slot.dtype:
+                    read_frames_numpy(row, frame, out=slot)
+                else:
+                    slot[...] = self._read(row, frame)  # converted exactly, or refused
         else:
             image = torch.from_numpy(self._read(row, frame)[0])
-        item: dict[str, Any] = {"image": image, **_meta(row)}
+        item: dict[str, Any] = {"image": image, **_meta(frame_row(row, frame))}
         item["ybr"] = self._keeps_ybr(row)
         if self._labels is not None:
             item["label"] = self._labels[f]
@@ -240,6 +286,8 @@ class DicomDataset(_Base):
         if self._masks:
             item["mask"] = self._masks.read(row, frame, image.shape[-2:])
         item.update(path=row["path"], frame=frame, index=i)
+        if self.size_policy:
+            item = self.size_policy(item)
         if self.transform is not None:
             item = self.transform(item)
         return item

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import pydicom
+from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
@@ -47,6 +48,7 @@ from torchdicom.errors import (
     TorchDicomError,
     UnsupportedTransferSyntaxError,
 )
+from torchdicom.io.codestream import check_frame
 from torchdicom.io.header import (
     BoundedReader,
     _short,
@@ -62,7 +64,14 @@ from torchdicom.io.modality import modality_values
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FrameSelection", "read_frames", "resolve_frames", "row_for_path", "scaled_px"]
+__all__ = [
+    "FrameSelection",
+    "decoding_plugin",
+    "read_frames",
+    "resolve_frames",
+    "row_for_path",
+    "scaled_px",
+]
 
 FrameSelection = Union[int, slice, Sequence[int], np.ndarray, "torch.Tensor", None]
 
@@ -525,6 +534,77 @@ def _read_packed_bits(row: dict[str, Any], idx: list[int]) -> np.ndarray:
     return out
 
 
+# Which pydicom decoding plugin reads each compressed transfer syntax, best
+# first. pydicom's own order puts GDCM first whenever python-gdcm is installed
+# (the `torchdicom[gdcm]` extra), and GDCM aborts the interpreter (SIGABRT) on
+# code-streams that disagree with the header; it also falls back from one
+# plugin to the next frame by frame, so one file could be read by two decoders.
+# torchdicom pins one plugin per file instead: GDCM only where nothing else
+# installed decodes the syntax, and no fallback after a failure (a fallback
+# would hand exactly the frames that broke one decoder to the next one).
+#
+# * JPEG baseline / extended 8-bit: Pillow (libjpeg-turbo). Its output equals
+#   GDCM's exactly on every real baseline file in the test sets, i.e. equals
+#   pydicom's pixel_array with the recommended install; pylibjpeg-libjpeg
+#   differs from both by a few levels (IDCT and chroma upsampling differ).
+#   Pillow cannot decode 12-bit JPEG: those go to pylibjpeg.
+# * JPEG lossless: pylibjpeg (exact, like GDCM).
+# * JPEG-LS: pyjpegls (CharLS, the implementation GDCM also uses), then
+#   pylibjpeg; both equal GDCM on the lossless and near-lossless test files.
+# * JPEG 2000: pylibjpeg-openjpeg (also decodes multi-sample data above 8 bits,
+#   which Pillow refuses), then Pillow; both are OpenJPEG, equal to GDCM.
+# * HTJ2K: pylibjpeg only (pydicom has no other plugin).
+# * RLE: pylibjpeg-rle (fast), then pydicom's own decoder; lossless, so equal.
+_PLUGIN_PREFERENCE: dict[str, tuple[str, ...]] = {
+    pydicom.uid.JPEGBaseline8Bit: ("pillow", "pylibjpeg", "gdcm"),
+    pydicom.uid.JPEGExtended12Bit: ("pillow", "pylibjpeg", "gdcm"),
+    pydicom.uid.JPEGLossless: ("pylibjpeg", "gdcm"),
+    pydicom.uid.JPEGLosslessSV1: ("pylibjpeg", "gdcm"),
+    pydicom.uid.JPEGLSLossless: ("pyjpegls", "pylibjpeg", "gdcm"),
+    pydicom.uid.JPEGLSNearLossless: ("pyjpegls", "pylibjpeg", "gdcm"),
+    pydicom.uid.JPEG2000Lossless: ("pylibjpeg", "pillow", "gdcm"),
+    pydicom.uid.JPEG2000: ("pylibjpeg", "pillow", "gdcm"),
+    pydicom.uid.HTJ2KLossless: ("pylibjpeg",),
+    pydicom.uid.HTJ2KLosslessRPCL: ("pylibjpeg",),
+    pydicom.uid.HTJ2K: ("pylibjpeg",),
+    pydicom.uid.RLELossless: ("pylibjpeg", "pydicom"),
+}
+_PILLOW_8BIT_ONLY = frozenset({pydicom.uid.JPEGExtended12Bit})
+
+
+def decoding_plugin(transfer_syntax: str, bits_stored: int = 8) -> str:
+    """The pydicom decoding plugin torchdicom uses for a transfer syntax.
+
+    Args:
+        transfer_syntax: (0002,0010) *Transfer Syntax UID*.
+        bits_stored: (0028,0101) *Bits Stored*; JPEG extended above 8 bits is
+            not for Pillow.
+
+    Returns:
+        The plugin name to pass as ``decoding_plugin`` to pydicom (``"pillow"``,
+        ``"pylibjpeg"``, ``"pyjpegls"``, ``"pydicom"``, ``"gdcm"``), or ``""``
+        for native syntaxes (no plugins) and syntaxes without an installed one.
+
+    Example:
+        >>> decoding_plugin("1.2.840.10008.1.2.4.80")  # JPEG-LS lossless
+        'pyjpegls'
+    """
+    uid = UID(transfer_syntax)
+    try:
+        available = get_decoder(uid).available_plugins
+    except NotImplementedError:
+        return ""
+    preferred = [
+        name
+        for name in _PLUGIN_PREFERENCE.get(uid, ())
+        if not (name == "pillow" and uid in _PILLOW_8BIT_ONLY and bits_stored > 8)
+    ]
+    # Plugins pydicom may add later go before GDCM, never after it.
+    others = sorted(name for name in available if name not in preferred and name != "gdcm")
+    order = [n for n in preferred if n != "gdcm"] + others + ["gdcm"]
+    return next((name for name in order if name in available), "")
+
+
 def _decoder_for(row: dict[str, Any]):
     path = row["path"]
     uid = UID(row["transfer_syntax"])
@@ -592,28 +672,88 @@ def _each_frame(decoder, f, idx: list[int], offset: int, as_rgb: bool, opts: dic
         yield decoder.as_array(f, index=k, as_rgb=as_rgb, **opts)
 
 
+def _one_frame_buffer(frame: bytes) -> bytes:
+    """``frame`` as encapsulated pixel data of one frame: empty offset table, one fragment.
+
+    pydicom's decoders take encapsulated pixel data, not a bare code-stream;
+    with one frame declared, pydicom joins every fragment into that frame, so
+    it decodes exactly ``frame`` (odd lengths included: no padding is added).
+    """
+    return (
+        b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
+        + b"\xfe\xff\x00\xe0"
+        + len(frame).to_bytes(4, "little")
+        + frame
+    )
+
+
+def _decode_codestream(
+    row: dict[str, Any],
+    decoder,
+    plugin: str,
+    frame: bytes,
+    index: int,
+    as_rgb: bool,
+    opts: dict[str, Any],
+) -> np.ndarray:
+    """Check one compressed frame's code-stream header against the row, then decode it.
+
+    The check comes first so that no decoder (GDCM aborts the process on
+    such frames) ever sees a code-stream that disagrees with (0028,0010)
+    *Rows*, (0028,0011) *Columns*, (0028,0002) *Samples per Pixel* or
+    (0028,0100) *Bits Allocated*; see :mod:`torchdicom.io.codestream`.
+    """
+    check_frame(
+        frame,
+        row["transfer_syntax"],
+        rows=int(row["rows"]),
+        columns=int(row["columns"]),
+        samples_per_pixel=int(row["samples_per_pixel"]),
+        bits_allocated=int(row["bits_allocated"]),
+        path=row["path"],
+        index=index,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arr, _ = decoder.as_array(
+            _one_frame_buffer(frame),
+            index=0,
+            as_rgb=as_rgb,
+            decoding_plugin=plugin,
+            **{**opts, "number_of_frames": 1},
+        )
+    return _to_chw(arr, int(row["samples_per_pixel"]))
+
+
 def _read_with_decoder(
     row: dict[str, Any], idx: list[int], as_rgb: bool = True
 ) -> list[np.ndarray]:
     decoder = _decoder_for(row)
     opts = _decode_opts(row)
     spp = int(row["samples_per_pixel"])
-    out = []
+    offset = int(row["pixel_offset"])
+    out: list[np.ndarray] = []
     # Bounded: a corrupt fragment length must not make the decoder
     # allocate 4 GiB (see BoundedReader).
     with _open_checked(row) as fraw, BoundedReader(fraw.fileno(), closefd=False) as f:
-        f.seek(int(row["pixel_offset"]))
-        if not idx:
-            return out  # (pydicom's iter_array reads every frame for an empty list)
         if bool(row["encapsulated"]):
-            # One iterator for all requested frames: pydicom sets up and
-            # validates its decode runner once, not once per frame (cine clips).
-            frames = decoder.iter_array(f, indices=idx, as_rgb=as_rgb, **opts)
-        else:
-            # Native data the fast path does not take (1-bit, YBR_FULL_422,
-            # big-endian): pydicom's iter_array skips the 4:2:2 upsampling
-            # that as_array does, so decode frame by frame.
-            frames = _each_frame(decoder, f, idx, int(row["pixel_offset"]), as_rgb, opts)
+            # Each frame's code-stream is located the way pydicom locates it
+            # (basic offset table, else fragments), checked, then decoded by
+            # the pinned plugin.
+            plugin = decoding_plugin(row["transfer_syntax"], int(row["bits_stored"]))
+            n_frames = int(row["frames"])
+            for k in idx:
+                try:
+                    f.seek(offset)
+                    frame = get_frame(f, k, number_of_frames=n_frames)
+                    out.append(_decode_codestream(row, decoder, plugin, frame, k, as_rgb, opts))
+                except Exception as exc:
+                    raise _decode_error(row, exc, k) from None
+            return out
+        # Native data the fast path does not take (1-bit, YBR_FULL_422,
+        # big-endian): pydicom's iter_array skips the 4:2:2 upsampling
+        # that as_array does, so decode frame by frame.
+        frames = _each_frame(decoder, f, idx, offset, as_rgb, opts)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -625,6 +765,13 @@ def _read_with_decoder(
     return out
 
 
+def _extended_offsets(ds: pydicom.Dataset) -> tuple[bytes, bytes] | None:
+    """(7FE0,0001) *Extended Offset Table* and (7FE0,0002) its lengths, as pydicom reads them."""
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        return (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    return None
+
+
 def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) -> list[np.ndarray]:
     path = row["path"]
     with _open_checked(row):
@@ -632,23 +779,44 @@ def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) 
     ds = dcmread(path)
     decoder = _decoder_for(row)
     spp = int(row["samples_per_pixel"])
+    n_frames = int(row["frames"])
     if _unaligned_bits(row):
         # pydicom 3.0 cannot decode one frame of 1-bit data whose frames start
         # mid-byte (it assumes byte-aligned frames); decode all and select.
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                arr, _ = decoder.as_array(ds, as_rgb=as_rgb)
+                arr, _ = decoder.as_array(ds, as_rgb=as_rgb, number_of_frames=n_frames)
         except Exception as exc:
             raise _decode_error(row, exc, None) from None
-        arr = arr.reshape(int(row["frames"]), *arr.shape[-(2 if spp == 1 else 3) :])
+        arr = arr.reshape(n_frames, *arr.shape[-(2 if spp == 1 else 3) :])
         return [_to_chw(arr[k], spp) for k in idx]
     out = []
+    if bool(row["encapsulated"]):
+        # Deflated, defined-length or extended-offset encapsulated data: the
+        # value is in memory; frames are located as pydicom does, then
+        # checked and decoded like the addressable route's.
+        plugin = decoding_plugin(row["transfer_syntax"], int(row["bits_stored"]))
+        opts = _decode_opts(row)
+        for k in idx:
+            try:
+                frame = get_frame(
+                    ds.PixelData,
+                    k,
+                    number_of_frames=n_frames,
+                    extended_offsets=_extended_offsets(ds),
+                )
+                out.append(_decode_codestream(row, decoder, plugin, frame, k, as_rgb, opts))
+            except Exception as exc:
+                raise _decode_error(row, exc, k) from None
+        return out
     for k in idx:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                arr, _ = decoder.as_array(ds, index=k, as_rgb=as_rgb)
+                # (0028,0008) as indexed: more whole frames than the header
+                # declares are read (see header.row_from_dataset).
+                arr, _ = decoder.as_array(ds, index=k, as_rgb=as_rgb, number_of_frames=n_frames)
         except Exception as exc:
             raise _decode_error(row, exc, k) from None
         out.append(_to_chw(arr, spp))

@@ -38,6 +38,7 @@ from torchdicom.errors import (
     NotDicomError,
     TorchDicomError,
 )
+from torchdicom.io.codestream import frames_held
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -522,6 +523,20 @@ def row_from_dataset(
     photometric = _str(ds, "PhotometricInterpretation")
 
     _validate_geometry(path, rows, columns, frames, samples, bits_allocated, bits_stored, keyword)
+    # Pixel data holding more frames than declared: index what pydicom returns (and warn).
+    frames = frames_held(
+        path,
+        frames if "NumberOfFrames" in ds else None,
+        encapsulated=encapsulated,
+        offset=int(value_tell) if addressable else -1,
+        length=-1 if length in (None, _UNDEFINED_LENGTH) else int(length),
+        value=raw.value if getattr(raw, "value_tell", None) is None else None,
+        rows=rows,
+        columns=columns,
+        samples_per_pixel=samples,
+        bits_allocated=bits_allocated,
+        photometric=photometric,
+    )
 
     slope = _first_float(ds.get("RescaleSlope"))
     intercept = _first_float(ds.get("RescaleIntercept"))
