@@ -19,6 +19,7 @@ from torchdicom.cache import FrameCache
 from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.index import DicomIndex, scan
 from torchdicom.io.frames import read_frames_numpy
+from torchdicom.io.geometry import affine_from_row
 
 log = logging.getLogger("torchdicom.data")
 
@@ -83,8 +84,15 @@ def _leave_out(
 
 
 def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An item's metadata from the index row as its frame sees it
+    (:func:`~torchdicom.io.header.frame_row`: enhanced files carry each frame's own values).
+
+    ``affine`` is the (4, 4) float64 voxel → patient (LPS, mm) matrix of
+    :func:`~torchdicom.io.geometry.affine_from_row` (column, row, slice → position).
+    """
     photometric = str(row["photometric"])
     return {
+        "affine": torch.from_numpy(affine_from_row(row)),
         "slope": float(row["rescale_slope"]),
         "intercept": float(row["rescale_intercept"]),
         "window_center": float(row["window_center"]),

@@ -26,30 +26,38 @@ invertible and keeps resampling code working; it does not place the image in the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = ["affine_from_row", "slice_normal"]
 
-_AXES = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+_AXES = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def _orientation(row: Mapping[str, Any]) -> np.ndarray:
-    values = np.array([float(row[f"orientation_{k}"]) for k in range(6)], dtype=np.float64)
-    return _AXES.copy() if np.isnan(values).any() else values
+# Plain Python floats below, not numpy: one affine per dataset item, a few µs each.
+def _orientation(row: Mapping[str, Any]) -> tuple[float, ...]:
+    values = tuple(float(row[f"orientation_{k}"]) for k in range(6))
+    return _AXES if any(math.isnan(v) for v in values) else values
+
+
+def _normal(o: tuple[float, ...]) -> tuple[float, float, float]:
+    nx = o[1] * o[5] - o[2] * o[4]
+    ny = o[2] * o[3] - o[0] * o[5]
+    nz = o[0] * o[4] - o[1] * o[3]
+    length = math.sqrt(nx * nx + ny * ny + nz * nz)
+    return (nx / length, ny / length, nz / length) if length > 0 else (0.0, 0.0, 1.0)
 
 
 def slice_normal(row: Mapping[str, Any]) -> np.ndarray:
     """The unit slice normal (row cosine × column cosine) of a row, (3,) float64."""
-    o = _orientation(row)
-    normal = np.cross(o[:3], o[3:])
-    length = float(np.linalg.norm(normal))
-    return normal / length if length > 0 else np.array([0.0, 0.0, 1.0])
+    return np.array(_normal(_orientation(row)), dtype=np.float64)
 
 
-def affine_from_row(row: Mapping[str, Any], slice_step: np.ndarray | None = None) -> np.ndarray:
+def affine_from_row(
+    row: Mapping[str, Any], slice_step: Sequence[float] | None = None
+) -> np.ndarray:
     """The 4×4 voxel → patient (LPS, mm) affine of one frame's index row (see the module doc).
 
     Args:
@@ -61,17 +69,22 @@ def affine_from_row(row: Mapping[str, Any], slice_step: np.ndarray | None = None
         (4, 4) float64.
     """
     o = _orientation(row)
-    dr, dc = (_length(row[name]) for name in ("spacing_row", "spacing_col"))
-    position = [float(row[f"position_{a}"]) for a in "xyz"]
-    position = [0.0 if math.isnan(v) else v for v in position]
+    dr, dc = _length(row["spacing_row"]), _length(row["spacing_col"])
+    px, py, pz = (float(row[f"position_{a}"]) for a in "xyz")
     if slice_step is None:
-        slice_step = slice_normal(row) * _length(row["slice_thickness"])
-    out = np.eye(4, dtype=np.float64)
-    out[:3, 0] = o[:3] * dc
-    out[:3, 1] = o[3:] * dr
-    out[:3, 2] = slice_step
-    out[:3, 3] = position
-    return out
+        thickness = _length(row["slice_thickness"])
+        sx, sy, sz = (v * thickness for v in _normal(o))
+    else:
+        sx, sy, sz = (float(v) for v in slice_step)
+    return np.array(
+        [
+            [o[0] * dc, o[3] * dr, sx, 0.0 if math.isnan(px) else px],
+            [o[1] * dc, o[4] * dr, sy, 0.0 if math.isnan(py) else py],
+            [o[2] * dc, o[5] * dr, sz, 0.0 if math.isnan(pz) else pz],
+            [0.0, 0.0, 0.0, 1.0],
+        ],
+        dtype=np.float64,
+    )
 
 
 def _length(value: Any) -> float:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from torchdicom.io.modality import rescale_parameters
 from torchdicom.transforms import _native
 from torchdicom.transforms._utils import (
     Param,
@@ -82,42 +84,105 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
 
     (0028,1053) *Rescale Slope* and (0028,1052) *Rescale Intercept* map stored values to
     Hounsfield units for CT (modality units otherwise). A NaN slope (the file had none) counts
-    as 1 and a NaN intercept as 0, matching the collate contract.
+    as 1 and a NaN intercept as 0 (:func:`torchdicom.io.modality.rescale_parameters`, the rule
+    ``scaled_px`` and the datasets follow too).
 
     Args:
         x: stored values, any integer or float dtype.
-        slope: a number or a (B,) tensor.
-        intercept: a number or a (B,) tensor.
+        slope: a number, a (B,) tensor, or a (B, K) tensor: one value for each of K equal
+            consecutive parts of every sample — the D slices of a (B, 1, D, H, W) volume batch
+            (:class:`~torchdicom.DicomVolumeDataset` items carry (D,) slopes), the T frames of
+            a (B, T, C, H, W) clip batch.
+        intercept: the same kinds as ``slope`` (a (B,) one broadcasts over a (B, K) slope).
 
     Returns:
         float32 values (float64 for float64 input), same shape as ``x``.
 
     Shape:
-        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
+        - x: :math:`(C, H, W)`, :math:`(B, C, H, W)`, or 5-D :math:`(B, 1, D, H, W)` /
+          :math:`(B, T, C, H, W)`
+        - slope, intercept: numbers, :math:`(B,)` or :math:`(B, K)`
         - output: same as ``x``
 
     Example:
         >>> x = torch.full((2, 1, 4, 4), 1024, dtype=torch.int16)
         >>> rescale(x, 1.0, torch.tensor([-1024.0, -1000.0])).shape
         torch.Size([2, 1, 4, 4])
+        >>> volumes = torch.zeros(2, 1, 3, 4, 4, dtype=torch.int16)  # (B, 1, D, H, W)
+        >>> rescale(volumes, torch.ones(2, 3), torch.full((2, 3), -1024.0)).shape
+        torch.Size([2, 1, 3, 4, 4])
     """
-    xb, batched = check_image(x)
+    if isinstance(x, Tensor) and x.dim() == 5:  # a batch of volumes or clips
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"x must have an integer or floating dtype. Got: {x.dtype}")
+        xb, batched = x, True
+    else:
+        xb, batched = check_image(x)
     dtype = float_dtype(x)
     b = xb.shape[0]
-    s, i = _rescale_params(slope, intercept, b, xb.device, dtype)
+    s, i = _part_params(slope, intercept, b, xb.device, dtype)
+    parts = s.shape[1]
+    if parts == 1 and xb.dim() == 4:
+        return unbatch(_rescale_rows(xb, s.view(b, 1, 1, 1), i.view(b, 1, 1, 1), dtype), batched)
+    if b == 0:
+        return torch.empty(xb.shape, dtype=dtype, device=xb.device)
+    numel = xb[0].numel()
+    # Parts are whole (H, W) planes: K is the product of the sizes before them (D, T or T*C).
+    whole = {math.prod(xb.shape[1:j]) for j in range(2, xb.dim() - 1)}
+    if parts not in whole:
+        raise ValueError(
+            f"a (B, K) slope/intercept gives one value per (H, W) plane or group of planes;"
+            f" K must be one of {sorted(whole)} for x of shape {tuple(xb.shape)}. Got: K={parts}"
+        )
+    # Each part as one row of its own slope and intercept: (B * K, 1, 1, N / K) is a view of a
+    # contiguous x, so the fused native pass serves volumes and clips as it serves images.
+    rows = xb.reshape(b * parts, 1, 1, numel // parts)
+    out = _rescale_rows(rows, s.reshape(-1, 1, 1, 1), i.reshape(-1, 1, 1, 1), dtype)
+    return unbatch(out.reshape(xb.shape), batched)
+
+
+def _rescale_rows(xb: Tensor, s: Tensor, i: Tensor, dtype: torch.dtype) -> Tensor:
+    """``xb * s + i`` for a (B, C, H, W) ``xb`` and (B, 1, 1, 1) NaN-free ``s`` and ``i``."""
     if xb.requires_grad:
-        return unbatch(xb.to(dtype) * s + i, batched)
+        return xb.to(dtype) * s + i
     # A fresh (huge-page-advised) output, converted into and scaled in place: mixed-dtype ops
     # (int16 * float32) would first materialise a converted copy of the whole batch.
     if _native.usable(xb):
         out = empty_large(xb.shape, dtype, xb.device)
         _native.rescale_into(xb, s, i, out)  # one fused pass, the same float operations
-        return unbatch(out, batched)
+        return out
     out = empty_large(xb.shape, dtype, xb.device).copy_(xb)
     if xb.is_floating_point() or not bool((s == 1).all()):
         out.mul_(s)  # x * 1 == x exactly for values converted from integers: skipped then
     out.add_(i)
-    return unbatch(out, batched)
+    return out
+
+
+def _per_part(value: Param, name: str, b: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A number, (B,) or (B, K) parameter as a (B, K) tensor (K = 1 unless given)."""
+    if isinstance(value, Tensor) and value.dim() == 2:
+        if value.shape[0] != b:
+            raise ValueError(
+                f"{name} must be a number or a tensor of shape ({b},) or ({b}, K)."
+                f" Got: {tuple(value.shape)}"
+            )
+        return value.to(device=device, dtype=dtype)
+    return per_sample(value, name, b, device, dtype).view(b, 1)
+
+
+def _part_params(
+    slope: Param, intercept: Param, b: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """(B, K) slope and intercept, NaN meaning 1 and 0; a K = 1 one broadcasts to the other's K."""
+    s = _per_part(slope, "slope", b, device, dtype)
+    i = _per_part(intercept, "intercept", b, device, dtype)
+    parts = max(s.shape[1], i.shape[1])
+    if s.shape[1] not in (1, parts) or i.shape[1] not in (1, parts):
+        raise ValueError(
+            f"slope and intercept must have one value per sample or the same K per sample."
+            f" Got: {tuple(s.shape)} and {tuple(i.shape)}"
+        )
+    return rescale_parameters(s.expand(b, parts), i.expand(b, parts))
 
 
 def _rescale_params(
@@ -126,9 +191,7 @@ def _rescale_params(
     """(B, 1, 1, 1) slope and intercept, NaN (and None) meaning 1 and 0."""
     s = per_sample(1.0 if slope is None else slope, "slope", b, device, dtype)
     i = per_sample(0.0 if intercept is None else intercept, "intercept", b, device, dtype)
-    s = torch.where(torch.isnan(s), torch.ones_like(s), s)
-    i = torch.where(torch.isnan(i), torch.zeros_like(i), i)
-    return s, i
+    return rescale_parameters(s, i)
 
 
 def invert_monochrome1(

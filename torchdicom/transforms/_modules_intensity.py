@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchdicom.io.modality import rescale_parameters
 from torchdicom.transforms._functional_histogram import FreqHistBins, hist_scaled, to_nchan
 from torchdicom.transforms._functional_intensity import (
     WindowMode,
@@ -44,7 +45,10 @@ class Rescale(nn.Module):
         intercept: used for bare tensors (a dict's own ``intercept`` wins).
 
     Shape:
-        - image: :math:`(B, C, H, W)` any dtype → float32
+        - image: :math:`(B, C, H, W)` any dtype → float32; volume batches
+          :math:`(B, 1, D, H, W)` with :math:`(B, D)` ``slope`` / ``intercept`` (one per
+          slice, as :class:`~torchdicom.DicomVolumeDataset` items carry them) too, see
+          :func:`rescale`
 
     Example:
         >>> batch = {"image": torch.zeros(2, 1, 8, 8, dtype=torch.int16),
@@ -100,8 +104,7 @@ def _mirror_centre(data: Mapping[str, Any], image: Tensor, slope: Any, intercept
     total = torch.full_like(bits, -1.0) if signed else torch.pow(2.0, bits) - 1
     s = torch.as_tensor(slope, dtype=torch.float64, device=centre.device).expand(centre.shape)
     i = torch.as_tensor(intercept, dtype=torch.float64, device=centre.device).expand(centre.shape)
-    s = torch.where(torch.isnan(s), torch.ones_like(s), s)
-    i = torch.where(torch.isnan(i), torch.zeros_like(i), i)
+    s, i = rescale_parameters(s, i)
     mirrored = (s * total + 2 * i - centre.to(torch.float64)).to(centre.dtype)
     return torch.where(flags, mirrored, centre)
 
