@@ -360,3 +360,126 @@ def test_datamodule_with_seg_masks(ct_seg):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["mask"].shape == (2, 2, SIZE, SIZE) and batch["mask"].dtype == torch.uint8
+
+
+# --------------------------------------------------------------------------- enhanced images
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+EFRAMES = 5
+
+
+def _enhanced_ct(path: Path, size: int = 16) -> pydicom.Dataset:
+    """An Enhanced CT with per-frame Plane Position (one axial volume)."""
+    uid = pydicom.uid.generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ENHANCED_CT, uid, "CT"
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "p", "P^Q", "", "O"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = (
+        "20200101",
+        "000000",
+        "1",
+        "",
+    )
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, 1
+    ds.Rows = ds.Columns = size
+    ds.NumberOfFrames = EFRAMES
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    orientation, measures, shared = Dataset(), Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing, measures.SliceThickness = [0.5, 0.5], 2.0
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for k in range(EFRAMES):
+        group, plane, content = Dataset(), Dataset(), Dataset()
+        plane.ImagePositionPatient = [-4.0, -4.0, -10.0 + 2.0 * k]
+        content.DimensionIndexValues = [k + 1]
+        group.PlanePositionSequence, group.FrameContentSequence = [plane], [content]
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    rng = np.random.default_rng(2)
+    ds.PixelData = rng.integers(0, 100, (EFRAMES, size, size), dtype=np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+@pytest.fixture
+def enhanced(tmp_path):
+    source = _enhanced_ct(tmp_path / "enh.dcm")
+    pixels = np.zeros((EFRAMES, 16, 16, 2), np.uint8)
+    pixels[1:4, 3:9, 3:9, 0] = 1
+    pixels[2, 5:12, 5:12, 1] = 1
+    seg_path = _write_seg(tmp_path / "seg" / "seg.dcm", [source], pixels, ["a", "b"])
+    return tmp_path / "enh.dcm", source, pixels, seg_path
+
+
+def _by_frame(seg_path: Path, uid: str) -> np.ndarray:
+    """highdicom's own (F, S, H, W) array for every frame of a multi-frame source."""
+    pixels = hd.seg.segread(seg_path).get_pixels_by_source_frame(
+        uid, list(range(1, EFRAMES + 1)), assert_missing_frames_are_empty=True
+    )
+    return np.moveaxis(pixels, -1, 1)
+
+
+def test_enhanced_by_frame_number(enhanced):
+    image, source, pixels, seg_path = enhanced
+    ds = DicomDataset([image], masks=seg_path)
+    expected = _by_frame(seg_path, source.SOPInstanceUID)
+    np.testing.assert_array_equal(expected, pixels.transpose(0, 3, 1, 2))
+    for i in range(EFRAMES):
+        np.testing.assert_array_equal(ds[i]["mask"].numpy(), expected[i])
+
+
+def _without_frame_references(seg_path: Path, out: Path, keep_instance: bool) -> Path:
+    """The SEG with its frames' source references cut down: the instance without frame
+    numbers, or no source image references at all (only the series it segments)."""
+    seg = pydicom.dcmread(seg_path)
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        if keep_instance:
+            for source in group.DerivationImageSequence[0].SourceImageSequence:
+                del source.ReferencedFrameNumber
+        else:
+            del group.DerivationImageSequence
+    seg.save_as(out)
+    return out
+
+
+@pytest.mark.parametrize("keep_instance", [True, False])
+def test_enhanced_by_position(enhanced, tmp_path, keep_instance):
+    image, source, _, seg_path = enhanced
+    stripped = _without_frame_references(seg_path, tmp_path / "pos.dcm", keep_instance)
+    ds = DicomDataset([image], masks=stripped)
+    expected = _by_frame(seg_path, source.SOPInstanceUID)
+    for i in range(EFRAMES):
+        np.testing.assert_array_equal(ds[i]["mask"].numpy(), expected[i])
+
+
+def test_enhanced_positions_read_from_the_header(enhanced, tmp_path):
+    from torchdicom.data.seg import SegMasks
+
+    image, source, _, seg_path = enhanced
+    stripped = _without_frame_references(seg_path, tmp_path / "pos.dcm", True)
+    rows = [
+        {k: v for k, v in r.items() if k != "frame_position"} for r in DicomDataset([image]).rows
+    ]
+    masks = SegMasks([stripped], rows)
+    expected = _by_frame(seg_path, source.SOPInstanceUID)
+    np.testing.assert_array_equal(masks.read(rows[0], list(range(EFRAMES))).numpy(), expected)
+
+
+def test_clip_masks(enhanced):
+    from torchdicom.data.clips import DicomClipDataset
+
+    image, source, _, seg_path = enhanced
+    clips = DicomClipDataset([image], clip_len=3, stride=2, masks=seg_path)
+    expected = _by_frame(seg_path, source.SOPInstanceUID)
+    item = clips[1]
+    assert item["mask"].shape == (3, 2, 16, 16) and item["mask"].dtype == torch.uint8
+    np.testing.assert_array_equal(item["mask"].numpy(), expected[2:5])

@@ -11,10 +11,14 @@ Matching a SEG frame to an image frame:
 * single-frame images: by (0008,1155) *Referenced SOP Instance UID* of the SEG frame's
   source image (highdicom's ``get_pixels_by_source_instance``);
 * multi-frame images: by referenced SOP Instance UID and (0008,1160) *Referenced Frame
-  Number* (``get_pixels_by_source_frame``); when the SEG does not reference the image's
-  frames by number (segmentations made on a volume), by position instead: a SEG frame
-  belongs to the image frame whose (0020,0032) *Image Position (Patient)* lies within
-  :data:`POSITION_TOLERANCE_MM` of the SEG frame's plane position, in the same series.
+  Number* (``get_pixels_by_source_frame``);
+* by position where the SEG does not say which source frames its frames come from (it
+  names an enhanced image without frame numbers, or its frames carry no source image
+  references at all, only the series it segments): a SEG frame belongs to each frame of the
+  images of the series it references whose (0020,0032) *Image Position (Patient)* — per
+  frame for enhanced images (Plane Position functional group) — lies within
+  :data:`POSITION_TOLERANCE_MM` of the SEG frame's plane position on every axis. Where a
+  series repeats positions (time points), all of them get the mask.
 
 (0028,135A) *Spatial Locations Preserved* is not required: most SEG writers leave it out
 (pydicom-data's ``liver.dcm`` does), and highdicom refuses source indexing without it
@@ -231,22 +235,20 @@ class SegMasks:
         numbers = sorted(labels)
         channels = np.array([self.segments.index(labels[n]) for n in numbers])
         seg_type = seg.segmentation_type.value
-        referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
-        hits = [by_uid[u] for u in sorted(referenced) if u in by_uid]
-        seg_series = {str(series) for _, series, _ in seg.get_source_image_uids()}
-        # Multi-frame images of the referenced series that the SEG does not name: matched
-        # by position (a SEG made on a volume of an enhanced series).
-        hits += [
-            r
-            for r in rows
-            if str(r["series_instance_uid"]) in seg_series
-            and str(r["sop_instance_uid"]) not in referenced
-            and int(r["frames"]) > 1
-        ]
+        derived = _derivation_references(seg)
+        sources = seg.get_source_image_uids()
+        referenced = {str(uid) for _, _, uid in sources} | set(derived)
+        seg_series = {str(series) for _, series, _ in sources}
+        # The images the SEG names, and the other images of the series it names: each once.
+        hits: dict[str, Mapping[str, Any]] = {}
+        for r in rows:
+            uid = str(r["sop_instance_uid"])
+            if uid in referenced or str(r["series_instance_uid"]) in seg_series:
+                hits.setdefault(uid, by_uid[uid])
         if not hits:
             log.warning("the SEG %s references none of the dataset's images", path)
             return
-        for r in hits:
+        for r in hits.values():
             if (int(r["rows"]), int(r["columns"])) != (int(seg.Rows), int(seg.Columns)):
                 raise CorruptDicomError(
                     path,
@@ -259,56 +261,65 @@ class SegMasks:
             "assert_missing_frames_are_empty": True,
             "skip_overlap_checks": True,
         }
-        single = [str(r["sop_instance_uid"]) for r in hits if int(r["frames"]) == 1]
+        by_position = []
+        single = []
+        for uid, r in hits.items():
+            frames = int(r["frames"])
+            if frames == 1 and uid in derived:
+                single.append(uid)
+            elif frames > 1 and derived.get(uid):
+                for k in range(0, frames, _CHUNK):
+                    wanted = list(range(k + 1, min(k + _CHUNK, frames) + 1))
+                    pixels = self._ask(path, seg.get_pixels_by_source_frame, uid, wanted, **ask)
+                    for n, frame in zip(wanted, _as_binary(pixels, seg_type)):
+                        self._put((uid, n - 1), frame, channels)
+            elif not derived or uid in derived:
+                # The SEG does not say which source frames its frames come from (no source
+                # references at all, or this multi-frame image named without frame numbers).
+                # Otherwise an image it derives no frame from is not matched by position: in a
+                # series with repeated positions (time points) that would paint its masks on
+                # the wrong acquisition.
+                by_position.append(r)
         for k in range(0, len(single), _CHUNK):
             chunk = single[k : k + _CHUNK]
             pixels = self._ask(path, seg.get_pixels_by_source_instance, chunk, **ask)
             for uid, frame in zip(chunk, _as_binary(pixels, seg_type)):
                 self._put((uid, 0), frame, channels)
-        for r in hits:
-            if int(r["frames"]) > 1:
-                self._add_multiframe(path, seg, r, referenced, channels, ask)
-
-    def _add_multiframe(
-        self,
-        path: str,
-        seg: Any,
-        row: Mapping[str, Any],
-        referenced: set[str],
-        channels: np.ndarray,
-        ask: dict[str, Any],
-    ) -> None:
-        uid, frames = str(row["sop_instance_uid"]), int(row["frames"])
-        seg_type = seg.segmentation_type.value
-        if uid in referenced and _references_frames(seg, uid):
-            for k in range(0, frames, _CHUNK):
-                numbers = list(range(k + 1, min(k + _CHUNK, frames) + 1))
-                pixels = self._ask(path, seg.get_pixels_by_source_frame, uid, numbers, **ask)
-                for n, frame in zip(numbers, _as_binary(pixels, seg_type)):
-                    self._put((uid, n - 1), frame, channels)
-            return
-        self._add_by_position(path, seg, row, channels)
+        if by_position:
+            self._add_by_position(seg, by_position, channels)
 
     def _add_by_position(
-        self, path: str, seg: Any, row: Mapping[str, Any], channels: np.ndarray
+        self, seg: Any, rows: Sequence[Mapping[str, Any]], channels: np.ndarray
     ) -> None:
-        """Match the SEG's frames to the image's frames by Image Position (Patient)."""
-        uid, frames = str(row["sop_instance_uid"]), int(row["frames"])
-        image_positions = _frame_positions(row, frames)
+        """Match the SEG's frames to the images' frames by Image Position (Patient)."""
+        keys: list[tuple[str, int]] = []
+        positions = []
+        for r in rows:
+            uid, frames = str(r["sop_instance_uid"]), int(r["frames"])
+            if frames == 1:
+                positions.append([[float(r[f"position_{a}"]) for a in "xyz"]])
+            else:
+                positions.append(_frame_positions(r, frames))
+            keys += [(uid, k) for k in range(frames)]
+        image_positions = np.concatenate([np.asarray(p, float) for p in positions])
         seg_positions, seg_numbers = _seg_frame_positions(seg)
         numbers = sorted(_segment_labels(seg))
         seg_type = seg.segmentation_type.value
         max_fractional = float(seg.get("MaximumFractionalValue", 1) or 1)
         for f, (position, number) in enumerate(zip(seg_positions, seg_numbers)):
-            distance = np.abs(image_positions - position).max(axis=1)
-            if not np.isfinite(distance).any() or np.nanmin(distance) > POSITION_TOLERANCE_MM:
+            if seg_type != "LABELMAP" and number not in numbers:
                 continue
-            k = int(np.nanargmin(distance))
+            # NaN positions compare False: never matched.
+            near = np.flatnonzero(
+                np.abs(image_positions - position).max(axis=1) <= POSITION_TOLERANCE_MM
+            )
+            if not near.size:
+                continue
             stored = (
                 seg.get_stored_frame(f + 1)
                 if hasattr(seg, "get_stored_frame")  # highdicom >= 0.25
                 else seg.pixel_array[f]
-                if seg.NumberOfFrames > 1
+                if int(seg.get("NumberOfFrames", 1)) > 1
                 else seg.pixel_array
             )
             if seg_type == "LABELMAP":
@@ -317,7 +328,8 @@ class SegMasks:
                 values = stored / max_fractional if seg_type == "FRACTIONAL" else stored
                 binary = np.zeros((*stored.shape, len(numbers)), bool)
                 binary[..., numbers.index(number)] = _as_binary(values, seg_type)
-            self._put((uid, k), binary, channels)
+            for j in near:
+                self._put(keys[j], binary, channels)
 
     @staticmethod
     def _ask(path: str, method: Any, *args: Any, **kwargs: Any) -> np.ndarray:
@@ -357,16 +369,17 @@ class SegMasks:
         return m[0] if isinstance(frame, int) else m
 
 
-def _references_frames(seg: Any, uid: str) -> bool:
-    """Whether the SEG's frames name source frames of instance ``uid`` by number."""
+def _derivation_references(seg: Any) -> dict[str, bool]:
+    """The source instances the SEG's frames are derived from ((5200,9230) *Per-frame
+    Functional Groups* → (0008,9124) *Derivation Image* → (0008,2112) *Source Image*), each
+    with whether it names the source frames by (0008,1160) *Referenced Frame Number*."""
+    out: dict[str, bool] = {}
     for groups in seg.get("PerFrameFunctionalGroupsSequence") or []:
         for derivation in groups.get("DerivationImageSequence") or []:
             for source in derivation.get("SourceImageSequence") or []:
-                if str(source.ReferencedSOPInstanceUID) == uid and source.get(
-                    "ReferencedFrameNumber"
-                ):
-                    return True
-    return False
+                uid = str(source.ReferencedSOPInstanceUID)
+                out[uid] = out.get(uid, False) or bool(source.get("ReferencedFrameNumber"))
+    return out
 
 
 def _seg_frame_positions(seg: Any) -> tuple[np.ndarray, list[int]]:
