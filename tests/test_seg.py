@@ -106,7 +106,7 @@ class TestSopInstance:
     def test_masks_equal_highdicom(self, ct_seg):
         sample, sources, pixels, seg_path = ct_seg
         ds = DicomDataset(sample.files, masks=seg_path)
-        assert ds._masks.segments == ["liver", "lesion"]
+        assert ds.mask_segments == ["liver", "lesion"]
         order = [s.SOPInstanceUID for s in sources]
         for i in range(len(ds)):
             item = ds[i]
@@ -161,7 +161,7 @@ class TestSopInstance:
     def test_mirrored_mask_folder_still_works(self, tmp_path):
         sample = ct_like(tmp_path / "ct", n_series=1, slices=3, size=SIZE)
         ds = DicomDataset(sample.root, masks=sample.masks_dir)
-        assert ds._masks.segments is None
+        assert ds.mask_segments is None
         assert ds[0]["mask"].shape == (1, SIZE, SIZE)
 
     def test_picklable_for_workers(self, ct_seg):
@@ -219,7 +219,7 @@ def test_segments_across_series_are_a_union_by_label(tmp_path):
     _write_seg(tmp_path / "segs" / "a.dcm", series[0], ones, ["liver", "lesion"])
     _write_seg(tmp_path / "segs" / "b.dcm", series[1], ones, ["lesion", "spleen"])
     ds = DicomDataset(sample.files, masks=tmp_path / "segs")
-    assert ds._masks.segments == ["liver", "lesion", "spleen"]
+    assert ds.mask_segments == ["liver", "lesion", "spleen"]
     want = {
         series[0][0].SeriesInstanceUID: [1, 1, 0],
         series[1][0].SeriesInstanceUID: [0, 1, 1],
@@ -275,7 +275,7 @@ def test_liver_masks_equal_highdicom(tmp_path):
     folder, uids = _liver_sources(tmp_path)
     ds = DicomDataset(folder, masks=liver)
     assert len(ds) == 4
-    assert ds._masks.segments == ["Liver"]
+    assert ds.mask_segments == ["Liver"]
     seg = hd.seg.segread(liver)
     for i in range(len(ds)):
         item = ds[i]
@@ -483,3 +483,27 @@ def test_clip_masks(enhanced):
     item = clips[1]
     assert item["mask"].shape == (3, 2, 16, 16) and item["mask"].dtype == torch.uint8
     np.testing.assert_array_equal(item["mask"].numpy(), expected[2:5])
+
+
+# --------------------------------------------------------------------------- dependency
+def test_without_highdicom_the_error_names_the_extra(ct_seg, monkeypatch):
+    from torchdicom.data.seg import MissingHighdicomError
+    from torchdicom.errors import TorchDicomError
+
+    sample, _, _, seg_path = ct_seg
+    monkeypatch.setitem(__import__("sys").modules, "highdicom", None)  # import fails
+    with pytest.raises(MissingHighdicomError, match=r"pip install torchdicom\[seg\]") as info:
+        DicomDataset(sample.files, masks=seg_path)
+    assert isinstance(info.value, TorchDicomError) and isinstance(info.value, ImportError)
+
+
+def test_import_torchdicom_does_not_import_highdicom():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torchdicom, torchdicom.data.frames, torchdicom.data.seg;"
+        "print('highdicom' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
