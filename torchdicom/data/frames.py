@@ -12,9 +12,8 @@ import torch
 from torch.utils.data import get_worker_info
 
 from torchdicom.cache import FrameCache
-from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
+from torchdicom.data._base import _Base, _item_starts, _leave_out, _locate, _meta, _Slot
 from torchdicom.data.collate import _batch_buffer
-from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
 from torchdicom.data.sources import (
     LabelSource,
     MaskSource,
@@ -47,12 +46,9 @@ class DicomDataset(_Base):
             path → label, or a callable ``f(path)`` / ``f(path, frame)``.
             String classes are encoded as integers in sorted order
             (:attr:`classes`).
-        masks: a DICOM Segmentation (SEG) file or a folder of them (read with
-            highdicom, ``pip install torchdicom[seg]``; one mask channel per
-            segment, see :mod:`torchdicom.data.seg`), or paired mask files: a
-            directory mirroring the image tree, a mapping, or a callable image
-            path → mask path (masks are DICOM; the same frame is read). A
-            folder is a SEG folder when its first DICOM file is a SEG.
+        masks: paired mask files: a directory mirroring the image tree, a
+            mapping, or a callable image path → mask path. Masks are DICOM;
+            the same frame is read.
         transform: CPU-side callable on the item dict (e.g.
             :class:`~torchdicom.transforms.AlbumentationsAdapter`).
         on_error: ``"raise"`` (default) or ``"skip"``: substitute the next
@@ -66,26 +62,17 @@ class DicomDataset(_Base):
             directory or a file list.
         label_column: the label column of a CSV/DataFrame (default: the first
             column that is not the file column).
-        size: output (H, W) (or an int for a square) every item is resized to, per
-            item in the DataLoader worker, rounded back to the stored dtype (see
-            :class:`~torchdicom.data.resize.SizePolicy`); items then carry
-            ``original_size``, ``crop``, ``scale``, ``pad`` (map predictions back with
-            :func:`~torchdicom.data.resize.to_original`). None: sizes as stored.
-        resize: ``"stretch"``, ``"letterbox"`` (scale the longest side, pad) or
-            ``"crop"`` (scale the shortest side, centre-crop); masks follow, nearest.
-        channels: None (each file's own; with ``size`` set, a collection mixing grey
-            and colour raises at construction, naming ``channels=1`` / ``channels=3``),
-            1 (colour becomes luma) or 3 (grey is repeated).
+        exclude: folders whose files are not items (absolute, or relative to
+            the collection root), e.g. a mask folder inside the image folder
+            that is not given as ``masks`` (one that is, is left out anyway).
 
     Item (dict):
         ``image`` (C, H, W) in the dataset's one stored dtype :attr:`dtype`;
         ``slope``, ``intercept``,
         ``window_center``, ``window_width`` float (NaN where absent);
         ``monochrome1`` bool; ``bits_stored`` int; ``ybr`` bool (frames left
-        in YCbCr); ``label`` (when labels given); ``mask`` (S, H, W) uint8
-        (when masks given: S segments of the SEGs, in :attr:`mask_segments`
-        order, 0/1, zeros for frames no segment covers; S = 1 for mask
-        files); ``path`` str; ``frame`` int; ``index`` int.
+        in YCbCr); ``label`` (when labels given); ``mask`` (1, H, W) uint8
+        (when masks given); ``path`` str; ``frame`` int; ``index`` int.
 
     Stored dtype:
         Every ``image`` of a dataset has one dtype, :attr:`dtype`, so any two items
@@ -118,9 +105,7 @@ class DicomDataset(_Base):
         cache: FrameCache | str | os.PathLike[str] | None = None,
         index_cache: str | os.PathLike[str] | None = None,
         label_column: str | None = None,
-        size: int | tuple[int, int] | None = None,
-        resize: ResizeMode = "stretch",
-        channels: Literal[1, 3] | None = None,
+        exclude: Sequence[str | os.PathLike[str]] = (),
     ):
         super().__init__(
             source, on_error=on_error, color=color, cache=cache, index_cache=index_cache
@@ -132,7 +117,7 @@ class DicomDataset(_Base):
         self.frames = frames
         self.transform = transform
         self._masks = _MaskResolver(masks, self.root)
-        self.rows = self._masks.exclude(self.rows)
+        self.rows = _leave_out(self._masks.exclude(self.rows), exclude, self.root)
         if isinstance(frames, int) and frames != 0:
             keep = [r for r in self.rows if int(r["frames"]) > frames]
             if len(keep) < len(self.rows):
@@ -143,9 +128,6 @@ class DicomDataset(_Base):
                 )
             self.rows = keep
         self._starts = _item_starts([int(r["frames"]) if frames == "all" else 1 for r in self.rows])
-        self.size_policy = SizePolicy(size, resize, channels)
-        if size is not None:  # a size promises items that batch: grey and colour must agree
-            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
 
         self._labeler = _Labeler(labels, label_column)
         self.classes: list[str] | None = None
@@ -167,11 +149,6 @@ class DicomDataset(_Base):
 
     def __len__(self) -> int:
         return int(self._starts[-1])
-
-    @property
-    def mask_segments(self) -> list[str] | None:
-        """The segment label of each ``mask`` channel with SEG masks (None for mask files)."""
-        return self._masks.segments
 
     def items_per_file(self) -> np.ndarray:
         """Number of items each file of :attr:`rows` contributes, (len(rows),) int64."""
@@ -201,8 +178,7 @@ class DicomDataset(_Base):
         more than reading the files); in a worker it is shared memory, which crosses to
         the main process uncopied. Otherwise items are read one by one, as by ``[i]``.
         """
-        # A size policy makes a new image per item: nothing to read into one buffer.
-        batch = None if self.size_policy else self._batch_slots(indices)
+        batch = self._batch_slots(indices)
         if batch is None:
             return [self._fetch(i) for i in indices]
         into, located = batch
@@ -296,8 +272,6 @@ class DicomDataset(_Base):
         if self._masks:
             item["mask"] = self._masks.read(row, frame, image.shape[-2:])
         item.update(path=row["path"], frame=frame, index=i)
-        if self.size_policy:
-            item = self.size_policy(item)
         if self.transform is not None:
             item = self.transform(item)
         return item
