@@ -507,3 +507,35 @@ def test_import_torchdicom_does_not_import_highdicom():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("segmentation_type", ["FRACTIONAL", "LABELMAP"])
+def test_enhanced_by_position_fractional_and_labelmap(tmp_path, segmentation_type):
+    source = _enhanced_ct(tmp_path / "enh.dcm")
+    rng = np.random.default_rng(3)
+    if segmentation_type == "FRACTIONAL":
+        pixels = rng.random((EFRAMES, 16, 16, 2)).astype(np.float32)
+    else:
+        pixels = rng.integers(0, 3, (EFRAMES, 16, 16)).astype(np.uint8)
+    seg_path = _write_seg(tmp_path / "s.dcm", [source], pixels, ["a", "b"], segmentation_type)
+    stripped = _without_frame_references(seg_path, tmp_path / "pos.dcm", True)
+    ds = DicomDataset([tmp_path / "enh.dcm"], masks=stripped)
+    expected = _by_frame(seg_path, source.SOPInstanceUID)
+    if segmentation_type == "FRACTIONAL":
+        expected = (expected >= 0.5).astype(np.uint8)
+    assert expected.any() and not expected.all()
+    for i in range(EFRAMES):
+        np.testing.assert_array_equal(ds[i]["mask"].numpy(), expected[i])
+
+
+def test_non_seg_files_in_a_seg_folder_are_left_out(ct_seg, tmp_path, caplog):
+    sample, _, _, seg_path = ct_seg
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(seg_path, folder / "a_seg.dcm")
+    shutil.copy(sample.files[0], folder / "z_ct.dcm")
+    with caplog.at_level("WARNING", logger="torchdicom.data"):
+        ds = DicomDataset(sample.files, masks=folder)
+    assert "not DICOM Segmentations" in caplog.text
+    assert ds.mask_segments == ["liver", "lesion"]
+    np.testing.assert_array_equal(ds[0]["mask"].numpy(), _expected(seg_path, _uid(ds[0])))

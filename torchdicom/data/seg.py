@@ -335,9 +335,11 @@ class SegMasks:
     def _ask(path: str, method: Any, *args: Any, **kwargs: Any) -> np.ndarray:
         try:
             return method(*args, **kwargs)
-        except (ValueError, RuntimeError, KeyError, AttributeError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # highdicom and the pixel decoders raise many kinds
             raise CorruptDicomError(
-                path, f"cannot map SEG frames to source images: {exc}"
+                path, f"cannot read the SEG's frames for its source images: {exc}"
             ) from None
 
     def _put(self, key: tuple[str, int], frame: np.ndarray, channels: np.ndarray) -> None:
