@@ -28,7 +28,7 @@ from tests.conftest import real_file, real_files
 from tests.dicom_factory import pixel_array_fchw, write_dicom
 from torchdicom import scaled_px, scan
 from torchdicom.errors import MissingPixelDataError, TorchDicomError
-from torchdicom.io.frames import read_frames
+from torchdicom.io.frames import decoding_plugin, read_frames
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 REAL = real_files()
@@ -62,15 +62,30 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int:
         return 0
 
 
+def _plugin(ds: pydicom.Dataset) -> dict[str, str]:
+    """The decoding plugin torchdicom pins for this file, for pydicom to use too.
+
+    pydicom's own choice depends on what is installed (GDCM first when
+    python-gdcm is); lossy JPEG decoders differ by a few levels, so the
+    reference decodes with the same plugin (lossless ones agree anyway).
+    """
+    meta = getattr(ds, "file_meta", None)
+    uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    plugin = decoding_plugin(uid, _int(ds, "BitsStored")) if uid else ""
+    return {"decoding_plugin": plugin} if plugin else {}
+
+
 def _reference_frames(ds: pydicom.Dataset, frames: list[int] | None) -> np.ndarray:
     """pydicom's pixels as (F, C, H, W): all frames, or the listed ones one by one."""
+    pinned = _plugin(ds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if frames is None:
+            ds.pixel_array_options(**pinned)
             return pixel_array_fchw(ds)
         arrays = []
         for k in frames:
-            arr = pydicom.pixels.pixel_array(ds, index=k)
+            arr = pydicom.pixels.pixel_array(ds, index=k, **pinned)
             spp = int(ds.get("SamplesPerPixel", 1) or 1)
             arrays.append(arr[None] if spp == 1 else np.moveaxis(arr, -1, 0))
         out = np.stack(arrays)

@@ -277,7 +277,7 @@ def check_frame(
     bits_allocated: int,
     path: str | None,
     index: int,
-) -> None:
+) -> CodestreamHeader | None:
     """Refuse a frame whose code-stream disagrees with the DICOM header.
 
     Args:
@@ -290,6 +290,10 @@ def check_frame(
         path: the file, for the message.
         index: the 0-based frame, for the message.
 
+    Returns:
+        The parsed header (JPEG, JPEG-LS, JPEG 2000), or ``None`` (RLE and
+        syntaxes without a checked code-stream).
+
     Raises:
         CorruptDicomError: a mismatch ("(0028,0010) Rows is 512 but the
             JPEG-LS code-stream says 256"), or an absent or unreadable
@@ -297,11 +301,11 @@ def check_frame(
     """
     family = codestream_family(transfer_syntax)
     if family is None:
-        return
+        return None
     try:
         if family == "RLE":
             _check_rle(frame, samples_per_pixel, bits_allocated)
-            return
+            return None
         info = parse_j2k(frame) if family == "JPEG 2000" else parse_jpeg(frame, family)
     except _Unparseable as exc:
         raise CorruptDicomError(path, f"pixel data cannot be decoded: {exc}", frame=index) from None
@@ -324,6 +328,7 @@ def check_frame(
             f" {info.precision}-bit samples",
             frame=index,
         )
+    return info
 
 
 class _Mismatch(ValueError):
@@ -392,7 +397,12 @@ def native_frames_held(
 
 
 def encapsulated_frames_held(
-    read_at: Callable[[int, int], bytes], start: int, end: int, declared: int
+    read_at: Callable[[int, int], bytes],
+    start: int,
+    end: int,
+    declared: int,
+    *,
+    one_fragment_per_frame: bool = False,
 ) -> tuple[int, int]:
     """How many frames pydicom finds in encapsulated pixel data, and how many images it holds.
 
@@ -410,6 +420,8 @@ def encapsulated_frames_held(
         start: the file offset of the pixel data value (the offset table's item tag).
         end: where reading must stop (the file size).
         declared: (0028,0008) *Number of Frames*, 1 when absent.
+        one_fragment_per_frame: RLE (PS3.5 A.4.2: each frame in exactly one
+            fragment), where every fragment is an image.
 
     Returns:
         ``(frames, images)``: the frames pydicom decodes (``declared`` unless
@@ -436,6 +448,9 @@ def encapsulated_frames_held(
         pos += 8 + length
     if len(fragments) <= 1 or len(fragments) <= declared:
         return declared, declared
+    if one_fragment_per_frame and declared == 1:
+        # pydicom joins them into one frame; each was an image all the same.
+        return 1, len(fragments)
     ends = 0
     trailing = False
     for offset, length in fragments:
@@ -452,6 +467,7 @@ def frames_held(
     path: str,
     declared: int | None,
     *,
+    transfer_syntax: str,
     encapsulated: bool,
     offset: int,
     length: int,
@@ -475,6 +491,7 @@ def frames_held(
     Args:
         path: the file (read only for encapsulated data not in memory).
         declared: (0028,0008) *Number of Frames*, ``None`` when absent.
+        transfer_syntax: (0002,0010) *Transfer Syntax UID*.
         encapsulated: whether the transfer syntax is encapsulated.
         offset: file offset of the pixel data value (-1: not addressable).
         length: the value's length in bytes (-1: undefined or unknown).
@@ -486,6 +503,7 @@ def frames_held(
         The number of frames to index (at least ``declared``, or 1).
     """
     count = 1 if declared is None else declared
+    rle = transfer_syntax == uids.RLELossless
     said = "absent" if declared is None else str(declared)
     if not encapsulated:
         if length < 0 and value is not None:
@@ -502,7 +520,7 @@ def frames_held(
         images = held
     elif value is not None:
         held, images = encapsulated_frames_held(
-            lambda at, n: value[at : at + n], 0, len(value), count
+            lambda at, n: value[at : at + n], 0, len(value), count, one_fragment_per_frame=rle
         )
     elif offset >= 0 and length < 0:
         try:
@@ -512,7 +530,11 @@ def frames_held(
         try:
             end = os.fstat(fd).st_size
             held, images = encapsulated_frames_held(
-                lambda at, n: os.pread(fd, max(0, min(n, end - at)), at), offset, end, count
+                lambda at, n: os.pread(fd, max(0, min(n, end - at)), at),
+                offset,
+                end,
+                count,
+                one_fragment_per_frame=rle,
             )
         finally:
             os.close(fd)

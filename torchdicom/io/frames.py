@@ -703,7 +703,7 @@ def _decode_codestream(
     *Rows*, (0028,0011) *Columns*, (0028,0002) *Samples per Pixel* or
     (0028,0100) *Bits Allocated*; see :mod:`torchdicom.io.codestream`.
     """
-    check_frame(
+    info = check_frame(
         frame,
         row["transfer_syntax"],
         rows=int(row["rows"]),
@@ -713,6 +713,18 @@ def _decode_codestream(
         path=row["path"],
         index=index,
     )
+    widen = None
+    if (
+        info is not None
+        and info.kind != "JPEG 2000"
+        and info.precision <= 8 < opts["bits_allocated"]
+    ):
+        # An 8-bit JPEG / JPEG-LS stream in 16-bit storage (legal: Bits Stored
+        # 8, Bits Allocated 16): pylibjpeg returns 8-bit samples that pydicom
+        # would read as 16-bit ones and fail. Decode as 8-bit, then widen to
+        # the stored dtype (the values GDCM gives).
+        opts = {**opts, "bits_allocated": 8, "bits_stored": min(opts["bits_stored"], 8)}
+        widen = _np_dtype(row)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         arr, _ = decoder.as_array(
@@ -722,6 +734,8 @@ def _decode_codestream(
             decoding_plugin=plugin,
             **{**opts, "number_of_frames": 1},
         )
+    if widen is not None:
+        arr = arr.astype(widen)
     return _to_chw(arr, int(row["samples_per_pixel"]))
 
 

@@ -527,6 +527,7 @@ def row_from_dataset(
     frames = frames_held(
         path,
         frames if "NumberOfFrames" in ds else None,
+        transfer_syntax=str(uid),
         encapsulated=encapsulated,
         offset=int(value_tell) if addressable else -1,
         length=-1 if length in (None, _UNDEFINED_LENGTH) else int(length),
