@@ -265,11 +265,15 @@ def test_volume_order_spacing_and_hu(ct):
         dy, dx = (float(v) for v in headers[0].PixelSpacing)
         assert item["spacing"].dtype == torch.float64
         assert item["spacing"].tolist() == pytest.approx([dz, dy, dx])
-        assert item["volume"].shape == (6, 32, 32) and item["volume"].dtype == torch.float32
+        assert item["image"].shape == (1, 6, 32, 32) and item["image"].dtype == vols.dtype
+        assert item["slope"].shape == item["intercept"].shape == (6,)
         for k, h in enumerate(headers):
-            stored = read_frames(item["paths"][k], 0)[0, 0].double()
-            hu = stored * float(h.RescaleSlope) + float(h.RescaleIntercept)
-            assert torch.equal(item["volume"][k].double(), hu)
+            stored = read_frames(item["paths"][k], 0)[0, 0]
+            assert torch.equal(item["image"][0, k], stored.to(vols.dtype))
+            assert item["slope"][k] == float(h.RescaleSlope)
+            assert item["intercept"][k] == float(h.RescaleIntercept)
+            voxel = item["affine"] @ torch.tensor([0.0, 0.0, k, 1.0], dtype=torch.float64)
+            assert voxel[:3].tolist() == pytest.approx([float(v) for v in h.ImagePositionPatient])
     assert scrambled == 1  # series 3 of ct_like
 
 

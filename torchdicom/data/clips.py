@@ -32,8 +32,9 @@ class DicomClipDataset(_Base):
 
     Item (dict):
         ``image`` (T, C, H, W) in the dataset's one stored dtype :attr:`dtype`
-        (chosen as for :class:`DicomDataset`); ``mask`` (T, 1, H, W) when masks
-        given; ``path``; ``frame`` (first frame of the clip); ``index`` and the
+        (chosen as for :class:`DicomDataset`); ``mask`` (T, S, H, W) uint8 when
+        masks given (S as for :class:`DicomDataset`, :attr:`mask_segments`);
+        ``path``; ``frame`` (first frame of the clip); ``index`` and the
         per-file metadata as in :class:`DicomDataset`. Files with fewer than
         ``clip_len`` frames give no clip.
     """
@@ -69,6 +70,11 @@ class DicomClipDataset(_Base):
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    @property
+    def mask_segments(self) -> list[str] | None:
+        """The segment label of each ``mask`` channel with SEG masks (None for mask files)."""
+        return self._masks.segments
 
     def locate(self, i: int) -> tuple[int, int]:
         """(file position, first frame) of clip ``i``."""

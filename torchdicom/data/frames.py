@@ -46,9 +46,12 @@ class DicomDataset(_Base):
             path → label, or a callable ``f(path)`` / ``f(path, frame)``.
             String classes are encoded as integers in sorted order
             (:attr:`classes`).
-        masks: paired mask files: a directory mirroring the image tree, a
-            mapping, or a callable image path → mask path. Masks are DICOM;
-            the same frame is read.
+        masks: a DICOM Segmentation (SEG) file or a folder of them (read with
+            highdicom, ``pip install torchdicom[seg]``; one mask channel per
+            segment, see :mod:`torchdicom.data.seg`), or paired mask files: a
+            directory mirroring the image tree, a mapping, or a callable image
+            path → mask path (masks are DICOM; the same frame is read). A
+            folder is a SEG folder when its first DICOM file is a SEG.
         transform: CPU-side callable on the item dict (e.g.
             :class:`~torchdicom.transforms.AlbumentationsAdapter`).
         on_error: ``"raise"`` (default) or ``"skip"``: substitute the next
@@ -71,8 +74,10 @@ class DicomDataset(_Base):
         ``slope``, ``intercept``,
         ``window_center``, ``window_width`` float (NaN where absent);
         ``monochrome1`` bool; ``bits_stored`` int; ``ybr`` bool (frames left
-        in YCbCr); ``label`` (when labels given); ``mask`` (1, H, W) uint8
-        (when masks given); ``path`` str; ``frame`` int; ``index`` int.
+        in YCbCr); ``label`` (when labels given); ``mask`` (S, H, W) uint8
+        (when masks given: S segments of the SEGs, in :attr:`mask_segments`
+        order, 0/1, zeros for frames no segment covers; S = 1 for mask
+        files); ``path`` str; ``frame`` int; ``index`` int.
 
     Stored dtype:
         Every ``image`` of a dataset has one dtype, :attr:`dtype`, so any two items
@@ -149,6 +154,11 @@ class DicomDataset(_Base):
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    @property
+    def mask_segments(self) -> list[str] | None:
+        """The segment label of each ``mask`` channel with SEG masks (None for mask files)."""
+        return self._masks.segments
 
     def items_per_file(self) -> np.ndarray:
         """Number of items each file of :attr:`rows` contributes, (len(rows),) int64."""
