@@ -35,7 +35,9 @@ class DicomClipDataset(_Base):
         (chosen as for :class:`DicomDataset`); ``mask`` (T, S, H, W) uint8 when
         masks given (S as for :class:`DicomDataset`, :attr:`mask_segments`);
         ``path``; ``frame`` (first frame of the clip); ``index`` and the
-        per-file metadata as in :class:`DicomDataset`. Files with fewer than
+        per-file metadata as in :class:`DicomDataset` (for enhanced files with
+        per-frame values: the clip's first frame's rescale, window and
+        ``affine``). Files with fewer than
         ``clip_len`` frames give no clip.
     """
 

@@ -72,7 +72,10 @@ class DicomDataset(_Base):
     Item (dict):
         ``image`` (C, H, W) in the dataset's one stored dtype :attr:`dtype`;
         ``slope``, ``intercept``,
-        ``window_center``, ``window_width`` float (NaN where absent);
+        ``window_center``, ``window_width`` float (NaN where absent; frames of
+        enhanced multi-frame files carry their own, from their per-frame
+        functional groups); ``affine`` (4, 4) float64 voxel (column, row,
+        slice) → patient LPS mm of the frame (:mod:`torchdicom.io.geometry`);
         ``monochrome1`` bool; ``bits_stored`` int; ``ybr`` bool (frames left
         in YCbCr); ``label`` (when labels given); ``mask`` (S, H, W) uint8
         (when masks given: S segments of the SEGs, in :attr:`mask_segments`
