@@ -539,3 +539,12 @@ def test_non_seg_files_in_a_seg_folder_are_left_out(ct_seg, tmp_path, caplog):
     assert "not DICOM Segmentations" in caplog.text
     assert ds.mask_segments == ["liver", "lesion"]
     np.testing.assert_array_equal(ds[0]["mask"].numpy(), _expected(seg_path, _uid(ds[0])))
+
+
+def test_segments_with_one_label_keep_their_own_channels(ct_seg, tmp_path):
+    sample, sources, pixels, _ = ct_seg
+    seg_path = _write_seg(tmp_path / "same.dcm", sources, pixels, ["liver", "liver"])
+    ds = DicomDataset(sample.files, masks=seg_path)
+    assert ds.mask_segments == ["liver", "liver (2)"]
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(ds[i]["mask"].numpy(), _expected(seg_path, _uid(ds[i])))

@@ -119,12 +119,22 @@ def find_seg_files(masks: str | os.PathLike[str]) -> list[str] | None:
     return None
 
 
-def _read_seg(path: str) -> Any:
-    hd = _highdicom()
-    ds = dcmread(path)
+def _check_seg(path: str, ds: Any) -> Any:
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in SEG_SOP_CLASSES:
         raise NotDicomError(path, f"not a DICOM Segmentation (SOP Class UID {sop_class or '?'})")
+    return ds
+
+
+def _seg_header(path: str) -> Any:
+    """The SEG's header without its pixel data."""
+    return _check_seg(path, dcmread(path, stop_before_pixels=True))
+
+
+def _read_seg(path: str) -> Any:
+    """The whole SEG as a highdicom ``Segmentation``."""
+    hd = _highdicom()
+    ds = _check_seg(path, dcmread(path))
     try:
         return hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:  # highdicom's checks raise ValueError, AttributeError, KeyError …
@@ -132,18 +142,36 @@ def _read_seg(path: str) -> Any:
 
 
 def _segment_labels(seg: Any) -> dict[int, str]:
-    """Segment number → (0062,0005) *Segment Label* (``"Segment <n>"`` where absent).
+    """Segment number → its channel name, in segment-number order: the (0062,0005) *Segment
+    Label* (``"Segment <n>"`` where absent), with ``" (2)"``, ``" (3)"`` … added to a label
+    that an earlier segment of the same SEG has already, so that each segment of a SEG has
+    a channel of its own.
 
     A LABELMAP's background segment (number 0) is not a segment here: it gets no channel.
     """
-    numbers = {int(n) for n in seg.segment_numbers}
-    return {
+    # highdicom's Segmentation.segment_numbers: all but the one equal to (0028,0120) *Pixel
+    # Padding Value* (a LABELMAP's background); works on the plain header too.
+    background = seg.get("PixelPaddingValue")
+    numbers = {
+        int(item.SegmentNumber)
+        for item in seg.SegmentSequence
+        if background is None or int(item.SegmentNumber) != int(background)
+    }
+    labels = {
         int(item.SegmentNumber): str(
             item.get("SegmentLabel", "") or f"Segment {item.SegmentNumber}"
         )
         for item in seg.SegmentSequence
         if int(item.SegmentNumber) in numbers
     }
+    out: dict[int, str] = {}
+    for number in sorted(labels):
+        name, k = labels[number], 1
+        while name in out.values():
+            k += 1
+            name = f"{labels[number]} ({k})"
+        out[number] = name
+    return out
 
 
 def _as_binary(pixels: np.ndarray, segmentation_type: str) -> np.ndarray:
@@ -190,9 +218,10 @@ class SegMasks:
             the SEGs' (0062,0005) *Segment Label* values, in order of first appearance with
             the SEG files taken in path order and each SEG's segments in segment-number
             order. When every SEG has the same segments (one SEG per series, the usual
-            case), these are simply its segments in segment-number order. Segments with the
-            same label share a channel; where two SEGs cover one frame, their pixels are
-            or-ed.
+            case), these are simply its segments in segment-number order. Segments of
+            different SEGs with the same label share a channel (where two SEGs cover one
+            frame, their pixels are or-ed); within one SEG a repeated label gets ``" (2)"``
+            … so that each segment has its own channel.
         seg_paths: the SEG files, sorted.
 
     Raises:
@@ -207,18 +236,24 @@ class SegMasks:
         self.seg_paths = sorted(os.fspath(p) for p in seg_paths)
         if not self.seg_paths:
             raise ValueError("no DICOM SEG files given for masks")
-        segs = [(p, _read_seg(p)) for p in self.seg_paths]
+        _highdicom()  # before reading anything: say what to install
+        # The channels first, from the headers; then one whole SEG in memory at a time.
         self.segments: list[str] = []
-        for _, seg in segs:
-            for label in _segment_labels(seg).values():
+        for path in self.seg_paths:
+            header = _seg_header(path)
+            try:
+                labels = _segment_labels(header)
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise CorruptDicomError(path, f"unreadable Segment Sequence: {exc}") from None
+            for label in labels.values():
                 if label not in self.segments:
                     self.segments.append(label)
         self._packed: dict[tuple[str, int], np.ndarray] = {}
         by_uid: dict[str, Mapping[str, Any]] = {}
         for r in rows:
             by_uid.setdefault(str(r["sop_instance_uid"]), r)
-        for path, seg in segs:
-            self._add(path, seg, by_uid, rows)
+        for path in self.seg_paths:
+            self._add(path, _read_seg(path), by_uid, rows)
 
     def __len__(self) -> int:
         """The number of mask channels S."""
