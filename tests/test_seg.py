@@ -297,11 +297,12 @@ def test_not_a_seg_file(ct_seg):
         DicomDataset(sample.files, masks=sample.files[0])
 
 
-def test_damaged_seg(ct_seg, tmp_path):
+@pytest.mark.parametrize("kept", [0.3, 0.6, 0.95])
+def test_damaged_seg(ct_seg, tmp_path, kept):
     sample, _, _, seg_path = ct_seg
     data = seg_path.read_bytes()
     broken = tmp_path / "broken.dcm"
-    broken.write_bytes(data[: len(data) // 2])
+    broken.write_bytes(data[: int(len(data) * kept)])
     with pytest.raises((CorruptDicomError, NotDicomError), match=r"broken\.dcm"):
         DicomDataset(sample.files, masks=broken)
 

@@ -42,8 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchdicom.errors import CorruptDicomError, NotDicomError, TorchDicomError
+from torchdicom.errors import (
+    CorruptDicomError,
+    MissingPixelDataError,
+    NotDicomError,
+    TorchDicomError,
+)
 from torchdicom.io.files import get_dicom_files
+from torchdicom.io.frames import _check_encapsulated_size, _check_native_size, row_for_path
 from torchdicom.io.header import dcmread
 
 __all__ = ["POSITION_TOLERANCE_MM", "SEG_SOP_CLASSES", "SegMasks", "find_seg_files"]
@@ -132,8 +138,21 @@ def _seg_header(path: str) -> Any:
 
 
 def _read_seg(path: str) -> Any:
-    """The whole SEG as a highdicom ``Segmentation``."""
+    """The whole SEG as a highdicom ``Segmentation``.
+
+    Its declared pixel data size is checked against the file first (as for every read):
+    a truncated SEG or a lying header is a :class:`CorruptDicomError`, not a failed
+    reshape or an out-of-memory deep in highdicom.
+    """
     hd = _highdicom()
+    try:
+        row = row_for_path(path)
+    except MissingPixelDataError:
+        raise CorruptDicomError(path, "a SEG without (7FE0,0010) Pixel Data") from None
+    if row["encapsulated"]:
+        _check_encapsulated_size(row)
+    else:
+        _check_native_size(row)
     ds = _check_seg(path, dcmread(path))
     try:
         return hd.seg.Segmentation.from_dataset(ds, copy=False)
@@ -241,6 +260,8 @@ class SegMasks:
         self.segments: list[str] = []
         for path in self.seg_paths:
             header = _seg_header(path)
+            if "SegmentSequence" not in header:
+                raise CorruptDicomError(path, "a SEG without (0062,0002) Segment Sequence")
             try:
                 labels = _segment_labels(header)
             except (AttributeError, TypeError, ValueError) as exc:
