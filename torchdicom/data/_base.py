@@ -188,7 +188,7 @@ def stored_dtype(rows: Iterable[Mapping[str, Any]]) -> np.dtype:
         if own is not None:
             files_in[own] += n
     if floats:
-        exact32 = -_FLOAT32_EXACT <= lo and hi <= _FLOAT32_EXACT
+        exact32 = lo >= -_FLOAT32_EXACT and hi <= _FLOAT32_EXACT
         return np.dtype("f8") if np.dtype("f8") in floats or not exact32 else np.dtype("f4")
     fits = [d for d in _INT_DTYPES if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max]
     if not fits:

@@ -30,13 +30,17 @@ class Collate:
             background) instead of raising.
 
     Raises:
-        ValueError: images of different shapes (without ``pad``); the message
-            lists the shapes and files.
+        ValueError: images of different shapes (without ``pad``), or tensors of
+            one key in different dtypes (items of one dataset share its
+            :attr:`~DicomDataset.dtype`; items of two datasets may not); the
+            message lists the shapes or dtypes and files. Nothing is ever cast
+            into another item's dtype.
 
     Batch:
-        ``image`` (B, C, H, W) (or (B, T, C, H, W) for clips); ``slope``,
+        ``image`` (B, C, H, W) (or (B, T, C, H, W) for clips) in the items' one
+        dtype; any other tensor key stacked in its own dtype; ``slope``,
         ``intercept``, ``window_center``, ``window_width`` float32 (B,);
-        ``monochrome1``, ``ybr`` bool (B,); ``bits_stored``, ``frame``,
+        ``monochrome1``, ``signed``, ``ybr`` bool (B,); ``bits_stored``, ``frame``,
         ``index`` int64 (B,); ``label`` int64 / float32 (B,); ``mask`` uint8
         like ``image`` with C=1; ``path`` list[str].
     """
@@ -54,7 +58,7 @@ class Collate:
                 out[key] = self._stack(values, items, key)
             elif key in _FLOAT_KEYS:
                 out[key] = torch.tensor(values, dtype=torch.float32)
-            elif key in ("monochrome1", "ybr", "substituted"):
+            elif key in ("monochrome1", "signed", "ybr", "substituted"):
                 out[key] = torch.tensor(values, dtype=torch.bool)
             elif key in ("bits_stored", "frame", "index"):
                 out[key] = torch.tensor(values, dtype=torch.int64)
@@ -72,6 +76,19 @@ class Collate:
         whole = _whole_buffer(values)
         if whole is not None:
             return whole
+        dtypes = {v.dtype for v in values}
+        if len(dtypes) > 1:
+            # torch.stack(out=) would cast every item into the first one's dtype
+            # (silently cutting int16 CT values into a uint8 buffer, say).
+            first: dict[torch.dtype, str] = {}  # one item of each dtype
+            for v, it in zip(values, items):
+                first.setdefault(v.dtype, it.get("path", "?"))
+            detail = ", ".join(f"{dtype} {path}" for dtype, path in first.items())
+            raise ValueError(
+                f"cannot batch {key}s of different dtypes: {detail};"
+                f" items of one dataset share its dtype — are the items from two datasets, or"
+                f" does a transform change the dtype of some?"
+            )
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) == 1:
             return torch.stack(values, out=_batch_buffer(values[0], len(values)))

@@ -195,7 +195,10 @@ def _rescale_params(
 
 
 def invert_monochrome1(
-    x: Tensor, bits_stored: Param, apply: Tensor | bool = True, signed: bool | None = None
+    x: Tensor,
+    bits_stored: Param,
+    apply: Tensor | bool = True,
+    signed: Tensor | bool | None = None,
 ) -> Tensor:
     r"""Invert MONOCHROME1 stored values so that larger means brighter, as in MONOCHROME2.
 
@@ -209,8 +212,10 @@ def invert_monochrome1(
         bits_stored: a number or a (B,) tensor.
         apply: ``True``, or a (B,) bool tensor selecting the samples to invert (the batch's
             ``monochrome1`` flags); the others are returned unchanged.
-        signed: whether values are two's complement; ``None`` infers it from the dtype (signed
-            integer dtypes are signed, unsigned and float dtypes are not).
+        signed: whether values are two's complement: a bool, a (B,) bool tensor (the batch's
+            ``signed`` flags: a dataset mixing signed and unsigned files stores both in one
+            signed dtype), or ``None`` to infer it from the dtype (signed integer dtypes are
+            signed, unsigned and float dtypes are not).
 
     Returns:
         same dtype and shape as ``x``.
@@ -232,7 +237,11 @@ def invert_monochrome1(
     bits = per_sample(bits_stored, "bits_stored", b, xb.device, torch.int64)
     if bool(((bits < 1) | (bits > 32)).any()):
         raise ValueError(f"bits_stored must be in 1..32. Got: {bits.flatten().tolist()}")
-    total = torch.full_like(bits, -1) if signed else (1 << bits) - 1
+    if isinstance(signed, Tensor):
+        two_complement = per_sample(signed, "signed", b, xb.device, torch.bool)
+        total = torch.where(two_complement, torch.full_like(bits, -1), (1 << bits) - 1)
+    else:
+        total = torch.full_like(bits, -1) if signed else (1 << bits) - 1
     inverted = (total.to(work) - xb.to(work)).to(xb.dtype)
     if isinstance(apply, bool):
         return unbatch(inverted if apply else xb.clone(), batched)

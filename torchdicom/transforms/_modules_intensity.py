@@ -35,7 +35,8 @@ class Rescale(nn.Module):
     r"""Stored values → Hounsfield (modality) units with each sample's slope and intercept.
 
     On a batch dict it reads ``slope`` and ``intercept`` (NaN → 1 and 0). When the dict has
-    ``monochrome1`` flags and ``bits_stored``, flagged samples are inverted first
+    ``monochrome1`` flags and ``bits_stored``, flagged samples are inverted first (as
+    two's complement values where the dict's ``signed`` flags say so, else by the dtype)
     (:func:`invert_monochrome1`) and their ``window_center`` is mirrored the same way
     (``slope * (max + min) + 2 * intercept - centre``), so :meth:`Window.from_header` still
     selects the same tissue, now displayed MONOCHROME2-style.
@@ -72,7 +73,9 @@ class Rescale(nn.Module):
         flags = data["monochrome1"]
         out = dict(data)
         image = data["image"]
-        inverted = invert_monochrome1(image, data["bits_stored"], apply=flags.to(image.device))
+        inverted = invert_monochrome1(
+            image, data["bits_stored"], apply=flags.to(image.device), signed=data.get("signed")
+        )
         out["image"] = rescale(inverted, slope, intercept)
         if "window_center" in data:
             out["window_center"] = _mirror_centre(data, inverted, slope, intercept)
@@ -100,8 +103,13 @@ def _mirror_centre(data: Mapping[str, Any], image: Tensor, slope: Any, intercept
         .to(torch.float64)
         .expand(centre.shape)
     )
-    signed = image.is_signed() and not image.is_floating_point()
-    total = torch.full_like(bits, -1.0) if signed else torch.pow(2.0, bits) - 1
+    signed = data.get("signed")
+    if signed is None:
+        signed = image.is_signed() and not image.is_floating_point()
+    two_complement = (
+        torch.as_tensor(signed, device=centre.device).to(torch.bool).expand(centre.shape)
+    )
+    total = torch.where(two_complement, torch.full_like(bits, -1.0), torch.pow(2.0, bits) - 1)
     s = torch.as_tensor(slope, dtype=torch.float64, device=centre.device).expand(centre.shape)
     i = torch.as_tensor(intercept, dtype=torch.float64, device=centre.device).expand(centre.shape)
     s, i = rescale_parameters(s, i)
