@@ -71,6 +71,9 @@ class DicomVolumeDataset(_Base):
         TorchDicomError: a series that mixes enhanced multi-frame and other files, colour
             slices, or a file with a (0028,3000) *Modality LUT Sequence* (a table per-slice
             slope/intercept cannot express: read it with :func:`~torchdicom.scaled_px`).
+
+    MONOCHROME1 slices are handed over as stored (volume items carry no ``monochrome1``
+    flag, so :class:`~torchdicom.transforms.Rescale` does not invert them).
     """
 
     def __init__(
@@ -219,6 +222,10 @@ def _order_series(
         )
 
     views = [s.view for s in slices]
+    if len(slices) == 1:  # one frame of an enhanced file: nothing to order
+        dz = float(views[0]["slice_thickness"])
+        where = float(np.dot(_position(views[0]), slice_normal(views[0])))
+        return slices, [where], dz if dz > 0 else math.nan
     orient = np.array([[v[f"orientation_{k}"] for k in range(6)] for v in views], dtype=np.float64)
     pos = np.array([_position(v) for v in views], dtype=np.float64)
     if np.isnan(orient).any() or np.isnan(pos).any():
@@ -231,9 +238,6 @@ def _order_series(
         raise CorruptDicomError(
             name, "slices have different orientations (a localizer mixed into the series?)"
         )
-    if len(slices) == 1:
-        dz = float(views[0]["slice_thickness"])
-        return slices, [float(pos[0] @ slice_normal(views[0]))], dz if dz > 0 else math.nan
     where = pos @ slice_normal(views[0])
     order = np.argsort(where, kind="stable")
     where = where[order]
