@@ -118,8 +118,9 @@ class DicomDataModule(pl.LightningDataModule):
             that do not exist are ignored.
 
     Batches are dicts (see :class:`Collate`); ``image`` arrives on the device
-    in its stored dtype and leaves :meth:`on_after_batch_transfer` as whatever
-    the GPU transforms make of it.
+    in the dataset's one stored dtype (:attr:`DicomDataset.dtype`: e.g. int32
+    for CT series mixing int16 and uint16 storage) and leaves
+    :meth:`on_after_batch_transfer` as whatever the GPU transforms make of it.
     """
 
     def __init__(

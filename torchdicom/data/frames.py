@@ -76,7 +76,9 @@ class DicomDataset(_Base):
         enhanced multi-frame files carry their own, from their per-frame
         functional groups); ``affine`` (4, 4) float64 voxel (column, row,
         slice) → patient LPS mm of the frame (:mod:`torchdicom.io.geometry`);
-        ``monochrome1`` bool; ``bits_stored`` int; ``ybr`` bool (frames left
+        ``monochrome1`` bool; ``bits_stored`` int; ``signed`` bool ((0028,0103)
+        *Pixel Representation* 1: two's complement values, whatever :attr:`dtype`
+        they are stored in); ``ybr`` bool (frames left
         in YCbCr); ``label`` (when labels given); ``mask`` (S, H, W) uint8
         (when masks given: S segments of the SEGs, in :attr:`mask_segments`
         order, 0/1, zeros for frames no segment covers; S = 1 for mask
