@@ -349,3 +349,66 @@ def test_scan_cost_of_per_frame_groups(tmp_path: Path) -> None:
     assert row["frame_position"].shape == (1500,)
     assert not math.isnan(row["frame_rescale_slope"][-1])
     assert elapsed < 5.0, elapsed
+
+
+# --------------------------------------------------------------------------- rescale (B, K)
+class TestRescalePerPart:
+    """``rescale`` with one slope/intercept per slice of a volume or frame of a clip."""
+
+    @staticmethod
+    def _expected(x: torch.Tensor, slope: torch.Tensor, intercept: torch.Tensor, axis: int):
+        shape = [x.shape[0]] + [1] * (x.dim() - 1)
+        shape[axis] = slope.shape[1]
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return x.to(dtype) * slope.to(dtype).view(shape) + intercept.to(dtype).view(shape)
+
+    @pytest.mark.parametrize("contiguous", [True, False])
+    def test_volume_batch(self, contiguous: bool) -> None:
+        from torchdicom.transforms.functional import rescale
+
+        x = torch.randint(-2000, 2000, (3, 1, 4, 5, 12), dtype=torch.int16)
+        if not contiguous:
+            x = x[..., ::2]
+        slope = torch.rand(3, 4) + 0.5
+        intercept = torch.randn(3, 4) * 100
+        out = rescale(x, slope, intercept)
+        assert out.dtype == torch.float32 and out.shape == x.shape
+        assert torch.equal(out, self._expected(x, slope, intercept, 2))
+
+    def test_clip_batch_and_broadcast_intercept(self) -> None:
+        from torchdicom.transforms.functional import rescale
+
+        x = torch.randint(0, 255, (2, 3, 1, 4, 4), dtype=torch.uint8)  # (B, T, C, H, W)
+        slope = torch.tensor([[1.0, 2.0, 3.0], [0.5, 1.0, 1.5]])
+        out = rescale(x, slope, torch.tensor([-1.0, 1.0]))
+        intercept = torch.tensor([[-1.0] * 3, [1.0] * 3])
+        assert torch.equal(out, self._expected(x, slope, intercept, 1))
+
+    def test_nan_means_identity_and_float64_stays(self) -> None:
+        from torchdicom.transforms.functional import rescale
+
+        x = torch.rand(2, 1, 3, 2, 2, dtype=torch.float64)
+        nan = torch.full((2, 3), math.nan)
+        assert torch.equal(rescale(x, nan, nan), x)
+
+    def test_gradient_flows(self) -> None:
+        from torchdicom.transforms.functional import rescale
+
+        x = torch.rand(2, 1, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+        slope = torch.rand(2, 3, dtype=torch.float64) + 0.5
+        torch.autograd.gradcheck(lambda v: rescale(v, slope, 0.0), (x,))
+
+    def test_parts_must_be_whole_planes(self) -> None:
+        from torchdicom.transforms.functional import rescale
+
+        x = torch.zeros(2, 1, 3, 4, 4)
+        with pytest.raises(ValueError, match=r"K must be one of \[1, 3\]"):
+            rescale(x, torch.ones(2, 4), 0.0)
+        with pytest.raises(ValueError, match="shape"):
+            rescale(x, torch.ones(3, 3), 0.0)
+
+    def test_empty_batch(self) -> None:
+        from torchdicom.transforms.functional import rescale
+
+        out = rescale(torch.zeros(0, 1, 3, 4, 4, dtype=torch.int16), torch.ones(0, 3), 0.0)
+        assert out.shape == (0, 1, 3, 4, 4) and out.dtype == torch.float32
