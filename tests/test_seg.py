@@ -549,3 +549,12 @@ def test_segments_with_one_label_keep_their_own_channels(ct_seg, tmp_path):
     assert ds.mask_segments == ["liver", "liver (2)"]
     for i in range(len(ds)):
         np.testing.assert_array_equal(ds[i]["mask"].numpy(), _expected(seg_path, _uid(ds[i])))
+
+
+def test_classic_series_by_position_when_the_seg_names_no_source_frames(ct_seg, tmp_path):
+    sample, _, _, seg_path = ct_seg
+    stripped = _without_frame_references(seg_path, tmp_path / "pos.dcm", keep_instance=False)
+    ds = DicomDataset(sample.files, masks=stripped)
+    for i in range(len(ds)):
+        item = ds[i]
+        np.testing.assert_array_equal(item["mask"].numpy(), _expected(seg_path, _uid(item)))

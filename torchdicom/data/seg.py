@@ -219,9 +219,6 @@ def _frame_positions(row: Mapping[str, Any], frames: int) -> np.ndarray:
             if plane:
                 out[k] = [float(v) for v in plane[0].ImagePositionPatient]
                 break
-        else:
-            if frames == 1 and "ImagePositionPatient" in ds:
-                out[k] = [float(v) for v in ds.ImagePositionPatient]
     return out
 
 
@@ -271,10 +268,14 @@ class SegMasks:
                     self.segments.append(label)
         self._packed: dict[tuple[str, int], np.ndarray] = {}
         by_uid: dict[str, Mapping[str, Any]] = {}
+        by_series: dict[str, list[str]] = {}
         for r in rows:
-            by_uid.setdefault(str(r["sop_instance_uid"]), r)
+            uid = str(r["sop_instance_uid"])
+            if uid not in by_uid:
+                by_uid[uid] = r
+                by_series.setdefault(str(r["series_instance_uid"]), []).append(uid)
         for path in self.seg_paths:
-            self._add(path, _read_seg(path), by_uid, rows)
+            self._add(path, _read_seg(path), by_uid, by_series)
 
     def __len__(self) -> int:
         """The number of mask channels S."""
@@ -285,8 +286,10 @@ class SegMasks:
         path: str,
         seg: Any,
         by_uid: Mapping[str, Mapping[str, Any]],
-        rows: Sequence[Mapping[str, Any]],
+        by_series: Mapping[str, list[str]],
     ) -> None:
+        """Put the SEG's frames into the lookup, for the images it references: ``by_uid``
+        SOP Instance UID → index row, ``by_series`` Series Instance UID → those UIDs."""
         labels = _segment_labels(seg)
         numbers = sorted(labels)
         channels = np.array([self.segments.index(labels[n]) for n in numbers])
@@ -295,22 +298,14 @@ class SegMasks:
         sources = seg.get_source_image_uids()
         referenced = {str(uid) for _, _, uid in sources} | set(derived)
         seg_series = {str(series) for _, series, _ in sources}
-        # The images the SEG names, and the other images of the series it names: each once.
-        hits: dict[str, Mapping[str, Any]] = {}
-        for r in rows:
-            uid = str(r["sop_instance_uid"])
-            if uid in referenced or str(r["series_instance_uid"]) in seg_series:
-                hits.setdefault(uid, by_uid[uid])
+        # The images the SEG names, and the other images of the series it names.
+        hits = sorted(
+            {u for u in referenced if u in by_uid}
+            | {u for series in seg_series for u in by_series.get(series, ())}
+        )
         if not hits:
             log.warning("the SEG %s references none of the dataset's images", path)
             return
-        for r in hits.values():
-            if (int(r["rows"]), int(r["columns"])) != (int(seg.Rows), int(seg.Columns)):
-                raise CorruptDicomError(
-                    path,
-                    f"SEG frames are {seg.Rows}x{seg.Columns} but the image {r['path']} it "
-                    f"references is {r['rows']}x{r['columns']}",
-                )
         ask = {
             "segment_numbers": numbers,
             "ignore_spatial_locations": True,
@@ -319,22 +314,26 @@ class SegMasks:
         }
         by_position = []
         single = []
-        for uid, r in hits.items():
+        for uid in hits:
+            r = by_uid[uid]
+            if derived and uid not in derived:
+                # An image of the series that the SEG derives no frame from: not matched by
+                # position either, which in a series with repeated positions (time points)
+                # would paint the masks on the wrong acquisition.
+                continue
+            _check_size(path, seg, r)
             frames = int(r["frames"])
             if frames == 1 and uid in derived:
                 single.append(uid)
-            elif frames > 1 and derived.get(uid):
+            elif derived.get(uid):
                 for k in range(0, frames, _CHUNK):
                     wanted = list(range(k + 1, min(k + _CHUNK, frames) + 1))
                     pixels = self._ask(path, seg.get_pixels_by_source_frame, uid, wanted, **ask)
                     for n, frame in zip(wanted, _as_binary(pixels, seg_type)):
                         self._put((uid, n - 1), frame, channels)
-            elif not derived or uid in derived:
-                # The SEG does not say which source frames its frames come from (no source
-                # references at all, or this multi-frame image named without frame numbers).
-                # Otherwise an image it derives no frame from is not matched by position: in a
-                # series with repeated positions (time points) that would paint its masks on
-                # the wrong acquisition.
+            else:
+                # The SEG does not say which source frames its frames come from: no source
+                # references at all, or this multi-frame image named without frame numbers.
                 by_position.append(r)
         for k in range(0, len(single), _CHUNK):
             chunk = single[k : k + _CHUNK]
@@ -425,6 +424,16 @@ class SegMasks:
                 out[t] = self._unpack((uid, int(k)), h, w)
         m = torch.from_numpy(out)
         return m[0] if isinstance(frame, int) else m
+
+
+def _check_size(path: str, seg: Any, row: Mapping[str, Any]) -> None:
+    """Refuse a SEG whose frames differ in size from an image it is matched to."""
+    if (int(row["rows"]), int(row["columns"])) != (int(seg.Rows), int(seg.Columns)):
+        raise CorruptDicomError(
+            path,
+            f"SEG frames are {seg.Rows}x{seg.Columns} but the image {row['path']} it "
+            f"references is {row['rows']}x{row['columns']}",
+        )
 
 
 def _derivation_references(seg: Any) -> dict[str, bool]:
