@@ -105,7 +105,10 @@ class DicomIndex:
             samples_per_pixel, photometric, bits_*, pixel_representation,
             transfer_syntax, pixel_offset, rescale_slope/intercept,
             window_center/width, position_*, orientation_*, spacing_*,
-            slice_thickness, instance_number). Sorted by path.
+            slice_thickness, instance_number — frame 0's values — and, for
+            enhanced multi-frame files, every frame's in the ``frame_*`` array
+            columns: see ``PER_FRAME_COLUMNS`` and
+            :func:`~torchdicom.io.header.frame_row`). Sorted by path.
         errors: one row per file that could not be indexed: ``path``,
             ``error_type`` (the :class:`TorchDicomError` subclass name) and
             ``reason``.
