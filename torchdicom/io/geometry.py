@@ -67,6 +67,14 @@ def affine_from_row(
 
     Returns:
         (4, 4) float64.
+
+    Example:
+        >>> row = {"orientation_0": 1, "orientation_1": 0, "orientation_2": 0,
+        ...        "orientation_3": 0, "orientation_4": 1, "orientation_5": 0,
+        ...        "spacing_row": 0.8, "spacing_col": 0.5, "slice_thickness": 2.0,
+        ...        "position_x": -100, "position_y": -120, "position_z": 30}
+        >>> (affine_from_row(row) @ [4, 10, 0, 1]).tolist()  # column 4, row 10
+        [-98.0, -112.0, 30.0, 1.0]
     """
     o = _orientation(row)
     dr, dc = _length(row["spacing_row"]), _length(row["spacing_col"])
