@@ -350,14 +350,16 @@ def test_masks_follow_images_through_augment(ct_seg):
         assert torch.equal(out["mask"][:, c : c + 1].float(), out["image"])
 
 
-def test_datamodule_with_seg_masks(ct_seg):
+@pytest.mark.parametrize("as_folder", [True, False])
+def test_datamodule_with_seg_masks(ct_seg, as_folder):
     from torchdicom.datamodule import DicomDataModule
 
     sample, _, _, seg_path = ct_seg
     inside = sample.root / "segs"
     inside.mkdir()
     shutil.copy(seg_path, inside / "seg.dcm")
-    dm = DicomDataModule(sample.root, masks=inside, batch_size=2, val_fraction=0.0)
+    masks = inside if as_folder else inside / "seg.dcm"
+    dm = DicomDataModule(sample.root, masks=masks, batch_size=2, val_fraction=0.0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["mask"].shape == (2, 2, SIZE, SIZE) and batch["mask"].dtype == torch.uint8
