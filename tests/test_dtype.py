@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from tests.conftest import real_file
 from tests.dicom_factory import write_dicom
 from torchdicom.data import Collate, DicomClipDataset, DicomDataset
 from torchdicom.data._base import _into_dtype, stored_dtype
@@ -233,6 +234,22 @@ def test_clip_dataset_shares_the_rule(mixed: Path) -> None:
         assert torch.equal(item["image"], expected.to(torch.int16))
 
 
+def test_real_ct_mr_cr_us_files() -> None:
+    """pydicom's CT (int16), RLE MR (int16), CR (uint16, 15 bits, MONOCHROME1), US (RGB uint8)."""
+    files = [real_file(n) for n in ("CT_small.dcm", "MR_small_RLE.dcm", "RG1_UNCR.dcm")]
+    files.append(real_file("US1_UNCR.dcm"))
+    ds = DicomDataset(files)
+    assert ds.dtype == torch.int16  # 15-bit unsigned fits int16 beside signed 16-bit
+    for batch in DataLoader(ds, batch_size=1, collate_fn=Collate()):
+        _check_batch(batch, torch.int16)
+        # Rescale (with the MONOCHROME1 inversion of the CR) gives what the file's own dtype gives.
+        own = read_frames(batch["path"][0], 0)
+        if bool(batch["monochrome1"][0]):
+            own = invert_monochrome1(own, int(batch["bits_stored"][0]))
+        expected = rescale(own, float(batch["slope"][0]), float(batch["intercept"][0]))
+        torch.testing.assert_close(Rescale()(batch)["image"], expected, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------- ct_like end to end
 class _Checker(pl.LightningModule):
     """Checks every training batch against read_frames and records the items it saw."""
@@ -409,6 +426,14 @@ def test_collate_refuses_mixed_image_dtypes() -> None:
         Collate()(items)
     with pytest.raises(ValueError, match="different dtypes"):
         Collate(pad=True)(items)
+    # Tensor labels (e.g. multi-label targets) are checked the same way.
+    labelled = [_item(torch.zeros(1, 2, 2, dtype=torch.int16), f"/f{k}") for k in range(2)]
+    labelled[0]["label"] = torch.tensor([1, 0], dtype=torch.uint8)
+    labelled[1]["label"] = torch.tensor([1, 0], dtype=torch.int16)
+    with pytest.raises(ValueError, match="cannot batch labels of different dtypes"):
+        Collate()(labelled)
+    labelled[0]["label"] = labelled[1]["label"]
+    assert Collate()(labelled)["label"].tolist() == [[1, 0], [1, 0]]
 
 
 def test_collate_stacks_other_tensor_keys_in_their_own_dtype() -> None:

@@ -62,7 +62,7 @@ class Collate:
                 out[key] = torch.tensor(values, dtype=torch.bool)
             elif key in ("bits_stored", "frame", "index"):
                 out[key] = torch.tensor(values, dtype=torch.int64)
-            elif key == "label":
+            elif key == "label" and not all(isinstance(v, torch.Tensor) for v in values):
                 out[key] = _label_tensor(values)
             elif isinstance(values[0], torch.Tensor):
                 out[key] = self._stack(values, items, key)
@@ -160,8 +160,6 @@ def _label_tensor(values: list[Any]) -> torch.Tensor | list[Any]:
         return torch.tensor([int(v) for v in values], dtype=torch.int64)
     if all(isinstance(v, int | float | np.integer | np.floating) for v in values):
         return torch.tensor([float(v) for v in values], dtype=torch.float32)
-    if all(isinstance(v, torch.Tensor) for v in values):
-        return torch.stack(values)
     return list(values)
 
 
