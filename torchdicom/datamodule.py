@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Subset
 
 from torchdicom.cache import FrameCache
 from torchdicom.data import Collate, DicomDataset, MaskSource
+from torchdicom.data.resize import ResizeMode, check_channels
+from torchdicom.data.sampler import SizeBucketBatchSampler, item_shapes
 from torchdicom.index import DicomIndex, scan
 
 __all__ = ["DicomDataModule", "patient_split"]
@@ -110,6 +112,16 @@ class DicomDataModule(pl.LightningDataModule):
         label_column: label column of a CSV/DataFrame.
         pad: pad mixed image sizes in a batch (see :class:`Collate`).
         drop_last: drop the last incomplete training batch.
+        size, resize, channels: the size policy (see :class:`DicomDataset`): every
+            item becomes ``size`` (H, W) in the DataLoader workers, by ``resize``
+            ``"stretch"`` / ``"letterbox"`` / ``"crop"``, still in its stored dtype;
+            ``channels`` 1 (colour → luma) or 3 (grey repeated). A collection mixing
+            grey and colour needs ``channels`` (or ``batching="by_size"``).
+        batching: ``"default"`` — batches of ``batch_size`` in random (train) or
+            index order; ``"by_size"`` — every batch holds items of one (C, H, W), read
+            from the index, at full resolution (see
+            :class:`~torchdicom.data.sampler.SizeBucketBatchSampler`: seeded by
+            ``seed``, reshuffled per epoch, DDP ranks get equal batch counts).
         exclude: folders of ``data`` (relative to it, or absolute) whose files
             are not images. Default ``["masks"]``: a ``masks/`` folder at the
             top of ``data`` — where :mod:`torchdicom.samples` writes masks, and
@@ -146,6 +158,10 @@ class DicomDataModule(pl.LightningDataModule):
         label_column: str | None = None,
         pad: bool = False,
         drop_last: bool = False,
+        size: tuple[int, int] | None = None,
+        resize: ResizeMode = "stretch",
+        channels: Literal[1, 3] | None = None,
+        batching: Literal["default", "by_size"] = "default",
         exclude: list[str] | None = None,
     ):
         super().__init__()
@@ -174,6 +190,10 @@ class DicomDataModule(pl.LightningDataModule):
         self.label_column = label_column
         self.collate = Collate(pad=pad)
         self.drop_last = drop_last
+        if batching not in ("default", "by_size"):
+            raise ValueError(f"batching must be 'default' or 'by_size'. Got: {batching!r}")
+        self.size, self.resize, self.channels = size, resize, channels
+        self.batching = batching
         self.exclude = list(MASK_FOLDERS if exclude is None else exclude)
         self.dataset: DicomDataset | None = None
         self.train_set: Subset | None = None
@@ -203,8 +223,14 @@ class DicomDataModule(pl.LightningDataModule):
             color=self.color,
             cache=FrameCache(self.cache_dir) if self.cache_dir is not None else None,
             label_column=self.label_column,
+            size=self.size,
+            resize=self.resize,
+            channels=self.channels,
             exclude=self._excluded(root),
         )
+        if self.batching == "default" and self.batch_size > 1:
+            # Grey and colour items would meet in a batch: say which policy to choose now.
+            check_channels([r["samples_per_pixel"] for r in self.dataset.rows], self.channels)
         # One patient per item, by repeating each file's hash over its items
         # (no per-item bisection: a cine collection has millions of frames).
         per_file = [r["patient_hash"] for r in self.dataset.rows]
@@ -237,6 +263,24 @@ class DicomDataModule(pl.LightningDataModule):
     def _loader(self, subset: Subset | None, shuffle: bool, drop_last: bool = False) -> DataLoader:
         if subset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
+        if self.batching == "by_size":
+            # Under DDP, Lightning re-creates this batch sampler with a DistributedSampler as
+            # ``sampler``, from which it takes the rank and world size (and the epoch).
+            batches = SizeBucketBatchSampler(
+                item_shapes(subset),
+                self.batch_size,
+                shuffle=shuffle,
+                seed=self.seed,
+                drop_last=drop_last,
+            )
+            return DataLoader(
+                subset,
+                batch_sampler=batches,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.persistent_workers,
+                collate_fn=self.collate,
+            )
         return DataLoader(
             subset,
             batch_size=self.batch_size,

@@ -13,6 +13,8 @@ happen later, batched, ideally on the GPU (:mod:`torchdicom.transforms`).
 from torchdicom.data.clips import DicomClipDataset
 from torchdicom.data.collate import Collate, collate
 from torchdicom.data.frames import DicomDataset
+from torchdicom.data.resize import SizePolicy, to_original, to_resized
+from torchdicom.data.sampler import SizeBucketBatchSampler
 from torchdicom.data.sources import LabelSource, MaskSource
 from torchdicom.data.volumes import DicomVolumeDataset
 
@@ -23,5 +25,9 @@ __all__ = [
     "DicomVolumeDataset",
     "LabelSource",
     "MaskSource",
+    "SizeBucketBatchSampler",
+    "SizePolicy",
     "collate",
+    "to_original",
+    "to_resized",
 ]

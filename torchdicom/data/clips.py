@@ -10,6 +10,7 @@ import torch
 
 from torchdicom.cache import FrameCache
 from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
+from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
 from torchdicom.data.sources import MaskSource, _MaskResolver
 from torchdicom.io.header import frame_row
 
@@ -29,6 +30,8 @@ class DicomClipDataset(_Base):
         stride: distance between clip starts (default ``clip_len``: no overlap).
         masks, on_error, color, cache, index_cache: as for :class:`DicomDataset`.
         transform: CPU-side callable on the item dict.
+        size, resize, channels: the size policy, as for :class:`DicomDataset`; every
+            frame of a clip goes through the same geometry (masks too).
 
     Item (dict):
         ``image`` (T, C, H, W) in the dataset's one stored dtype :attr:`dtype`
@@ -53,6 +56,9 @@ class DicomClipDataset(_Base):
         color: Literal["rgb", "ybr"] = "rgb",
         cache: FrameCache | str | os.PathLike[str] | None = None,
         index_cache: str | os.PathLike[str] | None = None,
+        size: int | tuple[int, int] | None = None,
+        resize: ResizeMode = "stretch",
+        channels: Literal[1, 3] | None = None,
     ):
         if not isinstance(clip_len, int) or clip_len < 1:
             raise ValueError(f"clip_len must be a positive int. Got: {clip_len!r}")
@@ -68,6 +74,9 @@ class DicomClipDataset(_Base):
         self._starts = _item_starts(
             [(int(r["frames"]) - clip_len) // stride + 1 for r in self.rows]
         )
+        self.size_policy = SizePolicy(size, resize, channels)
+        if size is not None:  # a size promises items that batch: grey and colour must agree
+            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
         self._stored_dtype()  # decided now, from the final rows, and pickled to workers
 
     def __len__(self) -> int:
@@ -96,6 +105,8 @@ class DicomClipDataset(_Base):
                 row, list(range(start, start + self.clip_len)), clip.shape[-2:]
             )
         item.update(path=row["path"], frame=start, index=i)
+        if self.size_policy:
+            item = self.size_policy(item)
         if self.transform is not None:
             item = self.transform(item)
         return item

@@ -14,6 +14,7 @@ from torch.utils.data import get_worker_info
 from torchdicom.cache import FrameCache
 from torchdicom.data._base import _Base, _item_starts, _leave_out, _locate, _meta, _Slot
 from torchdicom.data.collate import _batch_buffer
+from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
 from torchdicom.data.sources import (
     LabelSource,
     MaskSource,
@@ -65,6 +66,16 @@ class DicomDataset(_Base):
             directory or a file list.
         label_column: the label column of a CSV/DataFrame (default: the first
             column that is not the file column).
+        size: output (H, W) (or an int for a square) every item is resized to, per
+            item in the DataLoader worker, rounded back to the stored dtype (see
+            :class:`~torchdicom.data.resize.SizePolicy`); items then carry
+            ``original_size``, ``crop``, ``scale``, ``pad`` (map predictions back with
+            :func:`~torchdicom.data.resize.to_original`). None: sizes as stored.
+        resize: ``"stretch"``, ``"letterbox"`` (scale the longest side, pad) or
+            ``"crop"`` (scale the shortest side, centre-crop); masks follow, nearest.
+        channels: None (each file's own; with ``size`` set, a collection mixing grey
+            and colour raises at construction, naming ``channels=1`` / ``channels=3``),
+            1 (colour becomes luma) or 3 (grey is repeated).
         exclude: folders whose files are not items (absolute, or relative to
             the collection root), e.g. a mask folder inside the image folder
             that is not given as ``masks`` (one that is, is left out anyway).
@@ -115,6 +126,9 @@ class DicomDataset(_Base):
         cache: FrameCache | str | os.PathLike[str] | None = None,
         index_cache: str | os.PathLike[str] | None = None,
         label_column: str | None = None,
+        size: int | tuple[int, int] | None = None,
+        resize: ResizeMode = "stretch",
+        channels: Literal[1, 3] | None = None,
         exclude: Sequence[str | os.PathLike[str]] = (),
     ):
         super().__init__(
@@ -138,6 +152,9 @@ class DicomDataset(_Base):
                 )
             self.rows = keep
         self._starts = _item_starts([int(r["frames"]) if frames == "all" else 1 for r in self.rows])
+        self.size_policy = SizePolicy(size, resize, channels)
+        if size is not None:  # a size promises items that batch: grey and colour must agree
+            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
 
         self._labeler = _Labeler(labels, label_column)
         self.classes: list[str] | None = None
@@ -193,7 +210,8 @@ class DicomDataset(_Base):
         more than reading the files); in a worker it is shared memory, which crosses to
         the main process uncopied. Otherwise items are read one by one, as by ``[i]``.
         """
-        batch = self._batch_slots(indices)
+        # A size policy makes a new image per item: nothing to read into one buffer.
+        batch = None if self.size_policy else self._batch_slots(indices)
         if batch is None:
             return [self._fetch(i) for i in indices]
         into, located = batch
@@ -287,6 +305,8 @@ class DicomDataset(_Base):
         if self._masks:
             item["mask"] = self._masks.read(row, frame, image.shape[-2:])
         item.update(path=row["path"], frame=frame, index=i)
+        if self.size_policy:
+            item = self.size_policy(item)
         if self.transform is not None:
             item = self.transform(item)
         return item
