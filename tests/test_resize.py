@@ -380,3 +380,28 @@ class TestDatasets:
         k = [Path(p).name for p in batch["path"]].index("RG3_UNCR.dcm")
         original = DicomDataset(tmp_path / "RG3_UNCR.dcm")[0]["image"].float().mean()
         assert abs(batch["image"][k].float().mean() - original) < 0.01 * original
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "crop"])
+def test_dataset_item_affine_follows_the_geometry(tmp_path: Path, resize: str) -> None:
+    """A resized item's ``affine`` puts each new pixel where the original affine puts the
+    same point of the original image (oblique plane, anisotropic pixels)."""
+    write_dicom(
+        tmp_path / "cr",
+        rows=90,
+        columns=60,
+        bits_stored=12,
+        extra={
+            "ImagePositionPatient": [-100.0, 20.0, 7.5],
+            "ImageOrientationPatient": [0.0, 1.0, 0.0, 0.6, 0.0, -0.8],
+            "PixelSpacing": [0.7, 0.4],
+        },
+    )
+    plain = DicomDataset(tmp_path)[0]
+    item = DicomDataset(tmp_path, size=(32, 40), resize=resize)[0]
+    assert not torch.allclose(item["affine"], plain["affine"])
+    for y, x in [(0, 0), (5, 17), (31, 39)]:
+        oy, ox = to_original(torch.tensor([y + 0.5, x + 0.5], dtype=torch.float64), item)
+        old = plain["affine"] @ torch.tensor([ox - 0.5, oy - 0.5, 0, 1], dtype=torch.float64)
+        new = item["affine"] @ torch.tensor([x, y, 0, 1], dtype=torch.float64)
+        assert torch.allclose(old, new)
