@@ -13,6 +13,7 @@ ID is empty).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -21,7 +22,7 @@ import os
 import re
 import stat as stat_module
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,19 @@ def patient_hash(identifier: str, salt: str | None = None) -> str:
 
 
 _INVALID_VALUE = re.compile(r"(Invalid value for VR \w+): .*?(\. Please see|$)", re.S)
+# A quoted value (a Python repr, str or bytes) inside a pydicom message.
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"', re.S)
+_WITHHELD = "<value withheld>"
+
+
+def withhold_values(message: str) -> str:
+    """A pydicom message with the element values it quotes replaced by ``<value withheld>``.
+
+    pydicom quotes a malformed element's value verbatim; in a damaged header
+    that value can run over the patient's name and ID.
+    """
+    message = _INVALID_VALUE.sub(rf"\1: {_WITHHELD}\2", message)
+    return _QUOTED.sub(_WITHHELD, message)
 
 
 class _WithholdValues(logging.Filter):
@@ -183,13 +197,62 @@ class _WithholdValues(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "Invalid value for VR" in message:
-            record.msg = _INVALID_VALUE.sub(r"\1: <value withheld>\2", message)
+        withheld = withhold_values(message)
+        if withheld != message:
+            record.msg = withheld
             record.args = ()
         return True
 
 
 logging.getLogger("pydicom").addFilter(_WithholdValues())
+
+_log = logging.getLogger("torchdicom.io")
+# Kinds of pydicom warning already logged at WARNING by this process; repeats go to DEBUG,
+# so a scan of 10 000 files with the same odd value logs it once, not 10 000 times.
+_WARNED_KINDS: set[str] = set()
+_MAX_WARNED_KINDS = 4096
+
+
+@contextlib.contextmanager
+def pydicom_warnings_logged(path: str) -> Iterator[None]:
+    """Route the warnings pydicom raises inside the block to the ``torchdicom.io`` logger.
+
+    pydicom warns about every odd value in hospital files. Instead of hiding them
+    (the problems that matter become torchdicom errors) or letting them through as
+    Python warnings with the values they quote, each distinct message is logged once
+    per file, its quoted values withheld (:func:`withhold_values`): at WARNING the first
+    time its kind is seen in this process, at DEBUG afterwards. Warnings from elsewhere
+    (numpy, ...) are re-issued unchanged. Like :class:`warnings.catch_warnings`, the
+    capture is process-wide while the block runs.
+
+    Args:
+        path: the file being read, named in each log line.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # after the capture ends, so that re-issued warnings are not caught again
+        _route_warnings(path, caught)
+
+
+def _route_warnings(path: str, caught: list[warnings.WarningMessage]) -> None:
+    seen: set[str] = set()
+    for w in caught:
+        if f"{os.sep}pydicom{os.sep}" not in w.filename:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        text = withhold_values(str(w.message))
+        if text in seen:
+            continue
+        seen.add(text)
+        kind = f"{w.category.__name__}: {text}"
+        first = kind not in _WARNED_KINDS
+        if first and len(_WARNED_KINDS) < _MAX_WARNED_KINDS:
+            _WARNED_KINDS.add(kind)
+        _log.log(logging.WARNING if first else logging.DEBUG, "%s: pydicom: %s", path, text)
+
 
 # Reads at most this large go through unchanged (the per-element fast case).
 _CLAMP_READS_ABOVE = 1 << 16
@@ -302,10 +365,8 @@ def _dcmread(fspath: str, st: os.stat_result, **kwargs: Any) -> Dataset:
                 "not a DICOM file: no 'DICM' marker at byte 128 and no DICOM data set at the start",
             )
     try:
-        with warnings.catch_warnings():
-            # pydicom warns about every odd value in hospital files; the
-            # problems that matter become errors below.
-            warnings.simplefilter("ignore")
+        with pydicom_warnings_logged(fspath):
+            # The problems that matter become errors below; the rest is logged.
             with BoundedReader(fspath) as f:
                 ds = pydicom.dcmread(f, force=force, **kwargs)
             # Deferred values are read later by reopening the file: bounded too.
@@ -702,7 +763,9 @@ def header_row_stat(fspath: str, st: os.stat_result, salt: str | None = None) ->
     """:func:`header_row` for a path already stat-ed; size and mtime come from ``st``."""
     ds = _dcmread(fspath, st, defer_size=_DEFER_SIZE)
     try:
-        return row_from_dataset(ds, fspath, st.st_size, st.st_mtime_ns, salt)
+        # pydicom checks a value when it is first used: here, not in dcmread.
+        with pydicom_warnings_logged(fspath):
+            return row_from_dataset(ds, fspath, st.st_size, st.st_mtime_ns, salt)
     except TorchDicomError:
         raise
     except Exception as exc:  # a damaged element found while reading values
