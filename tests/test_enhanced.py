@@ -20,7 +20,7 @@ from pydicom.uid import EnhancedCTImageStorage, generate_uid
 
 from tests.conftest import real_file
 from tests.dicom_factory import make_dataset, write_ct_series, write_dicom
-from torchdicom import DicomDataset, DicomIndex, DicomVolumeDataset, scaled_px, scan
+from torchdicom import DicomDataset, DicomIndex, DicomVolumeDataset, collate, scaled_px, scan
 from torchdicom.errors import TorchDicomError
 from torchdicom.io.header import PER_FRAME_COLUMNS, frame_row
 from torchdicom.transforms import Rescale
@@ -279,8 +279,9 @@ def test_rescale_of_a_volume_batch_is_per_slice(enhanced, tmp_path: Path) -> Non
     values2, slot2, slopes2, intercepts2, _ = write_enhanced_ct(other, seed=1)
     vols = DicomVolumeDataset([path, other])
     items = [vols[0], vols[1]]
-    batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "slope", "intercept")}
+    batch = collate(items)  # per-slice (D,) values stack to (B, D)
     assert batch["image"].shape == (2, 1, 6, 6, 5) and batch["slope"].shape == (2, 6)
+    assert batch["slope"].dtype == torch.float32 and batch["affine"].shape == (2, 4, 4)
     hu = Rescale()(batch)["image"]
     assert hu.dtype == torch.float32 and hu.shape == batch["image"].shape
     by_path = {

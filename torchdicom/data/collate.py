@@ -38,11 +38,12 @@ class Collate:
 
     Batch:
         ``image`` (B, C, H, W) (or (B, T, C, H, W) for clips) in the items' one
-        dtype; any other tensor key stacked in its own dtype; ``slope``,
-        ``intercept``, ``window_center``, ``window_width`` float32 (B,);
+        dtype; any other tensor key stacked in its own dtype (``affine`` float64
+        (B, 4, 4)); ``slope``, ``intercept``, ``window_center``, ``window_width``
+        float32 (B,), or (B, D) for volumes' per-slice values;
         ``monochrome1``, ``signed``, ``ybr`` bool (B,); ``bits_stored``, ``frame``,
         ``index`` int64 (B,); ``label`` int64 / float32 (B,); ``mask`` uint8
-        like ``image`` with C=1; ``path`` list[str].
+        (B, S, H, W) (one channel per segment; (B, T, S, H, W) for clips); ``path`` list[str].
     """
 
     def __init__(self, pad: bool = False):
@@ -54,8 +55,13 @@ class Collate:
         out: dict[str, Any] = {}
         for key in items[0]:
             values = [it[key] for it in items]
-            if key in ("image", "mask", "volume"):
+            if key in ("image", "mask"):
                 out[key] = self._stack(values, items, key)
+            elif key in _FLOAT_KEYS and isinstance(values[0], torch.Tensor):
+                # Per-slice values of volumes (D,) (or per-frame values of clips): (B, D).
+                out[key] = self._stack(
+                    [torch.as_tensor(v, dtype=torch.float32) for v in values], items, key
+                )
             elif key in _FLOAT_KEYS:
                 out[key] = torch.tensor(values, dtype=torch.float32)
             elif key in ("monochrome1", "signed", "ybr", "substituted"):
