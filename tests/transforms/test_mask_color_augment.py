@@ -114,3 +114,19 @@ class TestAugment:
         assert torch.equal(out["mask"], mask.flip(-1))
         u8 = torch.randint(0, 255, (1, 8, 8), dtype=torch.uint8)
         assert AlbumentationsAdapter(A.Compose([A.VerticalFlip(p=1.0)]))(u8).dtype == torch.uint8
+
+    def test_albumentations_adapter_moves_every_segment_channel(self):
+        # DICOM SEG masks are (S, H, W): each segment follows the image's geometry.
+        image = torch.rand(1, 6, 8)
+        mask = torch.zeros(3, 6, 8, dtype=torch.uint8)
+        mask[0, 0, :3] = 1
+        mask[1, :, 1] = 1
+        mask[2, 5, 7] = 1
+        out = AlbumentationsAdapter(A.Compose([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0)]))(
+            {"image": image, "mask": mask}
+        )
+        assert out["mask"].shape == (3, 6, 8) and out["mask"].dtype == torch.uint8
+        assert torch.equal(out["mask"], mask.flip(-1).flip(-2))
+        assert torch.equal(out["image"], image.flip(-1).flip(-2))
+        with pytest.raises(ValueError, match=r"mask must be \(S, H, W\) or \(H, W\)"):
+            AlbumentationsAdapter(A.Compose([]))({"image": image, "mask": mask[None]})

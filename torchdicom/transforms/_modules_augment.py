@@ -31,7 +31,7 @@ class DicomAugment(nn.Module):
         vertical_flip: also flip top/bottom (off: anatomy is rarely upside down).
 
     Shape:
-        - image: :math:`(B, C, H, W)` float; mask: :math:`(B, 1, H, W)` any dtype, kept
+        - image: :math:`(B, C, H, W)` float; mask: :math:`(B, S, H, W)` any dtype, kept
 
     Example:
         >>> batch = {"image": torch.rand(2, 1, 16, 16), "mask": torch.ones(2, 1, 16, 16, dtype=torch.bool)}
@@ -105,7 +105,7 @@ class AlbumentationsAdapter(nn.Module):
     r"""Apply an ``albumentations`` pipeline to one sample on the CPU.
 
     The sample's ``image`` (C, H, W) tensor becomes an H×W×C numpy array (and ``mask`` (1, H, W)
-    or (H, W) an H×W array), goes through ``transform(image=..., mask=...)``, and comes back as
+    or (H, W) an H×W array, (S, H, W) with S segments an H×W×S array), goes through ``transform(image=..., mask=...)``, and comes back as
     tensors in (C, H, W) / the mask's original layout. The dtype is whatever albumentations
     returns: uint8 and float32 are kept by most transforms. Use it in a Dataset (per sample,
     before collate); for batched GPU augmentation use :class:`DicomAugment`.
@@ -141,18 +141,24 @@ class AlbumentationsAdapter(nn.Module):
         kwargs: dict[str, np.ndarray] = {"image": self._image_to_hwc(image)}
         mask = data.get("mask")
         if mask is not None:
-            if mask.dim() == 3 and mask.shape[0] != 1:
-                raise ValueError(f"mask must be (1, H, W) or (H, W). Got: {tuple(mask.shape)}")
+            if mask.dim() not in (2, 3):
+                raise ValueError(f"mask must be (S, H, W) or (H, W). Got: {tuple(mask.shape)}")
             m = mask.detach().cpu()
-            kwargs["mask"] = (
-                (m.to(torch.uint8) if m.dtype == torch.bool else m).reshape(m.shape[-2:]).numpy()
-            )
+            m = m.to(torch.uint8) if m.dtype == torch.bool else m
+            # One segment: an H×W array; several (DICOM SEG channels): H×W×S, which
+            # albumentations moves through the same geometry channel by channel.
+            many = mask.dim() == 3 and mask.shape[0] > 1
+            kwargs["mask"] = m.permute(1, 2, 0).numpy() if many else m.reshape(m.shape[-2:]).numpy()
         result = self.transform(**kwargs)
         out = dict(data)
         out["image"] = self._image_back(result["image"], image)
         if mask is not None:
-            new_mask = torch.from_numpy(np.ascontiguousarray(result["mask"]))
-            new_mask = new_mask.reshape(*mask.shape[:-2], *new_mask.shape[-2:])
+            back = np.asarray(result["mask"])
+            if mask.dim() == 3 and mask.shape[0] > 1:
+                new_mask = torch.from_numpy(np.ascontiguousarray(back.transpose(2, 0, 1)))
+            else:
+                new_mask = torch.from_numpy(np.ascontiguousarray(back))
+                new_mask = new_mask.reshape(*mask.shape[:-2], *new_mask.shape[-2:])
             out["mask"] = new_mask.bool() if mask.dtype == torch.bool else new_mask.to(mask.dtype)
         return out
 
