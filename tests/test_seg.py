@@ -560,3 +560,15 @@ def test_classic_series_by_position_when_the_seg_names_no_source_frames(ct_seg, 
     for i in range(len(ds)):
         item = ds[i]
         np.testing.assert_array_equal(item["mask"].numpy(), _expected(seg_path, _uid(item)))
+
+
+def test_seg_objects_among_images_are_never_items_even_without_masks(ct_seg) -> None:
+    # A SEG sitting in the image folder is an annotation: without masks= it is still left
+    # out of every dataset (its 1-bit frames would be wrong images and enter the dtype).
+    sample, _, _, seg_path = ct_seg
+    inside = Path(sample.files[0]).parent / "seg.dcm"
+    shutil.copy(seg_path, inside)
+    ds = DicomDataset(Path(sample.files[0]).parent)
+    assert len(ds.rows) == SLICES
+    assert all(r["path"] != str(inside) for r in ds.rows)
+    assert ds.dtype != torch.uint8

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from torchdicom.cache import FrameCache
+from torchdicom.data.seg import SEG_SOP_CLASSES
 from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.index import DicomIndex, scan
 from torchdicom.io.frames import read_frames_numpy
@@ -270,6 +271,22 @@ def _locate(starts: np.ndarray, i: int) -> tuple[int, int]:
     return f, i - int(starts[f])
 
 
+def _images_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that are images: DICOM SEG objects found among them are annotations.
+
+    A SEG's pixel data are 1-bit segment frames; as training images they would be wrong
+    items, and their uint8 would enter the dataset's dtype decision. They are masks only
+    when given as ``masks=``.
+    """
+    keep = [r for r in rows if str(r.get("sop_class_uid", "")) not in SEG_SOP_CLASSES]
+    if len(keep) < len(rows):
+        log.info(
+            "%d DICOM Segmentation object(s) among the files are not items (pass them as masks=)",
+            len(rows) - len(keep),
+        )
+    return keep
+
+
 class _Base(Dataset):
     def __init__(
         self,
@@ -285,7 +302,7 @@ class _Base(Dataset):
         if color not in ("rgb", "ybr"):
             raise ValueError(f"color must be 'rgb' or 'ybr'. Got: {color!r}")
         self.index, self.root = _as_index(source, index_cache)
-        self.rows: list[dict[str, Any]] = self.index.rows()
+        self.rows: list[dict[str, Any]] = _images_only(self.index.rows())
         self.on_error = on_error
         self.color = color
         self.cache = FrameCache(cache) if isinstance(cache, str | os.PathLike) else cache
