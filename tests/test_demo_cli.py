@@ -93,3 +93,21 @@ def test_cli_errors_exit_1_with_one_line(samples, tmp_path, capsys, argv):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("torchdicom: error: ")
     assert Path(subs["missing"]).name in err[0] or subs["ct"] in err[0]
+
+
+def test_cli_info_pixel_statistics_match_scaled_px(samples, capsys):
+    # info computes them with numpy (it does not load torch); they must equal the tensors'.
+    from torchdicom import read_frames, scaled_px
+
+    path = samples.us.files[0]
+    assert main(["info", str(path), "--frame", "1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    stored = read_frames(path, 1).double()
+    values = scaled_px(path, 1).double()
+    expected = (
+        f"pixels (frame 1 of {read_frames(path).shape[0]}): stored min {stored.min().item():g}"
+        f" max {stored.max().item():g} mean {stored.mean().item():.2f};"
+        f" scaled min {values.min().item():g} max {values.max().item():g}"
+        f" mean {values.mean().item():.2f} std {values.std().item():.2f}"
+    )
+    assert line == expected

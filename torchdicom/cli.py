@@ -2,12 +2,16 @@
 
 Every command exits non-zero with one clear line on stderr when it fails.
 Patient identifiers are masked (hashed) unless ``--show-phi`` is given.
+``info``, ``scan`` and ``--help`` use header-level code (pydicom, numpy, pandas) only and
+never import torch, so they start in a fraction of a second; output cut short by the
+reader (``torchdicom info FILE | head``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,10 +62,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import torch
+    # Header-level code and numpy only: `info` must not pay for importing torch.
+    import numpy as np
     from pydicom.uid import UID
 
-    from torchdicom.io.frames import read_frames, row_for_path, scaled_px
+    from torchdicom.io.frames import read_frames_numpy, row_for_path, scaled_px_numpy
     from torchdicom.io.header import dcmread, patient_hash
 
     # Read the pixels first: a damaged file then fails with one error line
@@ -70,8 +75,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     # harmless-looking keys, bypassing the masking of PatientName/PatientID.
     row = row_for_path(args.file)
     frame = args.frame
-    stored = read_frames(row, frame).to(torch.float64)
-    values = scaled_px(row, frame).double()
+    stored = read_frames_numpy(row, frame).astype(np.float64)
+    values = scaled_px_numpy(row, frame).astype(np.float64)
     ds = dcmread(args.file, stop_before_pixels=True)
     print(f"file: {args.file}")
     meta = getattr(ds, "file_meta", None)
@@ -91,10 +96,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         else:
             text = str(value)
         print(f"{key:<26} {text}")
+    # std with ddof=1: the sample standard deviation, as torch.std gives.
+    std = values.std(ddof=1) if values.size > 1 else math.nan
     print(
-        f"pixels (frame {frame} of {row['frames']}): stored min {stored.min().item():g} max {stored.max().item():g}"
-        f" mean {stored.mean().item():.2f}; scaled min {values.min().item():g} max {values.max().item():g}"
-        f" mean {values.mean().item():.2f} std {values.std().item():.2f}"
+        f"pixels (frame {frame} of {row['frames']}): stored min {stored.min():g} max {stored.max():g}"
+        f" mean {stored.mean():.2f}; scaled min {values.min():g} max {values.max():g}"
+        f" mean {values.mean():.2f} std {std:.2f}"
     )
     return 0
 
@@ -144,15 +151,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkout() -> Path | None:
+    """The source checkout holding ``benchmarks/``: beside the package (an editable or
+    in-tree install), else the working directory; ``None`` for an installed wheel."""
+    package_root = Path(__file__).resolve().parent.parent
+    for root in (package_root, Path.cwd()):
+        if (root / "benchmarks" / "__main__.py").is_file() and (root / "torchdicom").is_dir():
+            return root
+    return None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError:
+    # The benchmarks are not part of the package (they import peers and write RESULTS.md):
+    # run them as their own program from the checkout, never import them.
+    import subprocess
+
+    root = _checkout()
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        *(["--quick"] if args.quick else []),
+        *args.extra,
+    ]
+    if root is None:
         raise SystemExit(
-            "torchdicom: error: the benchmarks live in the source repository (benchmarks/); run this"
-            " from a checkout of torchdicom"
-        ) from None
-    return int(bench_main(["--quick"] if args.quick else []) or 0)
+            "torchdicom: error: the benchmarks live in the source repository, not in the installed"
+            " package: in a checkout of torchdicom run `python -m benchmarks"
+            + (" --quick" if args.quick else "")
+            + "`"
+        )
+    print(f"running `{' '.join(['python', *command[1:]])}` in {root}", file=sys.stderr, flush=True)
+    return subprocess.run(command, cwd=root, check=False).returncode
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,7 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--small", action="store_true", help="tiny sample sets (for tests)")
     s.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("bench", help="run the benchmarks")
+    s = sub.add_parser(
+        "bench",
+        help="run the benchmarks (python -m benchmarks, from a source checkout)",
+        description="Run `python -m benchmarks` in the source checkout; other arguments"
+        " (--only NAME ..., --write) are passed on.",
+    )
     s.add_argument("--quick", action="store_true", help="the one-minute version")
     s.set_defaults(func=_cmd_bench)
     return p
@@ -198,15 +233,40 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    try:
+        try:
+            parser = _parser()
+            args, extra = parser.parse_known_args(argv)
+            if extra and args.command != "bench":
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.extra = extra
+            code = _run(args)
+        except SystemExit:  # --help, usage errors: flush here too
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`torchdicom info FILE | head`): it asked for less output,
+        # which is not an error. Send what is still buffered to /dev/null so that the
+        # interpreter's own flush at exit does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     from torchdicom.errors import TorchDicomError
 
-    args = _parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except TorchDicomError as exc:
         print(f"torchdicom: error: {exc}", file=sys.stderr)
         return 1
     except (OSError, ValueError, IndexError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
         print(f"torchdicom: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
