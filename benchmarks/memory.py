@@ -25,9 +25,36 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["measure", "run"]
+import numpy as np
+
+from benchmarks._common import ct_dataset
+
+__all__ = ["make_file_tree", "measure", "run"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_file_tree(directory: Path, n: int, size: int = 64) -> Path:
+    """``n`` small int16 CT files in 10 sub-folders (a PACS-like tree), written fast.
+
+    One file is encoded with pydicom and its bytes copied: a header parser's cost does not
+    depend on the UID values, and writing 10 000 distinct files would dominate the run.
+    """
+    from pydicom.uid import generate_uid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ds = ct_dataset(size, size, 16, 16)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.PixelData = np.random.default_rng(0).integers(0, 2000, (size, size), np.int16).tobytes()
+    template = directory / "_template.dcm"
+    ds.save_as(template, enforce_file_format=True)
+    data = template.read_bytes()
+    template.unlink()
+    for i in range(n):
+        sub = directory / f"series{i % 10:02d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"IM{i:06d}").write_bytes(data)
+    return directory
 
 
 def _status_bytes(field: str) -> int:
@@ -110,8 +137,6 @@ def measure(dirs: dict[int, Path]) -> str:
 
 def run(quick: bool = False) -> str:
     """Generate 100 / 1 000 / 10 000 (quick: 100 / 1 000) small files and measure them."""
-    from benchmarks.scaling import make_file_tree
-
     ns = [100, 1_000] if quick else [100, 1_000, 10_000]
     with tempfile.TemporaryDirectory(prefix="torchdicom-bench-memory-") as tmp:
         dirs = {n: make_file_tree(Path(tmp) / f"files_{n}", n) for n in ns}

@@ -37,9 +37,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from benchmarks._common import median_s, warm_page_cache
+from benchmarks.memory import make_file_tree, measure
 from torchdicom import DicomDataset, collate, read_frames, scan
 
-__all__ = ["PLOTS", "make_file_tree", "run"]
+__all__ = ["PLOTS", "run"]
 
 HERE = Path(__file__).resolve().parent
 #: The figures this module writes, relative to the plot folder.
@@ -79,25 +80,6 @@ def _write(ds: Dataset, pixels: np.ndarray, path: Path) -> None:
     data = pixels.tobytes()
     ds.PixelData = data + b"\x00" * (len(data) % 2)
     ds.save_as(path, enforce_file_format=True)
-
-
-def make_file_tree(directory: Path, n: int, size: int = 64) -> Path:
-    """``n`` small int16 CT files in 10 sub-folders (a PACS-like tree), written fast.
-
-    One file is encoded with pydicom and its bytes copied: a header parser's cost does not
-    depend on the UID values, and writing 10 000 distinct files would dominate the run.
-    """
-    template = directory / "_template.dcm"
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    _write(_dataset(size), rng.integers(0, 2000, (size, size), dtype=np.int16), template)
-    data = template.read_bytes()
-    template.unlink()
-    for i in range(n):
-        sub = directory / f"series{i % 10:02d}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"IM{i:06d}").write_bytes(data)
-    return directory
 
 
 def _files(ns: list[int], root: Path) -> tuple[list[str], dict[int, Path], plt.Figure]:
@@ -275,8 +257,6 @@ def run(quick: bool = False, plot_dir: str | os.PathLike[str] | None = None) -> 
         plot_dir: where ``scaling_*.png`` go (default: the benchmarks folder). The links in
             the returned markdown are relative to it.
     """
-    from benchmarks import memory
-
     plot_dir = Path(plot_dir) if plot_dir is not None else HERE
     plot_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -288,7 +268,7 @@ def run(quick: bool = False, plot_dir: str | os.PathLike[str] | None = None) -> 
         frame_rows, fig_frames = _frames([10, 100, 1000], root, calls=100 if quick else 300)
         size_rows, fig_sizes = _sizes([256, 512, 1024, 2048], root, budget_mb=16 if quick else 64)
         worker_rows, fig_workers = _workers([0, 1, 2], root, n=64 if quick else 256, batch_size=32)
-        memory_md = memory.measure(dirs)
+        memory_md = measure(dirs)
     for fig, name in zip((fig_files, fig_frames, fig_sizes, fig_workers), PLOTS):
         fig.tight_layout()
         fig.savefig(plot_dir / name, dpi=100)
