@@ -45,6 +45,7 @@ class Section:
 
 
 SECTIONS = (
+    Section("startup", "## Start-up (python -m benchmarks.startup)", "benchmarks.startup"),
     Section("peers", "## Peers (python -m benchmarks.peers)", "benchmarks.peers"),
     Section("io", "## I/O (python -m benchmarks.io)", "benchmarks.io"),
     Section(
