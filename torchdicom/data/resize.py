@@ -26,6 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -239,7 +240,7 @@ def _convert_channels(image: torch.Tensor, channels: int, ybr: bool) -> tuple[to
         if ybr:  # YCbCr: the Y plane is the luma already
             return image[..., :1, :, :].contiguous(), True
         weights = torch.tensor(_LUMA, dtype=torch.float32).reshape(3, 1, 1)
-        luma = (image.to(torch.float32) * weights).sum(dim=-3, keepdim=True)
+        luma = (_to_float32(image) * weights).sum(dim=-3, keepdim=True)
         return _round_to(luma, image.dtype), True
     raise ValueError(
         f"cannot convert {c} channels to {channels}: only 1 ↔ 3 are supported. "
@@ -247,11 +248,26 @@ def _convert_channels(image: torch.Tensor, channels: int, ybr: bool) -> tuple[to
     )
 
 
+def _to_float32(values: torch.Tensor) -> torch.Tensor:
+    """float32 copy of an image. On the CPU through numpy: torch has no vectorised uint16
+    conversion, and its threaded elementwise kernels stall on a busy machine, while the
+    per-item work here is one single-threaded pass."""
+    if values.device.type == "cpu" and not values.is_floating_point():
+        return torch.from_numpy(values.numpy().astype(np.float32))
+    return values.to(torch.float32)
+
+
 def _round_to(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float32 values back in ``dtype``: rounded and clamped into its range when integer."""
+    """float32 values back in ``dtype``: rounded (half to even) and clamped into its range
+    when integer."""
     if dtype.is_floating_point:
         return values.to(dtype)
     info = torch.iinfo(dtype)
+    if values.device.type == "cpu":  # numpy, as in _to_float32
+        arr = values.detach().numpy()
+        np.rint(arr, out=arr)
+        np.clip(arr, info.min, info.max, out=arr)
+        return torch.from_numpy(arr.astype(torch.empty(0, dtype=dtype).numpy().dtype))
     return values.round_().clamp_(info.min, info.max).to(dtype)
 
 
@@ -282,7 +298,7 @@ def _resample_image(
     if tuple(region.shape[-2:]) == resized:
         out = region
     else:
-        planes, lead = _planes(region.to(torch.float32))
+        planes, lead = _planes(_to_float32(region))
         ch, cw = region.shape[-2:]
         if resized[0] <= ch and resized[1] <= cw:
             # Both axes shrink: area averaging (every input pixel weighs in; fast).
