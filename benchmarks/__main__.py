@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchdicom._atomic import write_text_atomic
+
 __all__ = ["SECTIONS", "main"]
 
 HERE = Path(__file__).resolve().parent
@@ -200,9 +202,7 @@ def update_readme(block: str, readme: Path = ROOT / "README.md") -> bool:
         lines[lines.index(README_PLACEHOLDER)] = block
         new = "\n".join(lines)
     if new != text:
-        tmp = readme.with_suffix(".md.tmp")
-        tmp.write_text(new)
-        os.replace(tmp, readme)
+        write_text_atomic(readme, new)
     return True
 
 
@@ -296,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if write:
         out = Path(args.out)
-        tmp_out = out.with_suffix(out.suffix + ".tmp")
-        tmp_out.write_text(report)
-        os.replace(tmp_out, out)  # a crash mid-write must not leave half a results file
+        write_text_atomic(out, report)  # a crash mid-write must not leave half a results file
         print(f"[benchmarks] wrote {out}", file=sys.stderr)
         if headline and (args.only is None or "peers" in args.only):
             if update_readme(_readme_block(headline, command, when)):

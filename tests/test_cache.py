@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import torchdicom.cache as cache_module
+import torchdicom._atomic as atomic_module
 from torchdicom.cache import FrameCache
 from torchdicom.data import DicomDataset
 from torchdicom.io.frames import read_frames, row_for_path
@@ -82,7 +82,7 @@ def test_unwritable_directory_warns_once_and_works(jpeg_row, tmp_path, monkeypat
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(cache_module.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(atomic_module, "_open_temporary", read_only)
     cache = FrameCache(tmp_path / "c")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

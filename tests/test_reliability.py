@@ -247,7 +247,7 @@ def test_frame_cache_on_unwritable_disk_falls_back_with_one_warning(tmp_path, mo
             np.testing.assert_array_equal(cache.read(row), expected)
     assert [str(w.message) for w in caught if "cache" in str(w.message)].__len__() == 1
     assert not cache.enabled
-    assert not list((tmp_path / "frames").glob("*/.tmp-*")), "temporary files left behind"
+    assert not list((tmp_path / "frames").glob("*/.*.tmp")), "temporary files left behind"
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC], ids=["read-only", "disk-full"])

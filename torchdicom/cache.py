@@ -7,8 +7,8 @@ DataLoader worker and every DDP rank on a machine shares one copy.
 Format (no pickle, nothing executable): per frame one file
 ``<dir>/<key[:2]>/<key>.frame`` holding a magic line, a 4-byte header length,
 a JSON header (dtype, shape, CRC-32 of the payload) and the raw payload.
-Files are written to a temporary name and renamed into place, so readers see
-a whole file or none; a file that fails its checksum (torn by a crash, bit
+Files are written atomically (:func:`torchdicom._atomic.atomic_write`), so
+readers see a whole file or none; a file that fails its checksum (torn by a crash, bit
 rot) is deleted and decoded again. The total size is bounded: when it grows
 past ``max_bytes`` the least recently written files are evicted.
 
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from torchdicom._atomic import atomic_write
 from torchdicom.io.frames import FrameSelection, read_frames_numpy, resolve_frames
 
 __all__ = ["FrameCache"]
@@ -154,26 +154,17 @@ class FrameCache:
             {"dtype": arr.dtype.str, "shape": list(arr.shape), "crc32": zlib.crc32(payload)}
         ).encode()
         path = self._path(key)
-        tmp = None
         try:
             path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
+            # No fsync: an entry torn by a power loss fails its checksum and is decoded again.
+            with atomic_write(path, durable=False, mode=0o600) as f:
                 f.write(_MAGIC)
                 f.write(struct.pack("<I", len(header)))
                 f.write(header)
                 f.write(payload)
-            os.replace(tmp, path)
-            tmp = None
         except OSError as exc:
             self._disable(exc)
             return
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
         self._written_since_evict += len(payload)
         if self._written_since_evict >= min(_EVICT_EVERY_BYTES, max(self.max_bytes // 8, 1)):
             self._written_since_evict = 0

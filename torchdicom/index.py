@@ -7,19 +7,17 @@ training reads pixels by offset without parsing headers again. Files that
 fail are listed in :attr:`DicomIndex.errors` with a one-line reason; one bad
 file never stops a scan.
 
-The parquet cache is written atomically (temporary file + ``os.replace``) and
+The parquet cache is written atomically (:func:`torchdicom._atomic.atomic_write`) and
 revalidated per file by (size, mtime), so an interrupted write never leaves a
 torn cache and an edited file is always re-parsed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from torchdicom._atomic import atomic_write
 from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
 from torchdicom.io.files import get_dicom_files
 from torchdicom.io.header import (
@@ -227,17 +226,9 @@ def _write_parquet_atomic(df: pd.DataFrame, errors: pd.DataFrame, path: Path) ->
 
     table = _combined_table(df, errors)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # Owner-only, as the index has always been written.
+    with atomic_write(path, mode=0o600) as f:
+        pq.write_table(table, f)
 
 
 def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -46,6 +46,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+from torchdicom._atomic import write_text_atomic
+
 __all__ = [
     "SAMPLES_VERSION",
     "SIIM_LABELS",
@@ -1240,7 +1242,5 @@ def demo_data(root: str | os.PathLike[str] | None = None, small: bool = False) -
         }
         manifest_sets[name] = entry
     manifest = {"version": SAMPLES_VERSION, "params": params, "sets": manifest_sets}
-    tmp = root / f".{_MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, root / _MANIFEST)
+    write_text_atomic(root / _MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     return DemoData(root, sets["siim"], sets["ct"], sets["us"], reused=False)
