@@ -238,3 +238,49 @@ def test_datamodule_trains_by_size(mixed: Path) -> None:
     assert sum(s[0] for s in model.shapes) == 2 * N  # two epochs
     full = {(spp, h, w) for _, h, w, spp, *_ in MIXED}
     assert {s[1:] for s in model.shapes} == full  # full resolution, one size per batch
+
+
+def test_ddp_two_ranks_by_size(mixed: Path, tmp_path: Path) -> None:
+    """A real two-process DDP run (gloo): equal batch counts, every item once per epoch,
+    one size per batch, reshuffled per epoch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    labels = tmp_path / "labels.csv"
+    files = sorted(p.relative_to(mixed) for p in mixed.rglob("*") if p.is_file())
+    labels.write_text("file,label\n" + "".join(f"{f},{k % 2}\n" for k, f in enumerate(files)))
+    out = tmp_path / "ddp"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "tests" / "ddp_bucket_check.py"),
+            str(mixed),
+            str(labels),
+            str(out),
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    orders = []
+    for epoch in (0, 1):
+        ranks = [json.loads((out / f"rank{r}_epoch{epoch}.json").read_text()) for r in (0, 1)]
+        assert len(ranks[0]) == len(ranks[1])  # no rank waits at a collective
+        seen = [i for rank in ranks for batch in rank for i in batch]
+        assert sorted(seen) == list(range(N))  # each item once
+        orders.append(seen)
+    assert orders[0] != orders[1]
+    full = {(spp, h, w) for _, h, w, spp, *_ in MIXED}
+    shapes = [s for r in (0, 1) for s in json.loads((out / f"shapes{r}.json").read_text())]
+    assert {tuple(s[1:]) for s in shapes} == full
