@@ -103,8 +103,10 @@ class Collate:
                 f"{tuple(v.shape)} {it.get('path', '?')}" for v, it in list(zip(values, items))[:4]
             )
             raise ValueError(
-                f"cannot batch {key}s of different sizes: {detail}; use Collate(pad=True),"
-                f" a resizing transform, or batch_size=1"
+                f"cannot batch {key}s of different sizes: {detail}; give the dataset a size"
+                f" policy (size=(H, W), resize=, channels=1 or 3), batch by size"
+                f" (DicomDataModule(batching='by_size')), use Collate(pad=True) (same channels"
+                f" only), or batch_size=1"
             )
         h = max(v.shape[-2] for v in values)
         w = max(v.shape[-1] for v in values)

@@ -18,6 +18,11 @@ Every item carries the numbers (as tensors, so :class:`~torchdicom.Collate` stac
 - ``scale`` float64 (2,): (sy, sx), output pixels per original pixel;
 - ``pad`` int64 (4,): (top, left, bottom, right) pixels added after resizing
   (non-zero only for ``resize="letterbox"``).
+
+:class:`~torchdicom.DicomDataset` and :class:`~torchdicom.DicomClipDataset` take
+``size=``, ``resize=``, ``channels=``; :class:`~torchdicom.DicomVolumeDataset` does not: a
+volume is one series of one in-plane size, and what volumes need is resampling to a voxel
+spacing, a different operation (on the device, batched, after loading).
 """
 
 from __future__ import annotations
