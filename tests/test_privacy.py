@@ -7,6 +7,8 @@ DEBUG logs, CLI output and the messages of errors raised on damaged copies.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from pydicom.uid import RLELossless
 from tests.dicom_factory import PHI_BIRTH_DATE, PHI_PATIENT_ID, PHI_PATIENT_NAME, write_dicom
 from tests.fuzz import _mutate
 from tests.fuzz._mutate import Mutation
-from torchdicom import DicomDataset, read_frames, scan
+from torchdicom import DicomDataset, read_frames, scan, to_dataframe
+from torchdicom._privacy import DEFAULT_SALT, IDENTIFYING_ELEMENTS, patient_hash
 from torchdicom.cli import main
 from torchdicom.errors import TorchDicomError
 
@@ -36,6 +39,33 @@ def phi_dir(tmp_path: Path) -> Path:
     write_dicom(root / "ct.dcm", rows=16, columns=16)
     write_dicom(root / "rle.dcm", rows=16, columns=16, frames=2, transfer_syntax=RLELossless)
     return root
+
+
+def test_patient_hash_is_stable_and_salted() -> None:
+    assert patient_hash("A") == patient_hash("A") != patient_hash("B")
+    assert patient_hash("A", salt="site-1") != patient_hash("A", salt="site-2")
+    assert patient_hash("") == ""
+    assert len(patient_hash("A")) == 16
+
+
+def test_patient_hash_is_hmac_sha256_keyed_by_the_salt(monkeypatch) -> None:
+    expected = hmac.new(b"site-1", b"PAT-0001", hashlib.sha256).hexdigest()[:16]
+    assert patient_hash("PAT-0001", salt="site-1") == expected
+    monkeypatch.setenv("TORCHDICOM_SALT", "site-1")
+    assert patient_hash("PAT-0001") == expected
+    monkeypatch.delenv("TORCHDICOM_SALT")
+    default = hmac.new(DEFAULT_SALT.encode(), b"PAT-0001", hashlib.sha256).hexdigest()[:16]
+    assert patient_hash("PAT-0001") == default
+
+
+def test_index_and_to_dataframe_hash_with_the_same_function(phi_dir) -> None:
+    index = scan(phi_dir, progress=False)
+    assert set(index.df["patient_hash"]) == {patient_hash(PHI_PATIENT_ID)}
+    df = to_dataframe(phi_dir)
+    assert set(df["PatientID"]) == {patient_hash(PHI_PATIENT_ID)}
+    assert set(df["PatientName"]) == {patient_hash(PHI_PATIENT_NAME)}
+    withheld = {k for k, how in IDENTIFYING_ELEMENTS.items() if how == "withhold"}
+    assert "PatientBirthDate" in withheld and not withheld & set(df.columns)
 
 
 def test_index_caches_and_logs_hold_no_identifiers(phi_dir, tmp_path, caplog):

@@ -47,7 +47,6 @@ _INFO_KEYS = (
     "SliceThickness",
     "ImagePositionPatient",
 )
-_PHI = {"PatientName", "PatientID", "PatientBirthDate"}
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
@@ -66,8 +65,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
     from pydicom.uid import UID
 
+    from torchdicom._privacy import IDENTIFYING_ELEMENTS, patient_hash
     from torchdicom.io.frames import read_frames_numpy, row_for_path, scaled_px_numpy
-    from torchdicom.io.header import dcmread, patient_hash
+    from torchdicom.io.header import dcmread
 
     # Read the pixels first: a damaged file then fails with one error line
     # before anything is printed. A header whose elements are shifted by
@@ -87,12 +87,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if key not in ds:
             continue
         value = ds.get(key)
-        if key in _PHI and not args.show_phi:
-            text = (
-                f"<masked: hash {patient_hash(str(value))}>"
-                if key != "PatientBirthDate"
-                else "<masked>"
-            )
+        masking = None if args.show_phi else IDENTIFYING_ELEMENTS.get(key)
+        if masking is not None:
+            text = f"<masked: hash {patient_hash(str(value))}>" if masking == "hash" else "<masked>"
         else:
             text = str(value)
         print(f"{key:<26} {text}")

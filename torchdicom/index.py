@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from torchdicom._atomic import atomic_write
+from torchdicom._privacy import IDENTIFYING_ELEMENTS, patient_hash
 from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
 from torchdicom.io.files import get_dicom_files
 from torchdicom.io.header import (
@@ -36,7 +37,6 @@ from torchdicom.io.header import (
     _short,
     dcmread,
     header_row,
-    patient_hash,
 )
 
 __all__ = ["DicomIndex", "scan", "to_dataframe"]
@@ -44,7 +44,9 @@ __all__ = ["DicomIndex", "scan", "to_dataframe"]
 log = logging.getLogger(__name__)
 
 # 2: the per-frame "floats" columns of enhanced multi-frame objects.
-_SCHEMA_VERSION = 2
+# 3: patient_hash is HMAC-SHA256 keyed by the salt (was a salted SHA-256): older caches
+#    hold hashes that no longer match, so they are rebuilt.
+_SCHEMA_VERSION = 3
 _ERROR_COLUMNS = ("path", "error_type", "reason")
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
@@ -418,32 +420,6 @@ def _take(item, rows: list[dict[str, Any]], errors: list[tuple[str, str, str, in
 
 
 # --------------------------------------------------------------------------- exploration
-# Elements that identify a patient. Hashed (IDs) or dropped (the rest) unless show_phi=True.
-_PHI_HASHED = {
-    "PatientID",
-    "PatientName",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "IssuerOfPatientID",
-}
-_PHI_DROPPED = {
-    "PatientBirthDate",
-    "PatientBirthTime",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientMotherBirthName",
-    "MilitaryRank",
-    "EthnicGroup",
-    "PatientComments",
-    "OtherPatientIDsSequence",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "InstitutionAddress",
-    "AccessionNumber",
-}
-
-
 def _flatten(ds, show_phi: bool, salt: str | None) -> dict[str, Any]:
     from pydicom.multival import MultiValue
     from pydicom.valuerep import PersonName
@@ -454,9 +430,10 @@ def _flatten(ds, show_phi: bool, salt: str | None) -> dict[str, Any]:
             continue  # pixel data, sequences and binary blobs do not fit a table cell
         key = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
         value = elem.value
-        if not show_phi and key in _PHI_DROPPED:
+        masking = None if show_phi else IDENTIFYING_ELEMENTS.get(key)
+        if masking == "withhold":
             continue
-        if not show_phi and key in _PHI_HASHED:
+        if masking == "hash":
             out[key] = patient_hash(str(value), salt) if value not in (None, "") else ""
             continue
         if isinstance(value, MultiValue | list):
@@ -499,15 +476,15 @@ def to_dataframe(
     Multi-valued elements are split into ``Keyword``, ``Keyword1``, ``Keyword2``
     … columns; sequences and binary elements are left out. Patient identifiers
     ((0010,0020) *Patient ID*, (0010,0010) *Patient's Name* …) are replaced by
-    their salted hash and birth dates, addresses and staff names are dropped,
-    unless ``show_phi=True``.
+    their keyed hash and birth dates, addresses and staff names are dropped,
+    unless ``show_phi=True`` (the list: ``torchdicom._privacy.IDENTIFYING_ELEMENTS``).
 
     Args:
         files: files, or a directory.
         px_summ: add ``img_min``, ``img_max``, ``img_mean``, ``img_std`` of
             the stored values of the first frame (reads pixels).
         show_phi: keep identifying elements verbatim (never use for logs).
-        salt: salt for the identifier hashes (see :func:`patient_hash`).
+        salt: key of the identifier hashes (see :func:`torchdicom.io.patient_hash`).
         progress: show a progress bar.
 
     Returns:

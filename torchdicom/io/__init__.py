@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY: dict[str, str] = {
     "dcmread": "torchdicom.io.header",
     "header_row": "torchdicom.io.header",
-    "patient_hash": "torchdicom.io.header",
+    "patient_hash": "torchdicom._privacy",
     "get_dicom_files": "torchdicom.io.files",
     "has_dicm_magic": "torchdicom.io.files",
     "read_frames": "torchdicom.io.frames",
@@ -23,9 +23,10 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from torchdicom._privacy import patient_hash
     from torchdicom.io.files import get_dicom_files, has_dicm_magic
     from torchdicom.io.frames import read_frames, resolve_frames, row_for_path, scaled_px
-    from torchdicom.io.header import dcmread, header_row, patient_hash
+    from torchdicom.io.header import dcmread, header_row
 
 __all__ = [
     "dcmread",

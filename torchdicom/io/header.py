@@ -6,15 +6,14 @@ byte offset of the pixel data value) plus the per-sample metadata training
 needs (rescale, window, geometry). Rows are what :func:`torchdicom.scan` puts
 into a :class:`~torchdicom.DicomIndex`, one per file.
 
-Raw patient identifiers never enter a row: ``patient_hash`` is a salted
-SHA-256 of (0010,0020) *Patient ID* (or (0010,0010) *Patient's Name* when the
-ID is empty).
+Raw patient identifiers never enter a row: ``patient_hash`` is the keyed hash
+(:func:`torchdicom._privacy.patient_hash`) of (0010,0020) *Patient ID* (or
+(0010,0010) *Patient's Name* when the ID is empty).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import math
@@ -32,6 +31,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from torchdicom._privacy import patient_hash
 from torchdicom.errors import (
     CorruptDicomError,
     DicomFileNotFoundError,
@@ -48,7 +48,6 @@ __all__ = [
     "dcmread",
     "frame_row",
     "header_row",
-    "patient_hash",
     "row_from_dataset",
 ]
 
@@ -62,8 +61,6 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 # Elements larger than this are not read at parse time (pydicom "deferred"),
 # so scanning never loads pixel data.
 _DEFER_SIZE = 4096
-
-_DEFAULT_SALT = "torchdicom-v1"
 
 # The index schema, in column order: name → kind. int columns hold -1 when
 # unknown, float columns NaN when absent.
@@ -151,24 +148,6 @@ _FUNCTIONAL_GROUP_SOURCES: dict[str, tuple[int, int]] = {
 }
 _SHARED_GROUPS = 0x52009229
 _PER_FRAME_GROUPS = 0x52009230
-
-
-def patient_hash(identifier: str, salt: str | None = None) -> str:
-    """Salted SHA-256 of a patient identifier, 16 hex digits.
-
-    Equal identifiers give equal hashes (so patient-level splits work) while
-    the identifier itself never reaches an index, a log or a cache. The salt
-    comes from ``salt``, else the ``TORCHDICOM_SALT`` environment variable,
-    else a fixed project default. Short IDs can be brute-forced against a
-    public salt: set a secret ``TORCHDICOM_SALT`` when indexes leave the site.
-
-    Returns ``""`` for an empty identifier.
-    """
-    if not identifier:
-        return ""
-    salt = salt if salt is not None else os.environ.get("TORCHDICOM_SALT", _DEFAULT_SALT)
-    digest = hashlib.sha256(f"{salt}\x00{identifier}".encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()[:16]
 
 
 _INVALID_VALUE = re.compile(r"(Invalid value for VR \w+): .*?(\. Please see|$)", re.S)
