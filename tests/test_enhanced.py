@@ -22,7 +22,8 @@ from tests.conftest import real_file
 from tests.dicom_factory import make_dataset, write_ct_series, write_dicom
 from torchdicom import DicomDataset, DicomIndex, DicomVolumeDataset, collate, scaled_px, scan
 from torchdicom.errors import TorchDicomError
-from torchdicom.io.header import PER_FRAME_COLUMNS, frame_row
+from torchdicom.io.header import frame_row
+from torchdicom.io.schema import PER_FRAME_COLUMNS
 from torchdicom.transforms import Rescale
 
 # Coronal plane: rows run along +x, columns along -z; the normal (row × column) is +y.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import typing
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,16 @@ from tests.dicom_factory import (
 )
 from torchdicom import DicomIndex, read_frames, scan, to_dataframe
 from torchdicom._privacy import patient_hash
-from torchdicom.io.header import INDEX_COLUMNS, PER_FRAME_COLUMNS
+from torchdicom.io.header import header_row
+from torchdicom.io.schema import (
+    INDEX_COLUMNS,
+    INDEX_SCHEMA,
+    KIND_DTYPES,
+    KIND_FILLS,
+    PER_FRAME_COLUMNS,
+    FloatArray,
+    IndexRow,
+)
 
 PHI_STRINGS = (PHI_PATIENT_NAME, PHI_PATIENT_ID, PHI_BIRTH_DATE, "Leakmouth", "Zebedee")
 
@@ -127,6 +137,18 @@ def test_columns_present_and_typed(series: Path) -> None:
     assert df["path"].is_monotonic_increasing
     assert repr(index) == "DicomIndex(6 files, 6 frames, 2 errors)"
     assert "CT (6)" in index.summary()
+
+
+def test_header_rows_are_index_rows(series: Path) -> None:
+    # IndexRow is the one source: INDEX_SCHEMA follows its annotations, header_row fills them.
+    hints = typing.get_type_hints(IndexRow)
+    assert tuple(hints) == INDEX_COLUMNS == tuple(INDEX_SCHEMA)
+    assert set(INDEX_SCHEMA.values()) == set(KIND_DTYPES) == set(KIND_FILLS)
+    row = header_row(_scan(series).row(0)["path"])
+    assert list(row) == list(INDEX_COLUMNS)
+    for name, hint in hints.items():
+        expected = np.ndarray if hint == FloatArray else hint
+        assert isinstance(row[name], expected), (name, type(row[name]))
 
 
 def test_absent_values_are_nan_or_minus_one(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from torchdicom.io.header import dcmread, header_row, pydicom_warnings_logged, withhold_values
+from torchdicom.io.dicomfile import dcmread, pydicom_warnings_logged, withhold_values
+from torchdicom.io.header import header_row
 
 NAME = "Secretname^Zelda"
 

@@ -37,7 +37,7 @@ _LAZY: dict[str, str] = {
     "DicomIndex": "torchdicom.index",
     "scan": "torchdicom.index",
     "to_dataframe": "torchdicom.index",
-    "dcmread": "torchdicom.io.header",
+    "dcmread": "torchdicom.io.dicomfile",
     "get_dicom_files": "torchdicom.io.files",
     "read_frames": "torchdicom.io.frames",
     "scaled_px": "torchdicom.io.frames",
@@ -70,9 +70,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         UnsupportedTransferSyntaxError,
     )
     from torchdicom.index import DicomIndex, scan, to_dataframe
+    from torchdicom.io.dicomfile import dcmread
     from torchdicom.io.files import get_dicom_files
     from torchdicom.io.frames import read_frames, scaled_px
-    from torchdicom.io.header import dcmread
     from torchdicom.transforms._functional_histogram import (
         freqhist_bins,
         hist_scaled,

@@ -66,8 +66,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from pydicom.uid import UID
 
     from torchdicom._privacy import IDENTIFYING_ELEMENTS, patient_hash
+    from torchdicom.io.dicomfile import dcmread
     from torchdicom.io.frames import read_frames_numpy, row_for_path, scaled_px_numpy
-    from torchdicom.io.header import dcmread
 
     # Read the pixels first: a damaged file then fails with one error line
     # before anything is printed. A header whose elements are shifted by

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -30,14 +30,10 @@ import pandas as pd
 from torchdicom._atomic import atomic_write
 from torchdicom._privacy import IDENTIFYING_ELEMENTS, patient_hash
 from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
+from torchdicom.io.dicomfile import _short, dcmread
 from torchdicom.io.files import get_dicom_files
-from torchdicom.io.header import (
-    INDEX_COLUMNS,
-    INDEX_SCHEMA,
-    _short,
-    dcmread,
-    header_row,
-)
+from torchdicom.io.header import header_row
+from torchdicom.io.schema import INDEX_COLUMNS, INDEX_SCHEMA, KIND_DTYPES, KIND_FILLS, IndexRow
 
 __all__ = ["DicomIndex", "scan", "to_dataframe"]
 
@@ -50,24 +46,6 @@ _SCHEMA_VERSION = 3
 _ERROR_COLUMNS = ("path", "error_type", "reason")
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
-
-# pandas dtype and missing-value fill of each schema kind. A "floats" cell is a float64 numpy
-# array (parquet: list<double>), empty when missing; pandas cannot fillna with an array, so
-# _typed fills those cells itself.
-_DTYPES: dict[str, Any] = {
-    "int": "int64",
-    "bool": bool,
-    "str": object,
-    "float": "float64",
-    "floats": object,
-}
-_FILLS: dict[str, Any] = {
-    "int": -1,
-    "bool": False,
-    "str": "",
-    "float": math.nan,
-    "floats": np.empty(0, np.float64),
-}
 
 
 def _empty_frame() -> pd.DataFrame:
@@ -84,15 +62,15 @@ def _typed(df: pd.DataFrame, fill_missing: bool = False) -> pd.DataFrame:
         if fill_missing:
             if kind in ("int", "float"):
                 col = pd.to_numeric(col, errors="coerce")
-            col = col.fillna(_FILLS[kind])
-        df[c] = col.astype(_DTYPES[kind])
+            col = col.fillna(KIND_FILLS[kind])
+        df[c] = col.astype(KIND_DTYPES[kind])
     return df
 
 
 def _float_array(value: Any) -> np.ndarray:
     """A "floats" cell as a float64 array; None / NaN (a missing cell) as the empty one."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return _FILLS["floats"]
+        return KIND_FILLS["floats"]
     return np.asarray(value, dtype=np.float64)
 
 
@@ -100,8 +78,8 @@ class DicomIndex:
     """The parsed headers of a DICOM collection.
 
     Attributes:
-        df: one row per readable file (columns: see ``INDEX_COLUMNS`` in
-            :mod:`torchdicom.io.header` — path, size, mtime_ns, UIDs,
+        df: one row per readable file (columns: see
+            :class:`~torchdicom.io.schema.IndexRow` — path, size, mtime_ns, UIDs,
             ``patient_hash``, modality, rows, columns, frames,
             samples_per_pixel, photometric, bits_*, pixel_representation,
             transfer_syntax, pixel_offset, rescale_slope/intercept,
@@ -130,13 +108,13 @@ class DicomIndex:
     def __repr__(self) -> str:
         return f"DicomIndex({len(self.df)} files, {int(self.df['frames'].sum()) if len(self.df) else 0} frames, {len(self.errors)} errors)"
 
-    def row(self, i: int) -> dict[str, Any]:
+    def row(self, i: int) -> IndexRow:
         """Row ``i`` as a plain dict (what :func:`~torchdicom.read_frames` takes)."""
-        return self.df.iloc[i].to_dict()
+        return cast(IndexRow, self.df.iloc[i].to_dict())
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[IndexRow]:
         """All rows as plain dicts, cheap to index in a hot loop."""
-        return self.df.to_dict("records")
+        return cast(list[IndexRow], self.df.to_dict("records"))
 
     @property
     def total_frames(self) -> int:
@@ -263,7 +241,7 @@ def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # --------------------------------------------------------------------------- scanning
-def _scan_one(path: str) -> tuple[str, dict[str, Any] | None, tuple[str, str, int, int] | None]:
+def _scan_one(path: str) -> tuple[str, IndexRow | None, tuple[str, str, int, int] | None]:
     """Worker: parse one header. Never raises for a bad file."""
     try:
         with warnings.catch_warnings():
@@ -279,7 +257,7 @@ def _scan_one(path: str) -> tuple[str, dict[str, Any] | None, tuple[str, str, in
 
 def _scan_chunk(
     paths: list[str],
-) -> list[tuple[str, dict[str, Any] | None, tuple[str, str, int, int] | None]]:
+) -> list[tuple[str, IndexRow | None, tuple[str, str, int, int] | None]]:
     return [_scan_one(p) for p in paths]
 
 
@@ -344,12 +322,12 @@ def scan(
     from tqdm.auto import tqdm
 
     paths = _collect_paths(source)
-    cached: dict[str, dict[str, Any]] = {}
+    cached: dict[str, IndexRow] = {}
     cached_errors: dict[str, tuple[str, str, int, int]] = {}
     if cache is not None and Path(cache).exists():
         try:
             old, old_err = _read_parquet(Path(cache))
-            cached = {r["path"]: r for r in old.to_dict("records")}
+            cached = {r["path"]: cast(IndexRow, r) for r in old.to_dict("records")}
             cached_errors = {
                 r["path"]: (r["error_type"], r["reason"], int(r["size"]), int(r["mtime_ns"]))
                 for r in old_err.to_dict("records")
@@ -357,7 +335,7 @@ def scan(
         except TorchDicomError as exc:
             warnings.warn(f"index cache ignored and rebuilt: {exc}", stacklevel=2)
 
-    rows: list[dict[str, Any]] = []
+    rows: list[IndexRow] = []
     errors: list[tuple[str, str, str, int, int]] = []
     todo: list[str] = []
     for p in paths:
@@ -410,7 +388,7 @@ def scan(
     return index
 
 
-def _take(item, rows: list[dict[str, Any]], errors: list[tuple[str, str, str, int, int]]) -> None:
+def _take(item, rows: list[IndexRow], errors: list[tuple[str, str, str, int, int]]) -> None:
     path, row, err = item
     if row is not None:
         rows.append(row)

@@ -48,9 +48,9 @@ from torchdicom.errors import (
     NotDicomError,
     TorchDicomError,
 )
+from torchdicom.io.dicomfile import dcmread
 from torchdicom.io.files import get_dicom_files
 from torchdicom.io.frames import _check_encapsulated_size, _check_native_size, row_for_path
-from torchdicom.io.header import dcmread
 
 __all__ = ["POSITION_TOLERANCE_MM", "SEG_SOP_CLASSES", "SegMasks", "find_seg_files"]
 

@@ -1,7 +1,7 @@
 """Finding DICOM files, parsing headers, reading frames.
 
 The names below load from their submodule on first access (PEP 562): the header-level
-modules (``torchdicom.io.files``, ``torchdicom.io.header``) import pydicom only, and
+modules (``torchdicom.io.files``, ``dicomfile``, ``schema``, ``header``) import pydicom only, and
 importing them, or this package, does not import torch.
 """
 
@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
-    "dcmread": "torchdicom.io.header",
+    "dcmread": "torchdicom.io.dicomfile",
     "header_row": "torchdicom.io.header",
     "patient_hash": "torchdicom._privacy",
     "get_dicom_files": "torchdicom.io.files",
@@ -24,9 +24,10 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from torchdicom._privacy import patient_hash
+    from torchdicom.io.dicomfile import dcmread
     from torchdicom.io.files import get_dicom_files, has_dicm_magic
     from torchdicom.io.frames import read_frames, resolve_frames, row_for_path, scaled_px
-    from torchdicom.io.header import dcmread, header_row
+    from torchdicom.io.header import header_row
 
 __all__ = [
     "dcmread",

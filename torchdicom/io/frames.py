@@ -49,14 +49,8 @@ from torchdicom.errors import (
     UnsupportedTransferSyntaxError,
 )
 from torchdicom.io.codestream import check_frame
-from torchdicom.io.header import (
-    BoundedReader,
-    _short,
-    as_row,
-    dcmread,
-    header_row_stat,
-    stat_file,
-)
+from torchdicom.io.dicomfile import BoundedReader, _short, dcmread, stat_file
+from torchdicom.io.header import as_row, header_row_stat
 from torchdicom.io.modality import modality_values
 
 # torch is imported where a tensor is made: the header-only command-line tools read pixels

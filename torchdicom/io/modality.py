@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from torchdicom.errors import CorruptDicomError
-from torchdicom.io.header import _short, dcmread, frame_row
+from torchdicom.io.dicomfile import _short, dcmread
+from torchdicom.io.header import frame_row
 
 if TYPE_CHECKING:  # torch is not loaded by header-level callers (the info command)
     import torch
