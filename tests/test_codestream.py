@@ -40,6 +40,7 @@ from torchdicom.io.codestream import (
     CodestreamHeader,
     check_frame,
     codestream_family,
+    encapsulated_frames_held,
     parse_j2k,
     parse_jpeg,
     parse_rle,
@@ -519,3 +520,32 @@ def test_declared_frames_unchanged_without_excess(
     with caplog.at_level(logging.WARNING, logger="torchdicom.io"):
         assert scan([path], workers=0, progress=False).row(0)["frames"] == 3
     assert not [r for r in caplog.records if r.name == "torchdicom.io"]
+
+
+class TestEncapsulatedFramesHeld:
+    """The scan-time count never trusts a length the file cannot back."""
+
+    @staticmethod
+    def _count(data: bytes, declared: int) -> tuple[int, int]:
+        return encapsulated_frames_held(lambda at, n: data[at : at + n], 0, len(data), declared)
+
+    @staticmethod
+    def _item(payload: bytes) -> bytes:
+        return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(payload)) + payload
+
+    def test_offset_table_longer_than_the_file(self) -> None:
+        data = b"\xfe\xff\x00\xe0" + struct.pack("<I", 0xFFFFFFFC) + b"\x00" * 16
+        assert self._count(data, 1) == (1, 1)
+
+    def test_more_offsets_than_fragments(self) -> None:
+        # Five offsets, two fragments: pydicom yields two frames, not five.
+        table = self._item(struct.pack("<5I", 0, 12, 24, 36, 48))
+        data = table + self._item(b"\xff\xd8\xff\xd9") + self._item(b"\xff\xd8\xff\xd9")
+        assert self._count(data, 1) == (2, 2)
+
+    def test_fragments_split_at_end_markers(self) -> None:
+        image = self._item(b"\xff\xd8ab") + self._item(b"cd\xff\xd9")
+        data = self._item(b"") + image * 3
+        assert self._count(data, 2) == (3, 3)  # 6 fragments, 3 images
+        assert self._count(data, 1) == (1, 3)  # joined into one frame, as pydicom does
+        assert self._count(data, 3) == (3, 3)

@@ -85,19 +85,38 @@ def _reference(path: str) -> tuple[np.ndarray | None, Any]:
     """pydicom's pixels (F, C, H, W) and the dataset, or (None, None) when pydicom fails."""
     import pydicom
 
-    from tests.dicom_factory import pixel_array_fchw
+    from torchdicom.io.frames import decoding_plugin
 
     def ref():
         ds = pydicom.dcmread(path, force=True)
-        # pydicom's default guesses extra frames from excess pixel data
-        # (allow_excess_frames); torchdicom follows (0028,0008) as written.
-        ds.pixel_array_options(allow_excess_frames=False)
-        return pixel_array_fchw(ds), ds
+        # pydicom's defaults (excess frames returned, as torchdicom indexes
+        # them), except the decoder: the plugin torchdicom pins. pydicom's own
+        # order puts GDCM first when python-gdcm is installed, and GDCM aborts
+        # the process on the lying headers this fuzzer writes.
+        meta = getattr(ds, "file_meta", None)
+        uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        try:
+            bits_stored = int(ds.get("BitsStored", 8) or 8)
+        except (TypeError, ValueError):
+            bits_stored = 8
+        plugin = decoding_plugin(uid, bits_stored) if uid else ""
+        arr = (
+            ds.pixel_array if not plugin else pydicom.pixels.pixel_array(ds, decoding_plugin=plugin)
+        )
+        return _fchw(arr, int(ds.get("SamplesPerPixel", 1) or 1)), ds
 
     status, value, _, _ = _guarded(ref, 10.0)
     if status != "ok":
         return None, None
     return value
+
+
+def _fchw(arr: np.ndarray, samples: int) -> np.ndarray:
+    """``pixel_array`` as (F, C, H, W), whatever the frame count it found."""
+    if arr.ndim == (2 if samples == 1 else 3):
+        arr = arr[None]
+    arr = arr[:, None] if samples == 1 else np.moveaxis(arr, -1, 1)
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

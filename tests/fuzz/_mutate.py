@@ -4,7 +4,9 @@ Two kinds of mutation, both deterministic functions of their arguments so
 hypothesis can draw and shrink them:
 
 * **structural** — the file is parsed with pydicom, one header element is
-  set to an absurd or inconsistent value (Rows, Columns, Number of Frames,
+  set to an absurd or inconsistent value, or to a plausible wrong one (Rows
+  or Columns doubled or halved, 1 <-> 3 samples, 8 <-> 16 bits allocated:
+  a header edited after compression) (Rows, Columns, Number of Frames,
   Bits Allocated/Stored, Samples per Pixel, Pixel Representation, Planar
   Configuration, Photometric Interpretation), the pixel data is removed, or
   the transfer syntax UID is swapped without re-encoding, and the file is
@@ -128,6 +130,18 @@ def _structural(data: bytes, m: Mutation) -> bytes:
                 ds.NumberOfFrames = str(value)
             else:
                 setattr(ds, keyword, value)
+        elif m.op == "rescale":
+            # A plausible lie: the value doubled, halved, or swapped for its usual
+            # alternative (1 <-> 3 samples, 8 <-> 16 bits) — what an edit after
+            # compression leaves, and what made GDCM abort (issue 11).
+            keyword, factor = m.arg  # type: ignore[misc]
+            current = int(getattr(ds, keyword))
+            swaps = {"SamplesPerPixel": {1: 3, 3: 1}, "BitsAllocated": {8: 16, 16: 8}}
+            if keyword in swaps:
+                value = swaps[keyword].get(current, current)
+            else:
+                value = max(1, min(65535, int(current * factor)))
+            setattr(ds, keyword, value)
         elif m.op == "drop":
             for keyword in m.arg:  # type: ignore[union-attr]
                 if keyword in ds:
@@ -215,7 +229,7 @@ def _byte_level(data: bytes, m: Mutation) -> bytes:
     raise ValueError(f"unknown mutation {m.op}")
 
 
-STRUCTURAL_OPS = ("set", "drop")
+STRUCTURAL_OPS = ("set", "rescale", "drop")
 
 
 def apply(data: bytes, mutations: list[Mutation]) -> bytes:

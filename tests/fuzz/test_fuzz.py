@@ -27,7 +27,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from tests.conftest import real_files
 from tests.dicom_factory import write_dicom
@@ -64,6 +64,11 @@ _STRICTER_REASONS = re.compile(
             r"Modality LUT",
             r"not indexed",
             r"compressed frames",
+            # a code-stream header that disagrees with the DICOM header (issue 11)
+            r"code-stream says",
+            r"code-stream holds",
+            r"RLE segments, but the RLE header",
+            r"the RLE header's segment",
         ]
     )
 )
@@ -85,6 +90,9 @@ def _generated_seeds(directory: Path) -> list[Path]:
         {"transfer_syntax": ExplicitVRBigEndian},
         {"transfer_syntax": RLELossless, "frames": 3},
         {"transfer_syntax": JPEG2000Lossless, "frames": 2, "rows": 32, "columns": 32},
+        {"transfer_syntax": JPEGLSLossless, "frames": 2, "bits_stored": 12},
+        {"transfer_syntax": JPEGLSLossless, "samples_per_pixel": 3, "bits_allocated": 8},
+        {"transfer_syntax": RLELossless, "samples_per_pixel": 3, "bits_allocated": 8},
         {"preamble": False},
     ]
     out = []
@@ -168,8 +176,18 @@ def _set_strategy() -> st.SearchStrategy[Mutation]:
     return st.builds(Mutation, op=st.just("set"), arg=st.sampled_from(pairs))
 
 
+_rescale = st.builds(
+    Mutation,
+    op=st.just("rescale"),
+    arg=st.tuples(
+        st.sampled_from(["Rows", "Columns", "SamplesPerPixel", "BitsAllocated"]),
+        st.sampled_from([0.5, 2.0]),
+    ),
+)
+
 _mutation = st.one_of(
     _set_strategy(),
+    _rescale,
     st.builds(
         Mutation,
         op=st.just("drop"),
@@ -249,7 +267,7 @@ def test_mutated_files_give_pydicom_pixels_or_torchdicom_error(
     tally["inputs"] += 1
     tally["seeds"] = len(seeds)
     for m in mutations:
-        tally["by_op"][m.op if m.op != "set" else f"set {m.arg[0]}"] += 1  # type: ignore[index]
+        tally["by_op"][m.op if m.op not in ("set", "rescale") else f"{m.op} {m.arg[0]}"] += 1  # type: ignore[index]
     if tally["inputs"] % 50 == 0:
         _write_report(tally)
     context = f"seed {name}, mutations: {_mutate.describe(mutations)}"

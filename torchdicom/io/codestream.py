@@ -363,6 +363,18 @@ _END_MARKER = b"\xff\xd9"  # JPEG EOI; also JPEG 2000 EOC
 _END_MARKER_WINDOW = 10
 
 
+def _frames_by_offset_table(offsets: tuple[int, ...], lengths: list[int]) -> int:
+    """How many frames pydicom's offset-table walk yields: a new frame each time a
+    fragment starts at or past the next listed offset, never more than one per fragment."""
+    frame = 0
+    position = 0
+    for length in lengths:
+        if frame < len(offsets) - 1 and position >= offsets[frame + 1]:
+            frame += 1
+        position += 8 + length
+    return frame + 1
+
+
 def native_frames_held(
     declared: int,
     length: int,
@@ -434,11 +446,12 @@ def encapsulated_frames_held(
     if len(head) < 8 or head[:4] != _ITEM:
         return declared, declared
     table_bytes = int.from_bytes(head[4:], "little")
-    if table_bytes:
-        entries = table_bytes // 4
-        return (entries, entries) if entries > declared else (declared, declared)
+    if table_bytes % 4 or start + 8 + table_bytes > end:
+        return declared, declared  # a damaged offset table: the read reports it
+    offsets = struct.unpack(f"<{table_bytes // 4}I", read_at(start + 8, table_bytes))
     fragments: list[tuple[int, int]] = []
     pos = start + 8 + table_bytes
+    # Every fragment costs at least its 8-byte item header, so this ends.
     while pos + 8 <= end:
         item = read_at(pos, 8)
         if len(item) < 8 or item[:4] != _ITEM:
@@ -446,6 +459,9 @@ def encapsulated_frames_held(
         length = int.from_bytes(item[4:], "little")
         fragments.append((pos + 8, length))
         pos += 8 + length
+    if offsets:
+        held = _frames_by_offset_table(offsets, [length for _, length in fragments])
+        return (held, held) if held > declared else (declared, declared)
     if len(fragments) <= 1 or len(fragments) <= declared:
         return declared, declared
     if one_fragment_per_frame and declared == 1:
@@ -506,8 +522,14 @@ def frames_held(
     rle = transfer_syntax == uids.RLELossless
     said = "absent" if declared is None else str(declared)
     if not encapsulated:
-        if length < 0 and value is not None:
+        if value is not None:
             length = len(value)
+        elif offset >= 0 and length > 0:
+            # pydicom counts the bytes it reads, never past the end of the file.
+            try:
+                length = max(0, min(length, os.stat(path).st_size - offset))
+            except OSError:
+                return count  # the read reports the file
         held = native_frames_held(
             count,
             length,
