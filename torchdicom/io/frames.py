@@ -9,16 +9,24 @@ Three paths, chosen from the index row (never by trial and error):
   (the reason it exists), so it is hand-written rather than delegated.
 * **addressable but not trivially native** (encapsulated JPEG / JPEG-LS /
   JPEG 2000 / RLE, big-endian, 1-bit, YBR): the file is opened at the pixel
-  data offset and pydicom's decoder for the transfer syntax is asked for each
-  requested frame only; pydicom locates it through the basic offset table or
-  a fragment scan.
+  data offset and only the requested frames are decoded; an encapsulated
+  frame's code-stream is located as pydicom locates it (basic offset table
+  or fragment scan).
 * **everything else** (deflated files, extended offset tables, no recorded
   offset): the data set is read with pydicom and only the requested frames
   are decoded.
 
+Compressed frames are decoded by one pydicom plugin pinned per transfer
+syntax (:func:`decoding_plugin`: Pillow / pylibjpeg / pyjpegls first, GDCM
+only where nothing else is installed) after their code-stream header passed
+:func:`torchdicom.io.codestream.check_frame`, so no decoder sees a frame that
+disagrees with the header (GDCM aborts the interpreter on those).
+
 Every path returns exactly what ``pydicom``'s ``Dataset.pixel_array`` returns
-for the same frames (pydicom 3 defaults: YCbCr converted to RGB), laid out
-channels-first as (F, C, H, W).
+for the same frames when decoding with that plugin (pydicom 3 defaults: YCbCr
+converted to RGB, frames beyond (0028,0008) *Number of Frames* included; see
+:func:`torchdicom.io.codestream.frames_held`), laid out channels-first as
+(F, C, H, W).
 """
 
 from __future__ import annotations
@@ -942,9 +950,12 @@ def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = Tr
 
     Raises:
         FrameIndexError: a frame outside the file's frame count.
-        CorruptDicomError: truncated or inconsistent pixel data, or a header
+        CorruptDicomError: truncated or inconsistent pixel data, a header
             claiming more pixels than the file can hold (checked before
-            anything is allocated).
+            anything is allocated), or a compressed frame whose code-stream
+            header disagrees with (0028,0010) *Rows*, (0028,0011) *Columns*,
+            (0028,0002) *Samples per Pixel* or (0028,0100) *Bits Allocated*
+            (the message names the frame and both values).
         UnsupportedTransferSyntaxError: no decoder installed (names the package).
         StaleIndexError: the file changed since the row was indexed.
         NotDicomError, MissingPixelDataError, DicomFileNotFoundError.
