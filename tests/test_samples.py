@@ -11,8 +11,10 @@ import pytest
 from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from torchdicom import samples
 from torchdicom.samples import SampleSet, ct_like, demo_data, siim_like, us_cine_like
+from torchdicom.samples import demo as demo_module
+from torchdicom.samples.siim import _chest_radiograph
+from torchdicom.samples.ultrasound import _UsScene
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -94,8 +96,8 @@ class TestSiim:
     def test_pneumothorax_is_visible(self) -> None:
         # Same pose and anatomy (same generator state), with and without the
         # pneumothorax: the affected lung must be visibly darker somewhere.
-        plain = samples._chest_radiograph(np.random.default_rng(3), 128, False).astype(int)
-        ptx = samples._chest_radiograph(np.random.default_rng(3), 128, True).astype(int)
+        plain = _chest_radiograph(np.random.default_rng(3), 128, False).astype(int)
+        ptx = _chest_radiograph(np.random.default_rng(3), 128, True).astype(int)
         assert (plain - ptx).max() > 20
 
 
@@ -172,7 +174,7 @@ class TestUltrasound:
         )
         pixels = native.pixel_array
         assert pixels.shape == (12, 65, 65) and pixels.dtype == np.uint8
-        scene = samples._UsScene(1, 0, 65, 12)
+        scene = _UsScene(1, 0, 65, 12)
         for k in (0, 5, 11):
             np.testing.assert_array_equal(pixels[k], scene.frame(k)[0])
 
@@ -188,7 +190,7 @@ class TestUltrasound:
         assert (ds.PhotometricInterpretation, ds.SamplesPerPixel) == ("YBR_FULL_422", 3)
         rgb = ds.pixel_array
         assert rgb.shape == (12, 65, 65, 3) and rgb.dtype == np.uint8
-        scene = samples._UsScene(1, 1, 65, 12)
+        scene = _UsScene(1, 1, 65, 12)
         for k in (0, 7):
             source = scene.colour(k, scene.frame(k)[0]).astype(int)
             assert np.abs(rgb[k].astype(int) - source).mean() < 8
@@ -207,7 +209,7 @@ class TestUltrasound:
             assert mask.BitsAllocated == 8
             values = mask.pixel_array
             assert set(np.unique(values)) <= {0, 1}
-            scene = samples._UsScene(1, index, 65, 12)
+            scene = _UsScene(1, index, 65, 12)
             expected = np.stack([scene.frame(k)[1] for k in range(12)])
             np.testing.assert_array_equal(values, expected)
         assert any(pydicom.dcmread(p).pixel_array.any() for p in us.masks)
@@ -240,9 +242,9 @@ class TestDemoData:
         assert not third.reused and first.ct.masks[0].is_file()
 
         # Changed parameters invalidate the cache.
-        changed = {name: dict(params) for name, params in samples._SMALL_PARAMS.items()}
+        changed = {name: dict(params) for name, params in demo_module._SMALL_PARAMS.items()}
         changed["siim"]["n"] = 3
-        monkeypatch.setattr(samples, "_SMALL_PARAMS", changed)
+        monkeypatch.setattr(demo_module, "_SMALL_PARAMS", changed)
         fourth = demo_data(small=True)
         assert not fourth.reused and len(fourth.siim.files) == 3
         assert len(list((fourth.root / "siim").rglob("*.dcm"))) == 3
