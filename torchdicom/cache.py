@@ -32,6 +32,7 @@ import numpy as np
 
 from torchdicom._atomic import atomic_write
 from torchdicom.io.frames import FrameSelection, read_frames_numpy, resolve_frames
+from torchdicom.io.schema import IndexRow
 
 __all__ = ["FrameCache"]
 
@@ -72,7 +73,7 @@ class FrameCache:
 
     # ----------------------------------------------------------------- public
     def read(
-        self, row: dict[str, Any], frames: FrameSelection = None, *, as_rgb: bool = True
+        self, row: IndexRow, frames: FrameSelection = None, *, as_rgb: bool = True
     ) -> np.ndarray:
         """Frames of an indexed file, (F, C, H, W), from the cache or decoded and stored.
 
@@ -108,7 +109,7 @@ class FrameCache:
 
     # ----------------------------------------------------------------- internals
     @staticmethod
-    def _key(row: dict[str, Any], frame: int, as_rgb: bool) -> str:
+    def _key(row: IndexRow, frame: int, as_rgb: bool) -> str:
         # The file's identity includes size and mtime: an edited file never
         # hits an entry decoded from its old content.
         text = f"{row['path']}\0{int(row['size'])}\0{int(row['mtime_ns'])}\0{frame}\0{int(as_rgb)}"

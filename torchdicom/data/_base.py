@@ -21,6 +21,7 @@ from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.index import DicomIndex, scan
 from torchdicom.io.frames import read_frames_numpy
 from torchdicom.io.geometry import affine_from_row
+from torchdicom.io.schema import IndexRow
 
 log = logging.getLogger("torchdicom.data")
 
@@ -73,8 +74,8 @@ def _as_index(
 
 
 def _leave_out(
-    rows: list[dict[str, Any]], folders: Iterable[str | os.PathLike[str]], root: Path | None
-) -> list[dict[str, Any]]:
+    rows: list[IndexRow], folders: Iterable[str | os.PathLike[str]], root: Path | None
+) -> list[IndexRow]:
     """``rows`` without the files under ``folders`` (relative ones are relative to ``root``)."""
     prefixes = tuple(
         os.path.join(os.path.realpath(Path(root or ".") / folder), "") for folder in folders
@@ -271,7 +272,7 @@ def _locate(starts: np.ndarray, i: int) -> tuple[int, int]:
     return f, i - int(starts[f])
 
 
-def _images_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _images_only(rows: list[IndexRow]) -> list[IndexRow]:
     """The rows that are images: DICOM SEG objects found among them are annotations.
 
     A SEG's pixel data are 1-bit segment frames; as training images they would be wrong
@@ -302,7 +303,7 @@ class _Base(Dataset):
         if color not in ("rgb", "ybr"):
             raise ValueError(f"color must be 'rgb' or 'ybr'. Got: {color!r}")
         self.index, self.root = _as_index(source, index_cache)
-        self.rows: list[dict[str, Any]] = _images_only(self.index.rows())
+        self.rows: list[IndexRow] = _images_only(self.index.rows())
         self.on_error = on_error
         self.color = color
         self.cache = FrameCache(cache) if isinstance(cache, str | os.PathLike) else cache
@@ -341,7 +342,7 @@ class _Base(Dataset):
             cached = self.__dict__["_stored"] = stored_dtype(self.rows)
         return cached
 
-    def _read(self, row: dict[str, Any], frames: Any) -> np.ndarray:
+    def _read(self, row: IndexRow, frames: Any) -> np.ndarray:
         """The frames of a file in the dataset's dtype (:attr:`dtype`)."""
         as_rgb = not self._keeps_ybr(row)
         if self.cache is not None and bool(row["encapsulated"]):

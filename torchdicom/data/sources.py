@@ -16,6 +16,7 @@ import torch
 from torchdicom.data.seg import SEG_SOP_CLASSES, SegMasks, find_seg_files
 from torchdicom.errors import CorruptDicomError
 from torchdicom.io.frames import read_frames_numpy, row_for_path
+from torchdicom.io.schema import IndexRow
 
 __all__ = ["LabelSource", "MaskSource"]
 
@@ -135,7 +136,7 @@ class _MaskResolver:
     def __bool__(self) -> bool:
         return self.masks is not None
 
-    def exclude(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def exclude(self, rows: list[IndexRow]) -> list[IndexRow]:
         """Drop the mask files themselves from the image rows: a mask folder inside the image
         folder, or SEG objects among the images. For SEG masks, read the SEGs for the rows
         that remain (once: items then only look their frames up)."""

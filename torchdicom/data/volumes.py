@@ -16,12 +16,13 @@ from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.io.geometry import affine_from_row, slice_normal
 from torchdicom.io.header import frame_row
 from torchdicom.io.modality import rescale_parameters
+from torchdicom.io.schema import IndexRow
 
 __all__ = ["DicomVolumeDataset"]
 
 
 class _Slice(NamedTuple):
-    row: dict[str, Any]  # the file's index row
+    row: IndexRow  # the file's index row
     frame: int  # the slice's frame in that file
     view: Mapping[str, Any]  # the row as that frame sees it (frame_row)
 
