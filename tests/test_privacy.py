@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,20 @@ def test_index_and_to_dataframe_hash_with_the_same_function(phi_dir) -> None:
     assert set(df["PatientName"]) == {patient_hash(PHI_PATIENT_NAME)}
     withheld = {k for k, how in IDENTIFYING_ELEMENTS.items() if how == "withhold"}
     assert "PatientBirthDate" in withheld and not withheld & set(df.columns)
+
+
+def test_index_cache_made_with_another_salt_is_rebuilt(phi_dir, tmp_path, monkeypatch) -> None:
+    # Hashes of one patient under two salts never match: reusing them would split the patient.
+    cache = tmp_path / "index.parquet"
+    monkeypatch.setenv("TORCHDICOM_SALT", "site-1")
+    scan(phi_dir, cache=cache, progress=False)
+    monkeypatch.setenv("TORCHDICOM_SALT", "site-2")
+    with pytest.warns(UserWarning, match="another TORCHDICOM_SALT"):
+        index = scan(phi_dir, cache=cache, progress=False)
+    assert set(index.df["patient_hash"]) == {patient_hash(PHI_PATIENT_ID, "site-2")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten under site-2: reused silently now
+        assert scan(phi_dir, cache=cache, progress=False).df.equals(index.df)
 
 
 def test_index_caches_and_logs_hold_no_identifiers(phi_dir, tmp_path, caplog):

@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal
 
-__all__ = ["DEFAULT_SALT", "IDENTIFYING_ELEMENTS", "SALT_VARIABLE", "patient_hash", "resolve_salt"]
+__all__ = [
+    "DEFAULT_SALT",
+    "IDENTIFYING_ELEMENTS",
+    "SALT_VARIABLE",
+    "patient_hash",
+    "resolve_salt",
+    "salt_fingerprint",
+]
 
 #: The environment variable holding the site's secret salt.
 SALT_VARIABLE = "TORCHDICOM_SALT"
@@ -85,3 +92,13 @@ def patient_hash(identifier: str, salt: str | None = None) -> str:
     key = resolve_salt(salt).encode("utf-8", "surrogatepass")
     message = identifier.encode("utf-8", "surrogatepass")
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:16]
+
+
+def salt_fingerprint(salt: str | None = None) -> str:
+    """16 hex digits that differ between salts and do not reveal the salt.
+
+    Stored beside hashes (the index cache) to tell whether they were made with the salt
+    in effect now: hashes of one patient under two salts never match, so mixing them
+    would split a patient in two.
+    """
+    return patient_hash("torchdicom salt fingerprint", salt)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from torchdicom._atomic import atomic_write
-from torchdicom._privacy import IDENTIFYING_ELEMENTS, patient_hash
+from torchdicom._privacy import IDENTIFYING_ELEMENTS, patient_hash, salt_fingerprint
 from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
 from torchdicom.io.dicomfile import _short, dcmread
 from torchdicom.io.files import get_dicom_files
@@ -197,7 +197,8 @@ def _combined_table(df: pd.DataFrame, errors: pd.DataFrame):
     both = pd.concat(frames, ignore_index=True) if frames else good
     table = pa.Table.from_pandas(both, preserve_index=False)
     meta = dict(table.schema.metadata or {})
-    meta[b"torchdicom"] = json.dumps({"schema_version": _SCHEMA_VERSION}).encode()
+    info = {"schema_version": _SCHEMA_VERSION, "salt": salt_fingerprint()}
+    meta[b"torchdicom"] = json.dumps(info).encode()
     return table.replace_schema_metadata(meta)
 
 
@@ -211,7 +212,9 @@ def _write_parquet_atomic(df: pd.DataFrame, errors: pd.DataFrame, path: Path) ->
         pq.write_table(table, f)
 
 
-def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_parquet(path: Path, salt: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows and errors of an index file; with ``salt`` (a :func:`salt_fingerprint`),
+    only when its patient hashes were made with that salt."""
     import pyarrow.parquet as pq
 
     try:
@@ -231,6 +234,8 @@ def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise TorchDicomError(
             path, f"index schema version {version} is not {_SCHEMA_VERSION}: rescan"
         )
+    if salt is not None and json.loads(info).get("salt") != salt:
+        raise TorchDicomError(path, "patient hashes made with another TORCHDICOM_SALT: rescan")
     both = table.to_pandas()
     failed = both["error"].notna() & (both["error"] != "")
     df = _typed(both.loc[~failed, list(INDEX_COLUMNS)].copy())
@@ -305,6 +310,7 @@ def scan(
             process). Small collections are parsed in-process regardless.
         cache: a parquet file. Rows of files whose (size, mtime) are unchanged
             are reused; the rest are parsed; the file is rewritten atomically.
+            A cache whose patient hashes were made with another salt is rebuilt.
             A damaged cache is rebuilt (with a warning); an unwritable cache
             location is skipped with one warning.
         progress: show a tqdm progress bar.
@@ -326,7 +332,7 @@ def scan(
     cached_errors: dict[str, tuple[str, str, int, int]] = {}
     if cache is not None and Path(cache).exists():
         try:
-            old, old_err = _read_parquet(Path(cache))
+            old, old_err = _read_parquet(Path(cache), salt=salt_fingerprint())
             cached = {r["path"]: cast(IndexRow, r) for r in old.to_dict("records")}
             cached_errors = {
                 r["path"]: (r["error_type"], r["reason"], int(r["size"]), int(r["mtime_ns"]))
