@@ -23,6 +23,14 @@ from torchdicom.samples import siim_like
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _index_cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Default index caches go to a fresh folder per test, not the user's ~/.cache."""
+    home = tmp_path_factory.mktemp("cache_home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="module")
 def siim(tmp_path_factory: pytest.TempPathFactory):
     # 23 images of 1–3 per patient: an odd count, so 2 DDP ranks need padding.
@@ -93,9 +101,20 @@ def test_setup_splits_by_patient_deterministically(siim):
     again = make(0)
     assert again.val_set.indices == dm.val_set.indices
     assert again.test_set.indices == dm.test_set.indices
-    assert dm.state_dict() == {"seed": 0, "val_fraction": 0.25, "test_fraction": 0.2}
+    state = dm.state_dict()
+    assert {k: state[k] for k in ("seed", "val_fraction", "test_fraction")} == {
+        "seed": 0,
+        "val_fraction": 0.25,
+        "test_fraction": 0.2,
+    }
+    assert state["split"] == {**sizes_by_name(dm), "digest": again.state_dict()["split"]["digest"]}
+    assert state["classes"] == dm.classes
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].dtype == torch.uint8  # 8-bit CR stays 8-bit on the host
+
+
+def sizes_by_name(dm: DicomDataModule) -> dict[str, int]:
+    return {"train": len(dm.train_set), "val": len(dm.val_set), "test": len(dm.test_set)}
 
 
 def test_setup_from_parquet_index_equals_directory(siim, tmp_path):

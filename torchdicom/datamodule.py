@@ -3,35 +3,111 @@
 Raw stored integers cross the host→device link (2 bytes per pixel for CT,
 not 4), and the float conversion, Hounsfield rescale, windowing and
 augmentation run batched on the device in :meth:`on_after_batch_transfer`.
+
+The header index is built in :meth:`DicomDataModule.prepare_data` (once per node: Lightning
+calls it on local rank 0 only, the other ranks wait) and written to a parquet cache;
+:meth:`DicomDataModule.setup`, on every rank, reads it back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import importlib.util
 import logging
 import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from torchdicom._privacy import resolve_salt
 from torchdicom.cache import FrameCache
 from torchdicom.data import Collate, DicomDataset, MaskSource
 from torchdicom.data.resize import ResizeMode, check_channels
 from torchdicom.data.sampler import SizeBucketBatchSampler, item_shapes
 from torchdicom.index import DicomIndex, scan
 
-__all__ = ["DicomDataModule", "patient_split"]
+__all__ = ["DicomDataModule", "default_index_cache", "patient_split"]
 
 log = logging.getLogger(__name__)
 
 #: Folders (relative to the data folder) left out of the images by default: masks live there.
 MASK_FOLDERS = ("masks",)
+
+#: The Lightning packages whose Trainer may drive a DicomDataModule, by import name.
+LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning.pytorch")
+
+
+def _lightning_data_module_bases() -> tuple[type, ...]:
+    """``LightningDataModule`` of each installed Lightning package.
+
+    ``pytorch_lightning`` and ``lightning`` (``lightning.pytorch``) ship the same code as two
+    sets of classes, and each Trainer only takes a datamodule that is an instance of its own
+    package's ``LightningDataModule`` (``isinstance`` in its data connector). Deriving from
+    both makes one class that either Trainer accepts; their hooks have equal code, so
+    Lightning's ``is_overridden`` sees the same overrides under both.
+    """
+    bases: list[type] = []
+    for name in LIGHTNING_PACKAGES:
+        if importlib.util.find_spec(name.split(".")[0]) is None:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # a broken optional install must not break the other package
+            warnings.warn(
+                f"{name} is installed but failed to import ({type(exc).__name__}: {exc});"
+                f" DicomDataModule works without it",
+                stacklevel=3,
+            )
+            continue
+        bases.append(module.LightningDataModule)
+    if not bases:
+        raise ImportError(
+            "DicomDataModule needs Lightning: pip install pytorch-lightning (or lightning)"
+        )
+    return tuple(bases)
+
+
+if TYPE_CHECKING:  # type checkers see one base; at run time it is every installed package's
+    from pytorch_lightning import LightningDataModule as _LightningDataModule
+else:
+    _BASES = _lightning_data_module_bases()
+    _LightningDataModule = (
+        _BASES[0] if len(_BASES) == 1 else type("_LightningDataModule", _BASES, {})
+    )
+
+
+def default_index_cache(data: str | os.PathLike[str]) -> Path:
+    """Where :class:`DicomDataModule` keeps the header index of the folder ``data`` when no
+    ``index_cache`` is given.
+
+    ``$XDG_CACHE_HOME/torchdicom/index/<key>.parquet`` (``~/.cache`` when
+    ``XDG_CACHE_HOME`` is unset). The key is the HMAC-SHA256 of the folder's resolved path
+    keyed by the patient-hash salt (:func:`torchdicom._privacy.resolve_salt`), 16 hex
+    digits: one index per folder and salt (the index holds patient hashes made with that
+    salt), and a file name that shows neither the folder nor the salt. The index is never
+    written into the data folder: collections are often read-only or shared, and the
+    index (paths, pseudonymous patient keys) stays in the user's own cache, owner-only.
+
+    Example:
+        >>> default_index_cache("/data/ct").suffix
+        '.parquet'
+    """
+    key = hmac.new(
+        resolve_salt().encode("utf-8", "surrogatepass"),
+        os.fsencode(os.path.realpath(data)),
+        hashlib.sha256,
+    ).hexdigest()[:16]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(base).expanduser() / "torchdicom" / "index" / f"{key}.parquet"
 
 
 def patient_split(
@@ -79,8 +155,35 @@ def patient_split(
     )
 
 
-class DicomDataModule(pl.LightningDataModule):
+class DicomDataModule(_LightningDataModule):
     """A LightningDataModule over a DICOM folder (works with ``LightningCLI``).
+
+    Both Lightning packages: the class derives from the ``LightningDataModule`` of
+    ``pytorch_lightning`` and, when it is installed, of ``lightning`` (``lightning.pytorch``),
+    so a ``pytorch_lightning.Trainer`` and a ``lightning.pytorch.Trainer`` both accept it
+    (each checks ``isinstance`` against its own package's class). The LightningModule must
+    still come from the same package as the Trainer.
+
+    What Lightning calls, and what each step does:
+
+    - :meth:`prepare_data` (once per node, local rank 0, before any ``setup``): scans the
+      headers of ``data`` into the parquet index ``index_cache`` (default
+      :func:`default_index_cache`), with a progress bar; only new or changed files (size,
+      mtime) are parsed.
+    - :meth:`setup` (every rank): reads that index, builds the :class:`DicomDataset` and
+      splits it by patient. Called without :meth:`prepare_data` (by hand), it scans first,
+      with a progress bar. Ranks other than local rank 0 never write the index.
+    - ``*_dataloader``: the splits; :meth:`predict_dataloader` yields every item.
+    - :meth:`on_after_batch_transfer`: ``gpu_transforms`` (all stages), then
+      ``train_gpu_transforms`` (training only), on the device.
+    - :meth:`state_dict` / :meth:`load_state_dict`: the split, kept across a resume.
+
+    The constructor's arguments are saved with ``save_hyperparameters`` (``dm.hparams``, in
+    checkpoints, for ``load_from_checkpoint``) except values that are not plain data
+    (callables, modules, tables: pass them again to ``load_from_checkpoint``). They are not
+    sent to the logger: Lightning refuses to merge a model's ``size``, ``seed`` or
+    ``channels`` hyperparameter with a different value of the DataModule's; log them with
+    ``trainer.logger.log_hyperparams(dm.hparams)`` when wanted.
 
     Args:
         data: a directory of DICOM files, or a parquet index written by
@@ -94,7 +197,7 @@ class DicomDataModule(pl.LightningDataModule):
         frames: ``"all"``, ``"first"`` or a frame index (see :class:`DicomDataset`).
         val_fraction, test_fraction: share of items per split; split by hashed
             patient ID, so no patient is in two splits; deterministic for ``seed``.
-        seed: split seed.
+        seed: split seed (and the seed of ``batching="by_size"``).
         batch_size, num_workers, pin_memory (default: when CUDA is available),
         persistent_workers: DataLoader settings.
         cpu_transform: per-item callable run in the workers (e.g. an
@@ -108,7 +211,9 @@ class DicomDataModule(pl.LightningDataModule):
         color: ``"rgb"`` or ``"ybr"``.
         cache_dir: decoded-frame cache directory for compressed files, shared
             by workers and ranks (``None``: no cache).
-        index_cache: parquet file caching the header index of ``data``.
+        index_cache: the parquet file holding the header index of a ``data`` folder
+            (default: :func:`default_index_cache`, in the user's cache directory, never in
+            the data folder). Written by local rank 0 only, atomically.
         label_column: label column of a CSV/DataFrame.
         pad: pad mixed image sizes in a batch (see :class:`Collate`).
         drop_last: drop the last incomplete training batch.
@@ -169,6 +274,20 @@ class DicomDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1. Got: {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0. Got: {num_workers}")
+        if batching not in ("default", "by_size"):
+            raise ValueError(f"batching must be 'default' or 'by_size'. Got: {batching!r}")
+        # The arguments that may hold objects rather than data stay out of hparams when they do.
+        maybe_objects = {
+            "labels": labels,
+            "masks": masks,
+            "cpu_transform": cpu_transform,
+            "gpu_transforms": gpu_transforms,
+            "train_gpu_transforms": train_gpu_transforms,
+        }
+        self.save_hyperparameters(
+            ignore=[name for name, value in maybe_objects.items() if not _plain(value)],
+            logger=False,
+        )
         self.data = data
         self.labels = labels
         self.masks = masks
@@ -190,8 +309,6 @@ class DicomDataModule(pl.LightningDataModule):
         self.label_column = label_column
         self.collate = Collate(pad=pad)
         self.drop_last = drop_last
-        if batching not in ("default", "by_size"):
-            raise ValueError(f"batching must be 'default' or 'by_size'. Got: {batching!r}")
         self.size, self.resize, self.channels = size, resize, channels
         self.batching = batching
         self.exclude = list(MASK_FOLDERS if exclude is None else exclude)
@@ -199,22 +316,94 @@ class DicomDataModule(pl.LightningDataModule):
         self.train_set: Subset | None = None
         self.val_set: Subset | None = None
         self.test_set: Subset | None = None
+        self._prepared = False  # prepare_data ran in this process
+        self._split_digest: str | None = None
+        self._restored: dict[str, Any] | None = None  # a state loaded before setup, to check
 
-    # ----------------------------------------------------------------- setup
+    # ----------------------------------------------------------------- index
+    def _root(self) -> Path | None:
+        """The data folder, or ``None`` when ``data`` is an index file."""
+        p = Path(self.data)
+        return p if p.is_dir() else None
+
+    def _index_file(self, root: Path) -> Path:
+        return Path(self.index_cache) if self.index_cache is not None else default_index_cache(root)
+
     def _index(self) -> DicomIndex:
         p = Path(self.data)
         if p.is_file() and p.suffix == ".parquet":
             return DicomIndex.read_parquet(p)
         return scan(p, progress=False)
 
+    def _local_rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and hasattr(trainer, "local_rank"):
+            return int(trainer.local_rank)
+        return int(os.environ.get("LOCAL_RANK", "0"))
+
+    def prepare_data(self) -> None:
+        """Scan the headers of the ``data`` folder into the index cache, with a progress bar.
+
+        Lightning calls this once per node (on local rank 0; the other ranks wait for it)
+        before any :meth:`setup`. Files whose (size, mtime) match the cache are not parsed
+        again; the cache is rewritten atomically when anything changed. A parquet index
+        given as ``data`` needs nothing.
+        """
+        root = self._root()
+        if root is not None:
+            cache = self._index_file(root)
+            try:
+                cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:
+                pass  # scan warns that it cannot write the cache, and indexes without it
+            scan(root, cache=cache, progress=True)
+        self._prepared = True
+
+    # ----------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
+        """Read the index, build the dataset and split it by patient (once for all stages).
+
+        On local rank 0 this reads the cache :meth:`prepare_data` wrote; when that has not
+        run in this process (``setup`` called by hand) it runs first, so a long scan shows
+        its progress. Files changed since the scan are parsed and the cache updated. Other
+        ranks read a private copy of the cache: they never write it, and a file that
+        changed after local rank 0's scan is parsed on that rank only.
+        """
         if self.dataset is not None:
             return
-        root = Path(self.data) if Path(self.data).is_dir() else None
-        source: Any = self._index() if root is None else root
-        self.dataset = DicomDataset(
+        root = self._root()
+        if root is None:
+            self.dataset = self._dataset(self._index(), None, None)
+        elif self._local_rank() == 0:
+            if not self._prepared:
+                self.prepare_data()
+            self.dataset = self._dataset(root, root, self._index_file(root))
+        else:
+            shared = self._index_file(root)
+            with tempfile.TemporaryDirectory(prefix="torchdicom-index-") as private_dir:
+                private = Path(private_dir) / "index.parquet"
+                try:
+                    shutil.copyfile(shared, private)
+                except OSError:
+                    log.warning(
+                        "local rank %d: no index at %s (prepare_data has not run on local"
+                        " rank 0): parsing every header on this rank",
+                        self._local_rank(),
+                        shared,
+                    )
+                self.dataset = self._dataset(root, root, private)
+        if self.batching == "default" and self.batch_size > 1:
+            # Grey and colour items would meet in a batch: say which policy to choose now.
+            check_channels([r["samples_per_pixel"] for r in self.dataset.rows], self.channels)
+        self._split()
+        if self._restored is not None:
+            state, self._restored = self._restored, None
+            self._check_restored(state)
+
+    def _dataset(self, source: Any, root: Path | None, index_cache: Path | None) -> DicomDataset:
+        return DicomDataset(
             source,
-            index_cache=self.index_cache,
+            index_cache=index_cache,
             frames=self.frames,
             labels=self.labels,
             masks=_mirror(self.masks, root),
@@ -228,9 +417,10 @@ class DicomDataModule(pl.LightningDataModule):
             channels=self.channels,
             exclude=self._excluded(root),
         )
-        if self.batching == "default" and self.batch_size > 1:
-            # Grey and colour items would meet in a batch: say which policy to choose now.
-            check_channels([r["samples_per_pixel"] for r in self.dataset.rows], self.channels)
+
+    def _split(self) -> None:
+        """Split :attr:`dataset` by patient with the current settings."""
+        assert self.dataset is not None
         # One patient per item, by repeating each file's hash over its items
         # (no per-item bisection: a cine collection has millions of frames).
         per_file = [r["patient_hash"] for r in self.dataset.rows]
@@ -239,6 +429,12 @@ class DicomDataModule(pl.LightningDataModule):
         self.train_set = Subset(self.dataset, train.tolist())
         self.val_set = Subset(self.dataset, val.tolist())
         self.test_set = Subset(self.dataset, test.tolist())
+        root = self.dataset.root
+        paths = [
+            r["path"] if root is None else os.path.relpath(r["path"], root)
+            for r in self.dataset.rows
+        ]
+        self._split_digest = _split_digest(paths, val, test)
         log.info(
             "split by patient: %d train, %d val, %d test items", len(train), len(val), len(test)
         )
@@ -302,7 +498,19 @@ class DicomDataModule(pl.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        """Every item of the collection, whatever its split, in index order, never shuffled.
+
+        Index order is by file path, then frame; ``batch["index"]`` is the item's position
+        in :attr:`dataset`, ``batch["path"]`` / ``batch["frame"]`` name it. With
+        ``batching="by_size"`` batches are grouped by size (sizes in order of first
+        appearance, index order within each). Batches carry the keys of the other
+        splits (``label`` too when ``labels`` are given); only ``gpu_transforms`` run on
+        them. Under DDP, Lightning gives each rank a share (its sampler pads the shares to
+        equal length by repeating items).
+        """
+        if self.dataset is None:
+            raise RuntimeError("call setup() before asking for a DataLoader")
+        return self._loader(Subset(self.dataset, range(len(self.dataset))), shuffle=False)
 
     # ----------------------------------------------------------------- device side
     def transfer_batch_to_device(
@@ -331,12 +539,100 @@ class DicomDataModule(pl.LightningDataModule):
         """Samples substituted because their file failed (on_error="skip"), all workers."""
         return 0 if self.dataset is None else self.dataset.skipped
 
+    # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """What a resumed run needs to train on the same split (Lightning checkpoints it).
+
+        Returns:
+            ``seed``, ``val_fraction``, ``test_fraction``: the split settings, which
+            :meth:`load_state_dict` restores. After :meth:`setup` also ``split`` (``train``,
+            ``val``, ``test``: item counts; ``digest``: a hash of the files, relative to
+            the collection root, and of the val/test item positions) and ``classes`` (the
+            label names, in code order), which :meth:`load_state_dict` checks. The epoch
+            of the ``by_size`` shuffle is Lightning's: it restores the epoch and calls
+            ``set_epoch``.
+        """
+        state: dict[str, Any] = {
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
         }
+        if self.dataset is not None:
+            assert self.train_set is not None and self.val_set is not None
+            assert self.test_set is not None
+            state["split"] = {
+                "train": len(self.train_set),
+                "val": len(self.val_set),
+                "test": len(self.test_set),
+                "digest": self._split_digest,
+            }
+            state["classes"] = self.classes
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the checkpoint's split settings replace the constructor's.
+
+        Lightning calls this after :meth:`setup` when resuming (``fit(ckpt_path=...)``); the
+        split is then redone with the restored settings, before any DataLoader is made.
+        Called before :meth:`setup`, the check below happens at the end of it.
+
+        Raises:
+            ValueError: the classes differ from the checkpoint's (label codes would name
+                other classes).
+
+        Warns:
+            UserWarning: the split differs from the checkpoint's (files added, removed or
+                changed since): the resumed run trains on other items.
+        """
+        changed = {
+            name: state_dict[name]
+            for name in ("seed", "val_fraction", "test_fraction")
+            if name in state_dict and state_dict[name] != getattr(self, name)
+        }
+        for name, value in changed.items():
+            log.info("%s=%r from the checkpoint (was %r)", name, value, getattr(self, name))
+            setattr(self, name, value)
+        if self.dataset is None:
+            self._restored = state_dict
+            return
+        if changed:
+            self._split()
+        self._check_restored(state_dict)
+
+    def _check_restored(self, state: dict[str, Any]) -> None:
+        if "classes" in state and state["classes"] != self.classes:
+            raise ValueError(
+                f"the classes differ from the checkpoint's: label codes would name other"
+                f" classes. Saved: {state['classes']}. Got: {self.classes}"
+            )
+        split = state.get("split")
+        if split is not None and split.get("digest") != self._split_digest:
+            now = self.state_dict()["split"]
+            warnings.warn(
+                "the split differs from the checkpoint's (files added, removed or changed"
+                f" since): train/val/test items {split['train']}/{split['val']}/{split['test']}"
+                f" then, {now['train']}/{now['val']}/{now['test']} now",
+                stacklevel=3,
+            )
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is plain data (saved as a hyperparameter), not an object."""
+    if value is None or isinstance(value, bool | int | float | str | os.PathLike):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def _split_digest(paths: list[str], val: np.ndarray, test: np.ndarray) -> str:
+    """A hash naming a split: the files in order and the val / test item positions."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.fsencode(p) + b"\0")
+    for name, part in ((b"val", val), (b"test", test)):
+        h.update(name + np.asarray(part, dtype="<i8").tobytes())
+    return h.hexdigest()[:16]
 
 
 def _batch_device(batch: Any) -> torch.device:
