@@ -6,8 +6,10 @@ Trains a trivial model on a :class:`~torchdicom.DicomDataModule` with
 ``strategy="ddp"``, ``accelerator="cpu"``, ``devices=2`` (Lightning starts the
 second rank by re-running this script), and writes
 ``OUT_DIR/rank<R>_epoch<E>.json``: the dataset indices (``batch["index"]``)
-each rank trained on, one list per batch. The data folder must exist before
-the script starts: both ranks read it, neither writes it.
+each rank trained on, one list per batch, and ``OUT_DIR/rank<R>_index.json``: the
+headers that rank parsed, whether it ran ``prepare_data`` and the index cache's
+modification time after its ``setup``. The data folder must exist before the script
+starts: both ranks read it, neither writes it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,21 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from torchdicom.datamodule import DicomDataModule
+import torchdicom.index
+from torchdicom.datamodule import DicomDataModule, default_index_cache
 from torchdicom.transforms import Rescale
+
+_parsed: list[str] = []
+_scan_one = torchdicom.index._scan_one
+
+
+def _counting_scan_one(path: str) -> Any:
+    _parsed.append(path)
+    return _scan_one(path)
+
+
+# Small folders are parsed in the calling process: every header this rank parses passes here.
+torchdicom.index._scan_one = _counting_scan_one
 
 
 class _Recorder(pl.LightningModule):
@@ -38,6 +53,15 @@ class _Recorder(pl.LightningModule):
         self.seen.append(batch["index"].tolist())
         x = batch["image"].float().mean(dim=(1, 2, 3))[:, None]
         return nn.functional.cross_entropy(self.layer(x), batch["label"])
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        record = {
+            "parsed": len(_parsed),
+            "prepared": dm._prepared,
+            "cache_mtime_ns": default_index_cache(dm.data).stat().st_mtime_ns,
+        }
+        (self.out / f"rank{self.global_rank}_index.json").write_text(json.dumps(record))
 
     def on_train_epoch_end(self) -> None:
         path = self.out / f"rank{self.global_rank}_epoch{self.current_epoch}.json"

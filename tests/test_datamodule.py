@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from torchdicom.datamodule import DicomDataModule, patient_split
+from torchdicom.datamodule import DicomDataModule, default_index_cache, patient_split
 from torchdicom.samples import siim_like
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +263,11 @@ def test_ddp_two_ranks_cover_every_sample_once(siim, tmp_path):
         assert len(seen) == 24 and sorted(counts.values()) == [1] * 22 + [2]
         orders.append(seen)
     assert orders[0] != orders[1]  # reshuffled per epoch (set_epoch)
+    # Local rank 0 parsed every header in prepare_data; rank 1 parsed none and wrote nothing.
+    index = [json.loads((out / f"rank{r}_index.json").read_text()) for r in (0, 1)]
+    assert index[0]["parsed"] == 23 and index[0]["prepared"]
+    assert index[1]["parsed"] == 0 and not index[1]["prepared"]
+    assert index[0]["cache_mtime_ns"] == index[1]["cache_mtime_ns"]
 
 
 def test_lightning_cli_builds_the_datamodule_from_plain_arguments(tmp_path: Path) -> None:
@@ -292,3 +297,179 @@ def test_lightning_cli_builds_the_datamodule_from_plain_arguments(tmp_path: Path
     dm.setup("fit")
     assert dm.classes == ["No Pneumothorax", "Pneumothorax"]
     assert len(dm.train_set) + len(dm.val_set) == 12
+
+
+# --------------------------------------------------------------------------- prepare_data / setup
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files whose headers are parsed (small folders are parsed in this process)."""
+    import torchdicom.index as index_module
+
+    seen: list[str] = []
+    real = index_module._scan_one
+
+    def spy(path: str):
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(index_module, "_scan_one", spy)
+    return seen
+
+
+def test_prepare_data_writes_the_index_and_setup_reads_it(siim, parses, _index_cache_home):
+    dm = DicomDataModule(siim.root, labels=siim.labels_csv)
+    cache = default_index_cache(siim.root)
+    assert cache.is_relative_to(_index_cache_home) and not cache.exists()
+    dm.prepare_data()
+    assert cache.exists() and len(parses) == 23
+    written = cache.stat().st_mtime_ns
+    dm.setup("fit")
+    assert len(parses) == 23  # setup parsed nothing: it read the index
+    assert cache.stat().st_mtime_ns == written  # ...and did not rewrite it
+    assert len(dm.dataset) == 23
+    # A new run (a new process) parses nothing either: the cache is revalidated by size, mtime.
+    again = DicomDataModule(siim.root, labels=siim.labels_csv)
+    again.prepare_data()
+    again.setup("fit")
+    assert len(parses) == 23 and again.val_set.indices == dm.val_set.indices
+
+
+def test_index_cache_argument_and_a_changed_file(siim, parses, tmp_path):
+    cache = tmp_path / "sub" / "index.parquet"
+    dm = DicomDataModule(siim.root, labels=siim.labels_csv, index_cache=cache)
+    dm.prepare_data()
+    assert cache.exists() and len(parses) == 23
+    changed = siim.files[0]
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    DicomDataModule(siim.root, labels=siim.labels_csv, index_cache=cache).setup("fit")
+    assert parses[23:] == [str(changed)]  # only the changed file is parsed again
+
+
+def test_setup_without_prepare_data_scans_with_progress(siim, parses, capfd):
+    dm = DicomDataModule(siim.root, labels=siim.labels_csv)
+    dm.setup("fit")  # by hand: no Trainer called prepare_data
+    assert len(parses) == 23 and default_index_cache(siim.root).exists()
+    assert "scanning DICOM headers" in capfd.readouterr().err
+
+
+def test_other_ranks_never_write_the_index(siim, parses, capfd):
+    cache = default_index_cache(siim.root)
+
+    def rank1() -> DicomDataModule:
+        dm = DicomDataModule(siim.root, labels=siim.labels_csv)
+        dm.trainer = SimpleNamespace(local_rank=1, training=False)  # type: ignore[assignment]
+        return dm
+
+    # No index yet (prepare_data has not run): rank 1 parses for itself, shows no progress,
+    # and writes nothing.
+    dm = rank1()
+    dm.setup("fit")
+    assert len(dm.dataset) == 23 and len(parses) == 23 and not cache.exists()
+    assert "scanning DICOM headers" not in capfd.readouterr().err
+    # Local rank 0 writes the index; rank 1 then reads it, parsing nothing.
+    DicomDataModule(siim.root, labels=siim.labels_csv).prepare_data()
+    before = cache.read_bytes(), cache.stat().st_mtime_ns
+    rank1().setup("fit")
+    assert len(parses) == 46
+    # A file changed after rank 0's scan: rank 1 parses it, the shared index stays as it was.
+    changed = siim.files[1]
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    rank1().setup("fit")
+    assert parses[46:] == [str(changed)]
+    assert (cache.read_bytes(), cache.stat().st_mtime_ns) == before
+
+
+def test_default_index_cache_is_per_folder_and_salt(tmp_path, monkeypatch, _index_cache_home):
+    a, b = tmp_path / "Smith_John", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.delenv("TORCHDICOM_SALT", raising=False)
+    path_a = default_index_cache(a)
+    assert path_a.parent == _index_cache_home / "torchdicom" / "index"
+    assert "Smith" not in str(path_a)  # the folder's name is not in the file's
+    assert path_a != default_index_cache(b)
+    assert default_index_cache(a / ".." / "Smith_John") == path_a
+    monkeypatch.setenv("TORCHDICOM_SALT", "site-secret")
+    assert default_index_cache(a) != path_a
+
+
+# --------------------------------------------------------------------------- state, hparams
+def test_state_dict_round_trip_restores_split_and_batch_order(siim):
+    def make(seed: int) -> DicomDataModule:
+        return DicomDataModule(
+            siim.root,
+            labels=siim.labels_csv,
+            val_fraction=0.3,
+            test_fraction=0.2,
+            seed=seed,
+            batch_size=4,
+            batching="by_size",
+        )
+
+    saved = make(5)
+    saved.setup("fit")
+    state = saved.state_dict()
+    first = next(iter(saved.train_dataloader()))["index"].tolist()
+    for load_before_setup in (False, True):
+        resumed = make(0)  # another seed: the checkpoint's wins
+        if load_before_setup:
+            resumed.load_state_dict(state)
+            resumed.setup("fit")
+        else:
+            resumed.setup("fit")
+            assert resumed.val_set.indices != saved.val_set.indices
+            resumed.load_state_dict(state)
+        assert resumed.seed == 5
+        for name in ("train_set", "val_set", "test_set"):
+            assert getattr(resumed, name).indices == getattr(saved, name).indices
+        assert next(iter(resumed.train_dataloader()))["index"].tolist() == first
+        assert resumed.state_dict() == state
+
+
+def test_load_state_dict_checks_classes_and_split(siim):
+    dm = DicomDataModule(siim.root, labels=siim.labels_csv)
+    dm.setup("fit")
+    state = dm.state_dict()
+    other = DicomDataModule(siim.root, labels=siim.labels_csv, exclude=["train/Pneumothorax"])
+    other.setup("fit")
+    with pytest.warns(UserWarning, match="split differs"):
+        other.load_state_dict({k: v for k, v in state.items() if k != "classes"})
+    with pytest.raises(ValueError, match="classes differ"):
+        other.load_state_dict({**state, "classes": ["a", "b", "c"]})
+
+
+def test_save_hyperparameters_keeps_plain_arguments(siim):
+    from torchdicom.transforms import Rescale
+
+    dm = DicomDataModule(
+        siim.root,
+        labels=siim.labels_csv,
+        gpu_transforms=Rescale(),
+        size=(8, 8),
+        batch_size=4,
+    )
+    assert dm.hparams["data"] == siim.root and dm.hparams["labels"] == siim.labels_csv
+    assert dm.hparams["size"] == (8, 8) and dm.hparams["batch_size"] == 4
+    assert dm.hparams["exclude"] is None and dm.hparams["cpu_transform"] is None
+    assert "gpu_transforms" not in dm.hparams  # a module: not a hyperparameter
+    assert dm._log_hyperparams is False  # not merged with the model's (its own `size`...)
+    by_callable = DicomDataModule(siim.root, labels=lambda path: 0)
+    assert "labels" not in by_callable.hparams and "data" in by_callable.hparams
+
+
+def test_predict_dataloader_yields_every_item_in_index_order(siim):
+    for batching in ("default", "by_size"):
+        dm = DicomDataModule(
+            siim.root, labels=siim.labels_csv, val_fraction=0.3, batch_size=5, batching=batching
+        )
+        dm.setup("predict")
+        batches = list(dm.predict_dataloader())
+        seen = [i for b in batches for i in b["index"].tolist()]
+        assert sorted(seen) == list(range(23))
+        if batching == "default":
+            assert seen == list(range(23))
+            paths = [p for b in batches for p in b["path"]]
+            assert paths == sorted(paths) == [r["path"] for r in dm.dataset.rows]
+        assert {"image", "label", "path", "index"} <= set(batches[0])
