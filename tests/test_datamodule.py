@@ -450,7 +450,9 @@ def test_save_hyperparameters_keeps_plain_arguments(siim):
         size=(8, 8),
         batch_size=4,
     )
-    assert dm.hparams["data"] == siim.root and dm.hparams["labels"] == siim.labels_csv
+    # Paths as strings: a checkpoint holding them loads with torch.load(weights_only=True).
+    assert dm.hparams["data"] == str(siim.root)
+    assert dm.hparams["labels"] == str(siim.labels_csv)
     assert dm.hparams["size"] == (8, 8) and dm.hparams["batch_size"] == 4
     assert dm.hparams["exclude"] is None and dm.hparams["cpu_transform"] is None
     assert "gpu_transforms" not in dm.hparams  # a module: not a hyperparameter

@@ -180,7 +180,8 @@ class DicomDataModule(_LightningDataModule):
 
     The constructor's arguments are saved with ``save_hyperparameters`` (``dm.hparams``, in
     checkpoints, for ``load_from_checkpoint``) except values that are not plain data
-    (callables, modules, tables: pass them again to ``load_from_checkpoint``). They are not
+    (callables, modules, tables: pass them again to ``load_from_checkpoint``), paths as
+    strings (checkpoints then load with ``torch.load(weights_only=True)``). They are not
     sent to the logger: Lightning refuses to merge a model's ``size``, ``seed`` or
     ``channels`` hyperparameter with a different value of the DataModule's; log them with
     ``trainer.logger.log_hyperparams(dm.hparams)`` when wanted.
@@ -288,6 +289,9 @@ class DicomDataModule(_LightningDataModule):
             ignore=[name for name, value in maybe_objects.items() if not _plain(value)],
             logger=False,
         )
+        for name, value in list(self.hparams.items()):
+            # Paths as strings: checkpoints load with torch.load(weights_only=True).
+            self.hparams[name] = _as_data(value)
         self.data = data
         self.labels = labels
         self.masks = masks
@@ -623,6 +627,15 @@ def _plain(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return all(_plain(v) for v in value)
     return False
+
+
+def _as_data(value: Any) -> Any:
+    """A plain hyperparameter with its paths as strings."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_as_data(v) for v in value)
+    return value
 
 
 def _split_digest(paths: list[str], val: np.ndarray, test: np.ndarray) -> str:
