@@ -41,13 +41,13 @@ _LAZY: dict[str, str] = {
     "get_dicom_files": "torchdicom.io.files",
     "read_frames": "torchdicom.io.frames",
     "scaled_px": "torchdicom.io.frames",
-    "DICOM_WINDOWS": "torchdicom.transforms._functional_intensity",
-    "dicom_windows": "torchdicom.transforms._functional_intensity",
-    "windowed": "torchdicom.transforms._functional_intensity",
-    "freqhist_bins": "torchdicom.transforms._functional_histogram",
-    "hist_scaled": "torchdicom.transforms._functional_histogram",
-    "to_3chan": "torchdicom.transforms._functional_histogram",
-    "to_nchan": "torchdicom.transforms._functional_histogram",
+    "DICOM_WINDOWS": "torchdicom.transforms.intensity",
+    "dicom_windows": "torchdicom.transforms.intensity",
+    "windowed": "torchdicom.transforms.intensity",
+    "freqhist_bins": "torchdicom.transforms.histogram",
+    "hist_scaled": "torchdicom.transforms.histogram",
+    "to_3chan": "torchdicom.transforms.channels",
+    "to_nchan": "torchdicom.transforms.channels",
 }
 _SUBMODULES = frozenset({"errors", "transforms"})
 
@@ -73,17 +73,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
     from torchdicom.io.dicomfile import dcmread
     from torchdicom.io.files import get_dicom_files
     from torchdicom.io.frames import read_frames, scaled_px
-    from torchdicom.transforms._functional_histogram import (
-        freqhist_bins,
-        hist_scaled,
-        to_3chan,
-        to_nchan,
-    )
-    from torchdicom.transforms._functional_intensity import (
-        DICOM_WINDOWS,
-        dicom_windows,
-        windowed,
-    )
+    from torchdicom.transforms.channels import to_3chan, to_nchan
+    from torchdicom.transforms.histogram import freqhist_bins, hist_scaled
+    from torchdicom.transforms.intensity import DICOM_WINDOWS, dicom_windows, windowed
 
 __all__ = [
     "DICOM_WINDOWS",

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import torchdicom.transforms._functional_histogram as H
+import torchdicom.transforms.histogram as H
 import torchdicom.transforms.functional as F
 from torchdicom.transforms import FreqHistBins
-from torchdicom.transforms._utils import _POOL, _BufferPool, empty_large
+from torchdicom._runtime import _POOL, _BufferPool, empty_large
 
 from ._reference import ref_freqhist_bins, ref_hist_scaled, ref_windowed, synthetic_ct
 
@@ -248,7 +248,7 @@ class TestBufferPool:
         assert _POOL._slabs == []
 
     def test_size_from_the_environment(self, monkeypatch):
-        import torchdicom.transforms._utils as U
+        import torchdicom._runtime as U
 
         monkeypatch.setenv("TORCHDICOM_CPU_POOL_MB", "64")
         assert U._pool_bytes() == 64 << 20

@@ -1,7 +1,7 @@
-"""The fused CPU kernels (transforms/_native.py) against the torch route and the references.
+"""The fused CPU kernels (transforms/_kernels.py) against the torch route and the references.
 
 Every case runs the same call twice, once with the kernels enabled and once with
-``_native.ENABLED = False`` (the torch route, the one CUDA takes), and the results must be equal
+``_kernels.ENABLED = False`` (the torch route, the one CUDA takes), and the results must be equal
 element for element, NaN in the same places, on 1 and 2 threads.
 """
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import torchdicom.transforms.functional as F
-from torchdicom.transforms import FreqHistBins, _native
+from torchdicom._runtime import run_in_slices
+from torchdicom.transforms import FreqHistBins, _kernels
 
 from ._reference import ref_hist_scaled, ref_windowed, synthetic_ct
 
@@ -29,13 +30,13 @@ def threads(request):
 
 def _both(fn):
     """fn() with the kernels, then with the torch route."""
-    assert _native.ENABLED
+    assert _kernels.ENABLED
     native = fn()
-    _native.ENABLED = False
+    _kernels.ENABLED = False
     try:
         reference = fn()
     finally:
-        _native.ENABLED = True
+        _kernels.ENABLED = True
     return native, reference
 
 
@@ -178,13 +179,13 @@ def test_windowed_native_equals_torch_route(threads, kind):
 
 def test_native_route_is_taken_and_skipped_where_it_must(monkeypatch):
     calls = []
-    real = _native.kernels
+    real = _kernels.kernels
 
     def spy():
         calls.append(1)
         return real()
 
-    monkeypatch.setattr(_native, "kernels", spy)
+    monkeypatch.setattr(_kernels, "kernels", spy)
     x = _images("hu")
     F.hist_scaled(x)
     assert calls, "a contiguous float32 CPU batch takes the kernels"
@@ -215,17 +216,17 @@ def test_native_route_usable_in_forked_dataloader_workers():
     assert len(got) == 4 and all(torch.equal(g, expected) for g in got)
 
 
-def test_run_rows_waits_for_every_slice_and_reraises():
+def test_run_in_slices_waits_for_every_slice_and_reraises():
     torch.set_num_threads(2)
     done = []
 
-    def fn(r0, r1):
-        done.append((r0, r1))
-        if r0 == 0:
+    def fn(start, stop):
+        done.append((start, stop))
+        if start == 0:
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        _native.run_rows(8, fn, 1 << 20)
+        run_in_slices(8, fn, 1 << 20)
     assert sorted(done) == [(0, 4), (4, 8)]
 
 
@@ -235,7 +236,7 @@ def test_freqhist_bins_kernel_matches_searchsorted():
     counts[[0, -1]] = [0, 2]
     ranks = np.sort(rng.integers(0, counts.sum(), 40))
     expected = np.unique(np.searchsorted(np.cumsum(counts), ranks, side="right") - 50)
-    np.testing.assert_array_equal(_native.histogram_bins(-50, counts, ranks), expected)
+    np.testing.assert_array_equal(_kernels.histogram_bins(-50, counts, ranks), expected)
 
 
 def test_freqhist_bins_type_is_unchanged():

@@ -22,6 +22,18 @@ from torchdicom.index import DicomIndex, scan
 from torchdicom.io.frames import read_frames_numpy
 from torchdicom.io.geometry import affine_from_row
 from torchdicom.io.schema import IndexRow
+from torchdicom.keys import (
+    AFFINE,
+    BITS_STORED,
+    INDEX,
+    INTERCEPT,
+    MONOCHROME1,
+    SIGNED,
+    SLOPE,
+    SUBSTITUTED,
+    WINDOW_CENTER,
+    WINDOW_WIDTH,
+)
 
 log = logging.getLogger("torchdicom.data")
 
@@ -94,16 +106,16 @@ def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
     """
     photometric = str(row["photometric"])
     return {
-        "affine": torch.from_numpy(affine_from_row(row)),
-        "slope": float(row["rescale_slope"]),
-        "intercept": float(row["rescale_intercept"]),
-        "window_center": float(row["window_center"]),
-        "window_width": float(row["window_width"]),
-        "monochrome1": photometric == "MONOCHROME1",
-        "bits_stored": int(row["bits_stored"]),
+        AFFINE: torch.from_numpy(affine_from_row(row)),
+        SLOPE: float(row["rescale_slope"]),
+        INTERCEPT: float(row["rescale_intercept"]),
+        WINDOW_CENTER: float(row["window_center"]),
+        WINDOW_WIDTH: float(row["window_width"]),
+        MONOCHROME1: photometric == "MONOCHROME1",
+        BITS_STORED: int(row["bits_stored"]),
         # Two's complement stored values ((0028,0103) Pixel Representation 1): the image's
         # dtype no longer says so once files of both kinds share a dataset dtype.
-        "signed": int(row["pixel_representation"]) == 1,
+        SIGNED: int(row["pixel_representation"]) == 1,
     }
 
 
@@ -378,8 +390,8 @@ class _Base(Dataset):
                 self._skips.add(exc.path or "?", exc)
                 last = exc
                 continue
-            item["index"] = i
-            item["substituted"] = attempt > 0
+            item[INDEX] = i
+            item[SUBSTITUTED] = attempt > 0
             return item
         assert last is not None
         raise last

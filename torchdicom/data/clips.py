@@ -13,6 +13,7 @@ from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
 from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
 from torchdicom.data.sources import MaskSource, _MaskResolver
 from torchdicom.io.header import frame_row
+from torchdicom.keys import FRAME, IMAGE, INDEX, MASK, PATH, YBR
 
 __all__ = ["DicomClipDataset"]
 
@@ -98,13 +99,13 @@ class DicomClipDataset(_Base):
         frames = slice(start, start + self.clip_len)
         clip = self._read(row, frames)
         # Metadata of the clip's first frame (for enhanced files with per-frame values).
-        item: dict[str, Any] = {"image": torch.from_numpy(clip), **_meta(frame_row(row, start))}
-        item["ybr"] = self._keeps_ybr(row)
+        item: dict[str, Any] = {IMAGE: torch.from_numpy(clip), **_meta(frame_row(row, start))}
+        item[YBR] = self._keeps_ybr(row)
         if self._masks:
-            item["mask"] = self._masks.read(
+            item[MASK] = self._masks.read(
                 row, list(range(start, start + self.clip_len)), clip.shape[-2:]
             )
-        item.update(path=row["path"], frame=start, index=i)
+        item.update({PATH: row["path"], FRAME: start, INDEX: i})
         if self.size_policy:
             item = self.size_policy(item)
         if self.transform is not None:

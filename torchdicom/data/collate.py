@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
-from torchdicom.transforms._utils import empty_large
+from torchdicom._runtime import batch_buffer, whole_buffer
+from torchdicom.keys import BOOL_KEYS, FLOAT_KEYS, INT_KEYS, LABEL, MASK, PATH, PIXEL_KEYS
 
 __all__ = ["Collate", "collate"]
-
-_FLOAT_KEYS = ("slope", "intercept", "window_center", "window_width")
 
 
 class Collate:
@@ -55,20 +52,20 @@ class Collate:
         out: dict[str, Any] = {}
         for key in items[0]:
             values = [it[key] for it in items]
-            if key in ("image", "mask"):
+            if key in PIXEL_KEYS:
                 out[key] = self._stack(values, items, key)
-            elif key in _FLOAT_KEYS and isinstance(values[0], torch.Tensor):
+            elif key in FLOAT_KEYS and isinstance(values[0], torch.Tensor):
                 # Per-slice values of volumes (D,) (or per-frame values of clips): (B, D).
                 out[key] = self._stack(
                     [torch.as_tensor(v, dtype=torch.float32) for v in values], items, key
                 )
-            elif key in _FLOAT_KEYS:
+            elif key in FLOAT_KEYS:
                 out[key] = torch.tensor(values, dtype=torch.float32)
-            elif key in ("monochrome1", "signed", "ybr", "substituted"):
+            elif key in BOOL_KEYS:
                 out[key] = torch.tensor(values, dtype=torch.bool)
-            elif key in ("bits_stored", "frame", "index"):
+            elif key in INT_KEYS:
                 out[key] = torch.tensor(values, dtype=torch.int64)
-            elif key == "label" and not all(isinstance(v, torch.Tensor) for v in values):
+            elif key == LABEL and not all(isinstance(v, torch.Tensor) for v in values):
                 out[key] = _label_tensor(values)
             elif isinstance(values[0], torch.Tensor):
                 out[key] = self._stack(values, items, key)
@@ -79,7 +76,7 @@ class Collate:
     def _stack(
         self, values: list[torch.Tensor], items: Sequence[Mapping[str, Any]], key: str
     ) -> torch.Tensor:
-        whole = _whole_buffer(values)
+        whole = whole_buffer(values)
         if whole is not None:
             return whole
         dtypes = {v.dtype for v in values}
@@ -88,7 +85,7 @@ class Collate:
             # (silently cutting int16 CT values into a uint8 buffer, say).
             first: dict[torch.dtype, str] = {}  # one item of each dtype
             for v, it in zip(values, items):
-                first.setdefault(v.dtype, it.get("path", "?"))
+                first.setdefault(v.dtype, it.get(PATH, "?"))
             detail = ", ".join(f"{dtype} {path}" for dtype, path in first.items())
             raise ValueError(
                 f"cannot batch {key}s of different dtypes: {detail};"
@@ -97,10 +94,10 @@ class Collate:
             )
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) == 1:
-            return torch.stack(values, out=_batch_buffer(values[0], len(values)))
+            return torch.stack(values, out=batch_buffer(values[0], len(values)))
         if not self.pad or len({v.shape[:-2] for v in values}) > 1:
             detail = ", ".join(
-                f"{tuple(v.shape)} {it.get('path', '?')}" for v, it in list(zip(values, items))[:4]
+                f"{tuple(v.shape)} {it.get(PATH, '?')}" for v, it in list(zip(values, items))[:4]
             )
             raise ValueError(
                 f"cannot batch {key}s of different sizes: {detail}; give the dataset a size"
@@ -110,57 +107,11 @@ class Collate:
             )
         h = max(v.shape[-2] for v in values)
         w = max(v.shape[-1] for v in values)
-        out = _batch_buffer(values[0], len(values), (*values[0].shape[:-2], h, w))
+        out = batch_buffer(values[0], len(values), (*values[0].shape[:-2], h, w))
         for p, v in zip(out, values):
-            p.fill_(v.min().item() if v.numel() and key != "mask" else 0)
+            p.fill_(v.min().item() if v.numel() and key != MASK else 0)
             p[..., : v.shape[-2], : v.shape[-1]] = v
         return out
-
-
-def _whole_buffer(values: list[torch.Tensor]) -> torch.Tensor | None:
-    """The (B, ...) tensor whose slots the ``values`` are, in order and covering all of it.
-
-    :meth:`DicomDataset.__getitems__` reads a batch's images into one buffer; stacking
-    them would copy it into an identical one. None for anything else.
-    """
-    first = values[0]
-    if first.device.type != "cpu":
-        return None
-    storage = first.untyped_storage()
-    nbytes = first.numel() * first.element_size()
-    base = storage.data_ptr()
-    if nbytes == 0 or storage.nbytes() != nbytes * len(values):
-        return None
-    for k, v in enumerate(values):
-        if (
-            v.dtype != first.dtype
-            or v.shape != first.shape
-            or not v.is_contiguous()
-            or v.untyped_storage().data_ptr() != base
-            or v.data_ptr() != base + k * nbytes
-        ):
-            return None
-    return first.new_empty(0).set_(storage, 0, (len(values), *first.shape))
-
-
-def _batch_buffer(
-    like: torch.Tensor, batch: int, shape: tuple[int, ...] | None = None
-) -> torch.Tensor:
-    """The (B, ...) output of a stack; in shared memory inside a DataLoader worker.
-
-    A worker's batch travels to the main process through shared memory: built
-    there directly (as torch's default_collate does), the batch is not copied
-    again on its way, which for 32 CT slices saves a 16 MB copy per batch.
-    Outside workers, CPU batches come from the transforms' recycling pool
-    (:func:`~torchdicom.transforms._utils.empty_large`): the pages of an earlier,
-    freed batch are written again instead of faulting in fresh ones.
-    """
-    shape = tuple(like.shape) if shape is None else shape
-    if get_worker_info() is None:
-        return empty_large((batch, *shape), like.dtype, like.device)
-    numel = batch * math.prod(shape)
-    storage = like.untyped_storage()._new_shared(numel * like.element_size(), device=like.device)
-    return like.new_empty(0).set_(storage, 0, (batch, *shape))
 
 
 def _label_tensor(values: list[Any]) -> torch.Tensor | list[Any]:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from torchdicom._runtime import batch_buffer, run_in_slices
 from torchdicom.cache import FrameCache
 from torchdicom.data._base import _Base, _item_starts, _leave_out, _locate, _meta, _Slot
-from torchdicom.data.collate import _batch_buffer
 from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
 from torchdicom.data.sources import (
     LabelSource,
@@ -25,7 +25,7 @@ from torchdicom.data.sources import (
 from torchdicom.errors import TorchDicomError
 from torchdicom.io.frames import _is_fast_native, _np_dtype, read_frames_numpy
 from torchdicom.io.header import frame_row
-from torchdicom.transforms._native import run_rows
+from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, MASK, PATH, YBR
 
 __all__ = ["DicomDataset"]
 
@@ -223,7 +223,7 @@ class DicomDataset(_Base):
         ]
 
     def _prefill(self, located: list[tuple[int, int]], slots: np.ndarray) -> list[bool]:
-        """Read the batch's pixels into ``slots`` on the transforms' thread pool.
+        """Read the batch's pixels into ``slots`` on the package's thread pool.
 
         Only files stored in the batch dtype are read here; the item path reads and
         converts the others.
@@ -251,7 +251,7 @@ class DicomDataset(_Base):
                     continue
                 done[k] = True
 
-        run_rows(len(located), read, slots[0].size)
+        run_in_slices(len(located), read, slots[0].size)
         return done
 
     def _batch_slots(
@@ -279,7 +279,7 @@ class DicomDataset(_Base):
             layout = this
         assert layout is not None
         like = torch.from_numpy(np.empty(0, self._stored_dtype()))
-        return _batch_buffer(like, len(indices), layout), located
+        return batch_buffer(like, len(indices), layout), located
 
     def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, frame = self.locate(i)
@@ -296,15 +296,15 @@ class DicomDataset(_Base):
                     slot[...] = self._read(row, frame)  # converted exactly, or refused
         else:
             image = torch.from_numpy(self._read(row, frame)[0])
-        item: dict[str, Any] = {"image": image, **_meta(frame_row(row, frame))}
-        item["ybr"] = self._keeps_ybr(row)
+        item: dict[str, Any] = {IMAGE: image, **_meta(frame_row(row, frame))}
+        item[YBR] = self._keeps_ybr(row)
         if self._labels is not None:
-            item["label"] = self._labels[f]
+            item[LABEL] = self._labels[f]
         elif self._labeler.fn is not None:
-            item["label"] = self._labeler.call(row["path"], frame)
+            item[LABEL] = self._labeler.call(row["path"], frame)
         if self._masks:
-            item["mask"] = self._masks.read(row, frame, image.shape[-2:])
-        item.update(path=row["path"], frame=frame, index=i)
+            item[MASK] = self._masks.read(row, frame, image.shape[-2:])
+        item.update({PATH: row["path"], FRAME: frame, INDEX: i})
         if self.size_policy:
             item = self.size_policy(item)
         if self.transform is not None:

@@ -17,6 +17,20 @@ from torchdicom.io.geometry import affine_from_row, slice_normal
 from torchdicom.io.header import frame_row
 from torchdicom.io.modality import rescale_parameters
 from torchdicom.io.schema import IndexRow
+from torchdicom.keys import (
+    AFFINE,
+    FRAMES,
+    IMAGE,
+    INDEX,
+    INTERCEPT,
+    PATHS,
+    POSITIONS,
+    SERIES_INSTANCE_UID,
+    SLOPE,
+    SPACING,
+    WINDOW_CENTER,
+    WINDOW_WIDTH,
+)
 
 __all__ = ["DicomVolumeDataset"]
 
@@ -135,20 +149,20 @@ class DicomVolumeDataset(_Base):
         elif not math.isnan(dz):
             step = slice_normal(first) * dz
         return {
-            "image": torch.from_numpy(image),
-            "slope": torch.from_numpy(slope),
-            "intercept": torch.from_numpy(intercept),
-            "window_center": torch.from_numpy(center),
-            "window_width": torch.from_numpy(width),
-            "spacing": torch.tensor(
+            IMAGE: torch.from_numpy(image),
+            SLOPE: torch.from_numpy(slope),
+            INTERCEPT: torch.from_numpy(intercept),
+            WINDOW_CENTER: torch.from_numpy(center),
+            WINDOW_WIDTH: torch.from_numpy(width),
+            SPACING: torch.tensor(
                 [dz, float(first["spacing_row"]), float(first["spacing_col"])], dtype=torch.float64
             ),
-            "affine": torch.from_numpy(affine_from_row(first, step)),
-            "series_instance_uid": uid,
-            "paths": [s.row["path"] for s in slices],
-            "frames": torch.tensor([s.frame for s in slices], dtype=torch.int64),
-            "positions": torch.from_numpy(np.asarray(positions, dtype=np.float64)),
-            "index": i,
+            AFFINE: torch.from_numpy(affine_from_row(first, step)),
+            SERIES_INSTANCE_UID: uid,
+            PATHS: [s.row["path"] for s in slices],
+            FRAMES: torch.tensor([s.frame for s in slices], dtype=torch.int64),
+            POSITIONS: torch.from_numpy(np.asarray(positions, dtype=np.float64)),
+            INDEX: i,
         }
 
 

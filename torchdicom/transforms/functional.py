@@ -4,16 +4,11 @@ Every function takes (C, H, W) or (B, C, H, W), any integer or float dtype, on a
 never moves data between devices. Per-sample parameters are numbers or (B,) tensors.
 """
 
-from torchdicom.transforms._functional_color import ybr_full_to_rgb
-from torchdicom.transforms._functional_histogram import (
-    FreqHistBins,
-    freqhist_bins,
-    freqhist_bins_dataset,
-    hist_scaled,
-    to_3chan,
-    to_nchan,
-)
-from torchdicom.transforms._functional_intensity import (
+from torchdicom.transforms.channels import to_3chan, to_nchan
+from torchdicom.transforms.color import ybr_full_to_rgb
+from torchdicom.transforms.dataset_bins import freqhist_bins_dataset
+from torchdicom.transforms.histogram import FreqHistBins, freqhist_bins, hist_scaled
+from torchdicom.transforms.intensity import (
     DICOM_WINDOWS,
     dicom_windows,
     invert_monochrome1,
@@ -23,7 +18,7 @@ from torchdicom.transforms._functional_intensity import (
     window_from_header,
     windowed,
 )
-from torchdicom.transforms._functional_mask import (
+from torchdicom.transforms.mask import (
     crop_resize,
     gauss_blur2d,
     mask2bbox,

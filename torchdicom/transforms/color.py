@@ -1,13 +1,17 @@
-"""YBR_FULL to RGB for batches of 8-bit colour frames (functional, batched)."""
+"""YBR_FULL to RGB for batches of 8-bit colour frames: the function and its module."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from torchdicom.transforms._base import BatchTransform
 from torchdicom.transforms._utils import check_image, unbatch
 
-__all__ = ["ybr_full_to_rgb"]
+__all__ = ["YbrToRgb", "ybr_full_to_rgb"]
 
 # ITU-R BT.601 full range (JPEG/JFIF), the coefficients of DICOM PS3.3 C.7.6.3.1.2 YBR_FULL.
 _CR_TO_R = 1.402
@@ -49,3 +53,18 @@ def ybr_full_to_rgb(x: Tensor) -> Tensor:
     return unbatch(
         out if xb.is_floating_point() and xb.dtype == torch.float32 else out.to(xb.dtype), batched
     )
+
+
+class YbrToRgb(BatchTransform):
+    r"""YBR_FULL → RGB on 8-bit colour batches (:func:`ybr_full_to_rgb`).
+
+    Shape:
+        - image: :math:`(B, 3, H, W)` → same shape and dtype
+
+    Example:
+        >>> YbrToRgb()(torch.full((2, 3, 4, 4), 128, dtype=torch.uint8)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        return ybr_full_to_rgb(x)

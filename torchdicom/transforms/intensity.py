@@ -1,21 +1,38 @@
-"""Rescale to Hounsfield units, MONOCHROME1 inversion and windowing (functional, batched)."""
+"""Rescale to Hounsfield units, MONOCHROME1 inversion and windowing: functions and their modules.
+
+The functions (:func:`rescale`, :func:`invert_monochrome1`, :func:`windowed`,
+:func:`window_from_header`, :func:`pct_in_window`) are pure and batched; the modules
+(:class:`Rescale`, :class:`Window`, :class:`WindowFromHeader`) read their per-sample
+parameters from the batch dict and call them.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from torchdicom._runtime import empty_large
 from torchdicom.io.modality import rescale_parameters
-from torchdicom.transforms import _native
+from torchdicom.keys import (
+    BITS_STORED,
+    IMAGE,
+    INTERCEPT,
+    MONOCHROME1,
+    SIGNED,
+    SLOPE,
+    WINDOW_CENTER,
+    WINDOW_WIDTH,
+)
+from torchdicom.transforms import _kernels
+from torchdicom.transforms._base import BatchTransform, require_key
 from torchdicom.transforms._utils import (
     Param,
     check_image,
-    chunk_rows,
-    empty_large,
+    chunk_images,
     float_dtype,
     per_sample,
     unbatch,
@@ -26,6 +43,9 @@ _WINDOW_CHUNK_VALUES = 1 << 18
 
 __all__ = [
     "DICOM_WINDOWS",
+    "Rescale",
+    "Window",
+    "WindowFromHeader",
     "dicom_windows",
     "invert_monochrome1",
     "pct_in_window",
@@ -123,7 +143,7 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
     s, i = _part_params(slope, intercept, b, xb.device, dtype)
     parts = s.shape[1]
     if parts == 1 and xb.dim() == 4:
-        return unbatch(_rescale_rows(xb, s.view(b, 1, 1, 1), i.view(b, 1, 1, 1), dtype), batched)
+        return unbatch(_rescale_images(xb, s.view(b, 1, 1, 1), i.view(b, 1, 1, 1), dtype), batched)
     if b == 0:
         return torch.empty(xb.shape, dtype=dtype, device=xb.device)
     numel = xb[0].numel()
@@ -134,22 +154,22 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
             f"a (B, K) slope/intercept gives one value per (H, W) plane or group of planes;"
             f" K must be one of {sorted(whole)} for x of shape {tuple(xb.shape)}. Got: K={parts}"
         )
-    # Each part as one row of its own slope and intercept: (B * K, 1, 1, N / K) is a view of a
+    # Each part as one image of its own slope and intercept: (B * K, 1, 1, N / K) is a view of a
     # contiguous x, so the fused native pass serves volumes and clips as it serves images.
-    rows = xb.reshape(b * parts, 1, 1, numel // parts)
-    out = _rescale_rows(rows, s.reshape(-1, 1, 1, 1), i.reshape(-1, 1, 1, 1), dtype)
+    planes = xb.reshape(b * parts, 1, 1, numel // parts)
+    out = _rescale_images(planes, s.reshape(-1, 1, 1, 1), i.reshape(-1, 1, 1, 1), dtype)
     return unbatch(out.reshape(xb.shape), batched)
 
 
-def _rescale_rows(xb: Tensor, s: Tensor, i: Tensor, dtype: torch.dtype) -> Tensor:
+def _rescale_images(xb: Tensor, s: Tensor, i: Tensor, dtype: torch.dtype) -> Tensor:
     """``xb * s + i`` for a (B, C, H, W) ``xb`` and (B, 1, 1, 1) NaN-free ``s`` and ``i``."""
     if xb.requires_grad:
         return xb.to(dtype) * s + i
     # A fresh (huge-page-advised) output, converted into and scaled in place: mixed-dtype ops
     # (int16 * float32) would first materialise a converted copy of the whole batch.
-    if _native.usable(xb):
+    if _kernels.usable(xb):
         out = empty_large(xb.shape, dtype, xb.device)
-        _native.rescale_into(xb, s, i, out)  # one fused pass, the same float operations
+        _kernels.rescale_into(xb, s, i, out)  # one fused pass, the same float operations
         return out
     out = empty_large(xb.shape, dtype, xb.device).copy_(xb)
     if xb.is_floating_point() or not bool((s == 1).all()):
@@ -255,6 +275,22 @@ def _window_bounds(width: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
     return level - half, level + half
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ("fastai", "dicom"):
+        raise ValueError(f"mode must be 'fastai' or 'dicom'. Got: {mode!r}")
+
+
+def _check_window(width: Any, level: Any, mode: str) -> None:
+    """A fixed ``(width, level)`` and mode, as :class:`Window` takes them (numbers)."""
+    _check_mode(mode)
+    for name, value in (("width", width), ("level", level)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number. Got: {value!r}")
+    minimum = 2 if mode == "fastai" else 1
+    if not width >= minimum:
+        raise ValueError(f"width must be >= {minimum} in {mode!r} mode. Got: {width!r}")
+
+
 def _check_width(width: Tensor, minimum: float) -> None:
     bad = torch.isnan(width) | (width < minimum)
     if bool(bad.any()):
@@ -305,8 +341,7 @@ def windowed(
         torch.Size([1, 1, 4, 4])
     """
     xb, batched = check_image(x)
-    if mode not in ("fastai", "dicom"):
-        raise ValueError(f"mode must be 'fastai' or 'dicom'. Got: {mode!r}")
+    _check_mode(mode)
     dtype = float_dtype(x)
     b = xb.shape[0]
     w = per_sample(width, "width", b, xb.device, dtype)
@@ -317,10 +352,10 @@ def windowed(
     if mode == "fastai":
         _check_width(w, 2)
         lo, hi = _window_bounds(w, c)
-        if fused and _native.usable(xb) and b > 0:
+        if fused and _kernels.usable(xb) and b > 0:
             s, i = _rescale_params(slope, intercept, b, xb.device, dtype)
             out = empty_large(xb.shape, dtype, xb.device)
-            _native.rescale_window_into(xb, s, i, lo, hi, hi - lo, out)
+            _kernels.rescale_window_into(xb, s, i, lo, hi, hi - lo, out)
             return unbatch(out, batched)
     if fused:
         hu = rescale(x, 1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
@@ -335,15 +370,17 @@ def windowed(
         # (clamp(x, lo, hi) - lo) / (hi - lo), so the values are identical.
         out = empty_large(xb.shape, dtype, xb.device)
         span = hi - lo
-        if _native.usable(xb) and b > 0:
-            _native.window_into(
+        if _kernels.usable(xb) and b > 0:
+            _kernels.window_into(
                 xb, lo.view(b, 1), hi.view(b, 1), span.view(b, 1), out.view(b, 1, -1)
             )
             return unbatch(out, batched)
-        step = chunk_rows(b, xb[0].numel() if b else 1, xb.device, _WINDOW_CHUNK_VALUES)
+        step = chunk_images(b, xb[0].numel() if b else 1, xb.device, _WINDOW_CHUNK_VALUES)
         for start in range(0, b, step):
-            rows = slice(start, start + step)
-            out[rows].copy_(xb[rows]).clamp_(lo[rows], hi[rows]).sub_(lo[rows]).div_(span[rows])
+            chunk = slice(start, start + step)
+            out[chunk].copy_(xb[chunk]).clamp_(lo[chunk], hi[chunk]).sub_(lo[chunk]).div_(
+                span[chunk]
+            )
         return unbatch(out, batched)
     _check_width(w, 1)
     xf = xb.to(dtype)
@@ -437,3 +474,198 @@ def pct_in_window(x: Tensor, window: WindowSpec) -> Tensor:
     inside = (xb >= lo) & (xb <= hi)
     out = inside.flatten(1).to(dtype).mean(dim=1)
     return out if batched else out.squeeze(0)
+
+
+# --------------------------------------------------------------------------- modules
+class Rescale(BatchTransform):
+    r"""Stored values → Hounsfield (modality) units with each sample's slope and intercept.
+
+    On a batch dict it reads ``slope`` and ``intercept`` (NaN → 1 and 0). When the dict has
+    ``monochrome1`` flags and ``bits_stored``, flagged samples are inverted first (as
+    two's complement values where the dict's ``signed`` flags say so, else by the dtype)
+    (:func:`invert_monochrome1`) and their ``window_center`` is mirrored the same way
+    (``slope * (max + min) + 2 * intercept - centre``), so :meth:`Window.from_header` still
+    selects the same tissue, now displayed MONOCHROME2-style.
+
+    Args:
+        slope: used for bare tensors (a dict's own ``slope`` wins).
+        intercept: used for bare tensors (a dict's own ``intercept`` wins).
+
+    Shape:
+        - image: :math:`(B, C, H, W)` any dtype → float32; volume batches
+          :math:`(B, 1, D, H, W)` with :math:`(B, D)` ``slope`` / ``intercept`` (one per
+          slice, as :class:`~torchdicom.DicomVolumeDataset` items carry them) too, see
+          :func:`rescale`
+
+    Example:
+        >>> batch = {"image": torch.zeros(2, 1, 8, 8, dtype=torch.int16),
+        ...          "slope": torch.ones(2), "intercept": torch.full((2,), -1024.0)}
+        >>> Rescale()(batch)["image"].shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(self, slope: float = 1.0, intercept: float = 0.0) -> None:
+        super().__init__()
+        self.slope = slope
+        self.intercept = intercept
+
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        if batch is None:
+            return rescale(x, self.slope, self.intercept)
+        return rescale(x, batch.get(SLOPE, self.slope), batch.get(INTERCEPT, self.intercept))
+
+    def transform_batch(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        if not _inverts_monochrome1(data):
+            return super().transform_batch(data)
+        slope = data.get(SLOPE, self.slope)
+        intercept = data.get(INTERCEPT, self.intercept)
+        out = dict(data)
+        image = data[IMAGE]
+        inverted = invert_monochrome1(
+            image,
+            data[BITS_STORED],
+            apply=data[MONOCHROME1].to(image.device),
+            signed=data.get(SIGNED),
+        )
+        out[IMAGE] = rescale(inverted, slope, intercept)
+        if WINDOW_CENTER in data:
+            out[WINDOW_CENTER] = _mirror_centre(data, inverted, slope, intercept)
+        return out
+
+
+def _inverts_monochrome1(data: Mapping[str, Any]) -> bool:
+    """Whether :class:`Rescale` inverts some sample of this batch dict first.
+
+    Most batches hold no MONOCHROME1 image: the full-size inversion pass is skipped then (one
+    tiny (B,) reduction instead of a pass over the pixels).
+    """
+    flags = data.get(MONOCHROME1)
+    return flags is not None and BITS_STORED in data and bool(torch.as_tensor(flags).any())
+
+
+def _mirror_centre(data: Mapping[str, Any], image: Tensor, slope: Any, intercept: Any) -> Tensor:
+    centre = data[WINDOW_CENTER]
+    flags = data[MONOCHROME1].to(device=centre.device, dtype=torch.bool)
+    bits = (
+        torch.as_tensor(data[BITS_STORED], device=centre.device)
+        .to(torch.float64)
+        .expand(centre.shape)
+    )
+    signed = data.get(SIGNED)
+    if signed is None:
+        signed = image.is_signed() and not image.is_floating_point()
+    two_complement = (
+        torch.as_tensor(signed, device=centre.device).to(torch.bool).expand(centre.shape)
+    )
+    total = torch.where(two_complement, torch.full_like(bits, -1.0), torch.pow(2.0, bits) - 1)
+    s = torch.as_tensor(slope, dtype=torch.float64, device=centre.device).expand(centre.shape)
+    i = torch.as_tensor(intercept, dtype=torch.float64, device=centre.device).expand(centre.shape)
+    s, i = rescale_parameters(s, i)
+    mirrored = (s * total + 2 * i - centre.to(torch.float64)).to(centre.dtype)
+    return torch.where(flags, mirrored, centre)
+
+
+class Window(BatchTransform):
+    r"""Window onto [0, 1] with a fixed ``(width, level)`` (see :func:`windowed`).
+
+    Use :meth:`preset` for a :data:`DICOM_WINDOWS` name and :meth:`from_header` for each
+    sample's own (0028,1050)/(0028,1051) window.
+
+    Args:
+        width: window width (>= 2 in ``"fastai"`` mode, >= 1 in ``"dicom"`` mode).
+        level: window centre.
+        mode: ``"fastai"`` or ``"dicom"``.
+        rescale: apply :class:`Rescale` first, fused: the batch dict holds stored values
+            (raw int16 as collated) and the output equals ``Window(...)(Rescale()(batch))``
+            bit for bit, in one pass on CPU without a batch-sized HU intermediate. Batches
+            with MONOCHROME1 samples take the two steps one after the other.
+
+    Shape:
+        - image: :math:`(B, C, H, W)` → float32, same shape
+
+    Example:
+        >>> Window(400, 50)(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 1, 8, 8])
+        >>> batch = {"image": torch.zeros(2, 1, 8, 8, dtype=torch.int16),
+        ...          "slope": torch.ones(2), "intercept": torch.full((2,), -1024.0)}
+        >>> Window(1500, -600, rescale=True)(batch)["image"].dtype
+        torch.float32
+    """
+
+    def __init__(
+        self, width: float, level: float, mode: WindowMode = "fastai", rescale: bool = False
+    ) -> None:
+        super().__init__()
+        _check_window(width, level, mode)
+        self.width, self.level, self.mode = width, level, mode
+        self.rescale = bool(rescale)
+
+    @classmethod
+    def preset(cls, name: str, mode: WindowMode = "fastai", rescale: bool = False) -> Window:
+        """A window from :data:`DICOM_WINDOWS`, e.g. ``Window.preset("brain")``."""
+        if not isinstance(name, str):
+            raise TypeError(f"preset takes a DICOM_WINDOWS name. Got: {name!r}")
+        return cls(*resolve_window(name), mode=mode, rescale=rescale)
+
+    @staticmethod
+    def from_header(
+        fallback: WindowSpec | None = None, mode: WindowMode = "fastai"
+    ) -> WindowFromHeader:
+        """Each sample's own header window; see :class:`WindowFromHeader`."""
+        return WindowFromHeader(fallback=fallback, mode=mode)
+
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        if not self.rescale:
+            return windowed(x, self.width, self.level, mode=self.mode)
+        if batch is None:
+            raise TypeError(
+                "Window(rescale=True) reads 'slope' and 'intercept' from a batch dict; "
+                "pass the dict, not a bare tensor. Got: Tensor"
+            )
+        return windowed(
+            x,
+            self.width,
+            self.level,
+            self.mode,
+            slope=batch.get(SLOPE, 1.0),
+            intercept=batch.get(INTERCEPT, 0.0),
+        )
+
+    def transform_batch(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        if self.rescale and _inverts_monochrome1(data):
+            # MONOCHROME1 inversion first, then the window.
+            inverted = Rescale().transform_batch(data)
+            inverted[IMAGE] = windowed(inverted[IMAGE], self.width, self.level, mode=self.mode)
+            return inverted
+        return super().transform_batch(data)
+
+
+class WindowFromHeader(BatchTransform):
+    r"""Window each sample with the batch dict's ``window_center`` / ``window_width``.
+
+    Args:
+        fallback: window name or ``(width, level)`` for samples whose header had none (NaN);
+            without it such a batch raises ``ValueError``.
+        mode: ``"fastai"`` or ``"dicom"``.
+
+    Shape:
+        - image: :math:`(B, C, H, W)` → float32, same shape
+
+    Example:
+        >>> batch = {"image": torch.zeros(2, 1, 8, 8), "window_center": torch.tensor([40.0, 50.0]),
+        ...          "window_width": torch.tensor([80.0, 400.0])}
+        >>> Window.from_header()(batch)["image"].shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(self, fallback: WindowSpec | None = None, mode: WindowMode = "fastai") -> None:
+        super().__init__()
+        _check_mode(mode)
+        if fallback is not None:
+            resolve_window(fallback)
+        self.fallback, self.mode = fallback, mode
+
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        centre = require_key(batch, WINDOW_CENTER, "Window.from_header()")
+        width = require_key(batch, WINDOW_WIDTH, "Window.from_header()")
+        return window_from_header(x, centre, width, mode=self.mode, fallback=self.fallback)

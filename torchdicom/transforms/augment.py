@@ -9,10 +9,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchdicom.keys import IMAGE, MASK
+from torchdicom.transforms._base import BatchTransform
+
 __all__ = ["AlbumentationsAdapter", "DicomAugment"]
 
 
-class DicomAugment(nn.Module):
+class DicomAugment(BatchTransform):
     r"""Radiology augmentation for windowed batches, moving ``mask`` with ``image``.
 
     A :class:`kornia.augmentation.AugmentationSequential` of: horizontal flip (p=0.5), a small
@@ -71,37 +74,35 @@ class DicomAugment(nn.Module):
         ]
         if noise_std > 0:
             steps.append(K.RandomGaussianNoise(std=noise_std, p=0.5))
+        self.degrees, self.translate, self.scale = degrees, translate, scale
+        self.brightness, self.contrast, self.noise_std = brightness, contrast, noise_std
+        self.vertical_flip = vertical_flip
         self.with_mask = K.AugmentationSequential(*steps, data_keys=["input", "mask"])
         self.image_only = K.AugmentationSequential(*steps, data_keys=["input"])
 
-    def forward(self, data: Tensor | Mapping[str, Any]) -> Tensor | dict[str, Any]:
-        if isinstance(data, Tensor):
-            return self.image_only(data)
-        if not isinstance(data, Mapping) or "image" not in data:
-            raise TypeError(
-                f"DicomAugment takes a tensor or a batch dict with 'image'. Got: {type(data).__name__}"
-            )
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        return self.image_only(x)
+
+    def transform_batch(self, data: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(data)
-        image = data["image"]
+        image = data[IMAGE]
         if not image.is_floating_point():
             raise TypeError(
                 f"DicomAugment expects a windowed float image in [0, 1]. Got: {image.dtype}"
             )
         if image.shape[0] == 0:
             return out
-        mask = data.get("mask")
+        mask = data.get(MASK)
         if mask is None:
-            out["image"] = self.image_only(image)
+            out[IMAGE] = self.image_only(image)
             return out
         new_image, new_mask = self.with_mask(image, mask.to(image.dtype))
-        out["image"] = new_image
-        out["mask"] = (
-            new_mask > 0.5 if mask.dtype == torch.bool else new_mask.round().to(mask.dtype)
-        )
+        out[IMAGE] = new_image
+        out[MASK] = new_mask > 0.5 if mask.dtype == torch.bool else new_mask.round().to(mask.dtype)
         return out
 
 
-class AlbumentationsAdapter(nn.Module):
+class AlbumentationsAdapter(BatchTransform):
     r"""Apply an ``albumentations`` pipeline to one sample on the CPU.
 
     The sample's ``image`` (C, H, W) tensor becomes an H×W×C numpy array (and ``mask`` (1, H, W)
@@ -130,16 +131,13 @@ class AlbumentationsAdapter(nn.Module):
             )
         self.transform = transform
 
-    def forward(self, data: Tensor | Mapping[str, Any]) -> Tensor | dict[str, Any]:
-        if isinstance(data, Tensor):
-            return self._image_back(self.transform(image=self._image_to_hwc(data))["image"], data)
-        if not isinstance(data, Mapping) or "image" not in data:
-            raise TypeError(
-                f"expected a tensor or a sample dict with 'image'. Got: {type(data).__name__}"
-            )
-        image = data["image"]
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        return self._image_back(self.transform(image=self._image_to_hwc(x))["image"], x)
+
+    def transform_batch(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        image = data[IMAGE]
         kwargs: dict[str, np.ndarray] = {"image": self._image_to_hwc(image)}
-        mask = data.get("mask")
+        mask = data.get(MASK)
         if mask is not None:
             if mask.dim() not in (2, 3):
                 raise ValueError(f"mask must be (S, H, W) or (H, W). Got: {tuple(mask.shape)}")
@@ -151,7 +149,7 @@ class AlbumentationsAdapter(nn.Module):
             kwargs["mask"] = m.permute(1, 2, 0).numpy() if many else m.reshape(m.shape[-2:]).numpy()
         result = self.transform(**kwargs)
         out = dict(data)
-        out["image"] = self._image_back(result["image"], image)
+        out[IMAGE] = self._image_back(result["image"], image)
         if mask is not None:
             back = np.asarray(result["mask"])
             if mask.dim() == 3 and mask.shape[0] > 1:
@@ -159,7 +157,7 @@ class AlbumentationsAdapter(nn.Module):
             else:
                 new_mask = torch.from_numpy(np.ascontiguousarray(back))
                 new_mask = new_mask.reshape(*mask.shape[:-2], *new_mask.shape[-2:])
-            out["mask"] = new_mask.bool() if mask.dtype == torch.bool else new_mask.to(mask.dtype)
+            out[MASK] = new_mask.bool() if mask.dtype == torch.bool else new_mask.to(mask.dtype)
         return out
 
     @staticmethod
@@ -174,6 +172,3 @@ class AlbumentationsAdapter(nn.Module):
     def _image_back(array: np.ndarray, like: Tensor) -> Tensor:
         hwc = array if array.ndim == 3 else array[..., None]
         return torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))).to(like.device)
-
-    def extra_repr(self) -> str:
-        return f"transform={type(self.transform).__name__}"

@@ -1,4 +1,4 @@
-"""Frequency-histogram normalisation and multi-window channel stacks (functional, batched).
+"""Frequency-histogram normalisation: the bins, the scaling, and its module.
 
 The bins are the tutorial's: per image, the sorted pixel values picked at fractional
 positions ``[0.001, (i + 0.5) / n_bins for i < n_bins, 0.999]`` (positions computed in float32
@@ -15,36 +15,24 @@ chunk, and the only batch-sized allocation is the result.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from torchdicom.transforms import _native
-from torchdicom.transforms._functional_intensity import (
-    WindowMode,
-    WindowSpec,
-    resolve_window,
-    windowed,
-)
+from torchdicom._runtime import empty_large, run_in_slices
+from torchdicom.transforms import _kernels
+from torchdicom.transforms._base import BatchTransform
 from torchdicom.transforms._utils import (
     check_image,
-    chunk_rows,
-    empty_large,
+    chunk_images,
     float_dtype,
     unbatch,
 )
 
-__all__ = [
-    "FreqHistBins",
-    "freqhist_bins",
-    "freqhist_bins_dataset",
-    "hist_scaled",
-    "to_3chan",
-    "to_nchan",
-]
+__all__ = ["FreqHistBins", "FreqHistNormalize", "freqhist_bins", "hist_scaled"]
 
 # Histogram order statistics are used while one image's value range stays below this (covers
 # all 16-bit data) and one chunk's histogram below _MAX_HIST_ENTRIES counts.
@@ -62,7 +50,7 @@ class FreqHistBins(NamedTuple):
 
     Attributes:
         bins: (B, K) strictly increasing over the first ``lengths[b]`` entries, then padded with
-            the last valid value (so every row stays sorted); (K,) for an unbatched image.
+            the last valid value (so every image's bins stay sorted); (K,) for an unbatched image.
         lengths: (B,) int64 number of valid bins per image; a 0-dim tensor when unbatched.
     """
 
@@ -82,15 +70,17 @@ def _rank_positions(n_bins: int, pixel_count: int, device: torch.device) -> Tens
     return (pixel_count * t).long().to(device)
 
 
-def _check_n_bins(n_bins: int) -> None:
+def _check_n_bins(n_bins: Any) -> None:
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int. Got: {n_bins!r}")
 
 
 class _IntegerView(NamedTuple):
-    keys: Tensor  # (k, N) int32: value - low + r * span for row r, an index into a (k * span) table
+    keys: (
+        Tensor  # (k, N) int32: value - low + j * span for image j, an index into a (k * span) table
+    )
     low: int  # the chunk's smallest value
-    span: int  # the chunk's max - min + 1: every row's values lie in [low, low + span)
+    span: int  # the chunk's max - min + 1: every image's values lie in [low, low + span)
 
 
 def _integer_view(
@@ -100,8 +90,8 @@ def _integer_view(
 
     Float input qualifies when every value is finite and integral (HU from integer CT with an
     integer slope/intercept), so those order statistics are exact too. ``keys`` (int32) and
-    ``scratch`` (``v.dtype``, floats only) are optional reusable buffers of at least k rows.
-    The range is the chunk's (one reduction, not one per row); rows whose values do not reach
+    ``scratch`` (``v.dtype``, floats only) are optional reusable buffers of at least k images.
+    The range is the chunk's (one reduction, not one per image); images whose values do not reach
     its ends just have empty histogram entries there.
     """
     k, n = v.shape
@@ -143,9 +133,9 @@ def _integer_view(
     return _IntegerView(keys, low, span)
 
 
-def _key_buffers(v: Tensor, rows: int, scratch: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Reusable per-chunk buffers for :func:`_integer_view`: int32 keys and a float scratch."""
-    shape = (rows, v.shape[1])
+def _key_buffers(v: Tensor, count: int, scratch: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Reusable buffers of ``count`` images for :func:`_integer_view`: int32 keys and a float scratch."""
+    shape = (count, v.shape[1])
     keys = empty_large(shape, torch.int32, v.device)
     if not (scratch and v.is_floating_point()):
         return keys, None
@@ -181,8 +171,8 @@ def _dedup_sorted(picked: Tensor) -> FreqHistBins:
     return FreqHistBins(out, lengths)
 
 
-def _bins_from_rows(v: Tensor, n_bins: int, wide: torch.dtype) -> FreqHistBins:
-    """Per-row bins of a (B, N) batch, chunk by chunk, de-duplicated in ``wide``.
+def _bins_per_image(v: Tensor, n_bins: int, wide: torch.dtype) -> FreqHistBins:
+    """Per-image bins of a (B, N) batch, chunk by chunk, de-duplicated in ``wide``.
 
     ``wide`` (int64 or float64) holds every value of ``v`` exactly, so the bins are the same
     numbers whichever route (histogram or sort) a chunk took.
@@ -192,14 +182,16 @@ def _bins_from_rows(v: Tensor, n_bins: int, wide: torch.dtype) -> FreqHistBins:
     if b == 0:
         empty = torch.empty((0, ranks.numel()), dtype=wide, device=v.device)
         return FreqHistBins(empty, torch.empty(0, dtype=torch.int64, device=v.device))
-    step = chunk_rows(b, n, v.device, _CHUNK_VALUES)
+    step = chunk_images(b, n, v.device, _CHUNK_VALUES)
     keys, scratch = _key_buffers(v, step)
     picked = []
     for start in range(0, b, step):
         chunk = v[start : start + step]
         view = _integer_view(chunk, keys, scratch)
-        rows = _picked_from_view(view, ranks) if view is not None else _picked_by_sort(chunk, ranks)
-        picked.append(rows.to(wide))
+        chunk_picked = (
+            _picked_from_view(view, ranks) if view is not None else _picked_by_sort(chunk, ranks)
+        )
+        picked.append(chunk_picked.to(wide))
     return _dedup_sorted(torch.cat(picked))
 
 
@@ -218,7 +210,7 @@ def freqhist_bins(x: Tensor, n_bins: int = 100) -> FreqHistBins:
 
     Returns:
         :class:`FreqHistBins` ``(bins, lengths)``; ``bins`` has ``x``'s dtype, padded to
-        ``K = n_bins + 2`` columns with each row's last valid value.
+        ``K = n_bins + 2`` columns with each image's last valid value.
 
     Shape:
         - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
@@ -237,7 +229,7 @@ def freqhist_bins(x: Tensor, n_bins: int = 100) -> FreqHistBins:
             f"freqhist_bins needs images with at least one pixel. Got: {tuple(x.shape)}"
         )
     wide = torch.float64 if v.is_floating_point() else torch.int64
-    result = _bins_from_rows(v, n_bins, wide)
+    result = _bins_per_image(v, n_bins, wide)
     result = FreqHistBins(result.bins.to(v.dtype), result.lengths)
     if batched:
         return result
@@ -252,9 +244,9 @@ def _targets(j: Tensor, lengths: Tensor) -> Tensor:
 
 
 def _interp(values: Tensor, bins: Tensor, lengths: Tensor) -> Tensor:
-    """numpy.interp(values[b], bins[b, :L], linspace(0, 1, L)) per row, in float64.
+    """numpy.interp(values[b], bins[b, :L], linspace(0, 1, L)) per image b, in float64.
 
-    values: (B, M) float64; bins: (B, K) float64 sorted rows; lengths: (B,) int64 >= 1.
+    values: (B, M) float64; bins: (B, K) float64, sorted per image; lengths: (B,) int64 >= 1.
     """
     k = bins.shape[1]
     lengths = lengths[:, None]
@@ -328,7 +320,7 @@ def hist_scaled(x: Tensor, bins: Tensor | FreqHistBins | None = None, n_bins: in
         x: image or batch.
         bins: ``None`` for each image's own :func:`freqhist_bins`; a :class:`FreqHistBins` for
             per-image bins; a (K,) tensor shared by every image (dataset-level bins, see
-            :func:`freqhist_bins_dataset`); or a (B, K) tensor of per-image bins, all valid.
+            :func:`~torchdicom.transforms.functional.freqhist_bins_dataset`); or a (B, K) tensor of per-image bins, all valid.
         n_bins: groups when ``bins`` is ``None``.
 
     Returns:
@@ -352,13 +344,13 @@ def hist_scaled(x: Tensor, bins: Tensor | FreqHistBins | None = None, n_bins: in
         return torch.empty(x.shape, dtype=dtype, device=x.device)
     if v.requires_grad:
         # Differentiable route: the whole batch through the per-pixel formula.
-        per_image = _bins_from_rows(v, n_bins, torch.float64) if bins is None else bins
+        per_image = _bins_per_image(v, n_bins, torch.float64) if bins is None else bins
         fb = _normalise_bins(per_image, b, v.device)
         out = _interp(v.to(torch.float64), fb.bins, fb.lengths).clamp(0, 1).to(dtype)
         return unbatch(out.view(xb.shape), batched)
     out = empty_large(xb.shape, dtype, v.device)
-    if _native.usable(v):
-        _native_hist_into(v, out.view(b, -1), bins, n_bins)
+    if _kernels.usable(v):
+        _hist_scaled_native(v, out.view(b, -1), bins, n_bins)
         return unbatch(out, batched)
     scaler = _HistScaler(v, bins, n_bins)
     for start in range(0, b, scaler.step):
@@ -366,7 +358,7 @@ def hist_scaled(x: Tensor, bins: Tensor | FreqHistBins | None = None, n_bins: in
     return unbatch(out, batched)
 
 
-def _native_hist_into(
+def _hist_scaled_native(
     v: Tensor, dest: Tensor, bins: Tensor | FreqHistBins | None, n_bins: int
 ) -> None:
     """:func:`hist_scaled` of a contiguous CPU (B, N) batch into ``dest`` (B, N) via the kernels.
@@ -379,36 +371,36 @@ def _native_hist_into(
     shared = None if bins is None else _normalise_bins(bins, b, v.device)
     # Ascending ranks: the picks are monotone in the rank, and de-duplication sorts them anyway.
     ranks = np.sort(_rank_positions(n_bins, n, v.device).numpy()) if bins is None else None
-    rows = _native.as_rows(v)
+    images = _kernels.flat_images(v)
     dst = dest.numpy()
     table_dtype = np.float64 if dest.dtype == torch.float64 else np.float32
     failed: list[int] = []
 
-    def work(r0: int, r1: int) -> None:
-        for r in range(r0, r1):
-            hist = _native.integer_histogram(rows[r])
+    def work(start: int, stop: int) -> None:
+        for j in range(start, stop):
+            hist = _kernels.integer_histogram(images[j])
             if hist is None:
-                failed.append(r)  # list.append is atomic under the GIL
+                failed.append(j)  # list.append is atomic under the GIL
                 continue
             low, counts = hist
             if shared is None:
                 assert ranks is not None
-                row_bins = _native.histogram_bins(low, counts, ranks)
+                image_bins = _kernels.histogram_bins(low, counts, ranks)
             else:
-                row_bins = shared.bins[r, : int(shared.lengths[r])].numpy()
+                image_bins = shared.bins[j, : int(shared.lengths[j])].numpy()
             grid = np.arange(counts.size, dtype=np.float64) + low
-            y = np.interp(grid, row_bins, np.linspace(0.0, 1.0, len(row_bins)))
+            y = np.interp(grid, image_bins, np.linspace(0.0, 1.0, len(image_bins)))
             table = np.clip(y, 0.0, 1.0, out=y).astype(table_dtype)
-            _native.gather_into(rows[r], table, low, dst[r])
+            _kernels.gather_into(images[j], table, low, dst[j])
 
-    _native.run_rows(b, work, n)
-    for r in sorted(failed):
-        row_bins = (
+    run_in_slices(b, work, n)
+    for j in sorted(failed):
+        given = (
             None
             if shared is None
-            else FreqHistBins(shared.bins[r : r + 1], shared.lengths[r : r + 1])
+            else FreqHistBins(shared.bins[j : j + 1], shared.lengths[j : j + 1])
         )
-        _HistScaler(v[r : r + 1], row_bins, n_bins).into(0, dest[r : r + 1])
+        _HistScaler(v[j : j + 1], given, n_bins).into(0, dest[j : j + 1])
 
 
 class _HistScaler:
@@ -417,40 +409,40 @@ class _HistScaler:
     def __init__(self, v: Tensor, bins: Tensor | FreqHistBins | None, n_bins: int) -> None:
         b, n = v.shape
         self.v = v
-        self.step = chunk_rows(b, n, v.device, _CHUNK_VALUES)
-        # Float32/64 chunks use their destination rows as the scratch of the integrality check.
+        self.step = chunk_images(b, n, v.device, _CHUNK_VALUES)
+        # Float32/64 chunks use their destination images as the scratch of the integrality check.
         self.keys, self.scratch = _key_buffers(v, self.step, float_dtype(v) != v.dtype)
         self.shared = None if bins is None else _normalise_bins(bins, b, v.device)
         self.ranks = _rank_positions(n_bins, n, v.device) if bins is None else None
 
     def chunk(self, start: int, dest: Tensor) -> tuple[Tensor, _IntegerView | None]:
-        """Rows ``start : start + k`` and their integer view (None: not integer-valued)."""
-        rows = self.v[start : start + dest.shape[0]]
-        scratch = dest if dest.dtype == rows.dtype else self.scratch
-        return rows, _integer_view(rows, self.keys, scratch)
+        """Images ``start : start + k`` and their integer view (None: not integer-valued)."""
+        images = self.v[start : start + dest.shape[0]]
+        scratch = dest if dest.dtype == images.dtype else self.scratch
+        return images, _integer_view(images, self.keys, scratch)
 
-    def bins(self, start: int, rows: Tensor, view: _IntegerView | None) -> FreqHistBins:
+    def bins(self, start: int, images: Tensor, view: _IntegerView | None) -> FreqHistBins:
         """The chunk's bins, float64."""
         if self.shared is not None:
-            stop = start + rows.shape[0]
+            stop = start + images.shape[0]
             return FreqHistBins(self.shared.bins[start:stop], self.shared.lengths[start:stop])
         assert self.ranks is not None
         if view is not None:
             picked = _picked_from_view(view, self.ranks)
         else:
-            picked = _picked_by_sort(rows, self.ranks)
+            picked = _picked_by_sort(images, self.ranks)
         return _dedup_sorted(picked.to(torch.float64))
 
-    def table(self, start: int, rows: Tensor, view: _IntegerView, dtype: torch.dtype) -> Tensor:
-        """(k, span) hist_scaled of every value of the chunk's range, per row, in ``dtype``.
+    def table(self, start: int, images: Tensor, view: _IntegerView, dtype: torch.dtype) -> Tensor:
+        """(k, span) hist_scaled of every value of the chunk's range, per image, in ``dtype``.
 
         The entries are the very numbers the per-pixel formula gives for those values.
         """
         if view.keys.device.type == "cpu":
             return self._table_numpy(start, view, dtype)
-        fb = self.bins(start, rows, view)
+        fb = self.bins(start, images, view)
         grid = torch.arange(view.span, device=fb.bins.device, dtype=torch.float64) + view.low
-        values = grid.expand(rows.shape[0], -1).contiguous()
+        values = grid.expand(images.shape[0], -1).contiguous()
         return _interp(values, fb.bins, fb.lengths).clamp_(0, 1).to(dtype)
 
     def _table_numpy(self, start: int, view: _IntegerView, dtype: torch.dtype) -> Tensor:
@@ -465,267 +457,63 @@ class _HistScaler:
             counts = torch.bincount(view.keys.view(-1), minlength=k * view.span)
             cumulative = np.cumsum(counts.numpy().reshape(k, view.span), axis=1)
             ranks = self.ranks.numpy()
-        for r in range(k):
+        for j in range(k):
             if self.shared is None:
-                picked = np.searchsorted(cumulative[r], ranks, side="right") + view.low
+                picked = np.searchsorted(cumulative[j], ranks, side="right") + view.low
                 bins = np.unique(picked).astype(np.float64)
             else:
-                length = int(self.shared.lengths[start + r])
-                bins = self.shared.bins[start + r, :length].numpy()
+                length = int(self.shared.lengths[start + j])
+                bins = self.shared.bins[start + j, :length].numpy()
             y = np.interp(grid, bins, np.linspace(0.0, 1.0, len(bins)))
-            table[r] = np.clip(y, 0.0, 1.0, out=y)
+            table[j] = np.clip(y, 0.0, 1.0, out=y)
         return torch.from_numpy(table)
 
     def into(self, start: int, dest: Tensor) -> None:
-        """Write rows ``start : start + k`` into ``dest`` ((k, N), every row contiguous)."""
-        rows, view = self.chunk(start, dest)
+        """Write images ``start : start + k`` into ``dest`` ((k, N), every image contiguous)."""
+        images, view = self.chunk(start, dest)
         if view is None:
-            fb = self.bins(start, rows, view)
-            dest.copy_(_interp(rows.to(torch.float64), fb.bins, fb.lengths).clamp_(0, 1))
+            fb = self.bins(start, images, view)
+            dest.copy_(_interp(images.to(torch.float64), fb.bins, fb.lengths).clamp_(0, 1))
             return
         # Integer values: gather the pixels from the chunk's (k * span) table.
-        table = self.table(start, rows, view, dest.dtype).view(-1)
+        table = self.table(start, images, view, dest.dtype).view(-1)
         if dest.is_contiguous():
             torch.index_select(table, 0, view.keys.view(-1), out=dest.view(-1))
             return
-        for r in range(dest.shape[0]):
-            torch.index_select(table, 0, view.keys[r], out=dest[r])
+        for j in range(dest.shape[0]):
+            torch.index_select(table, 0, view.keys[j], out=dest[j])
 
 
-def freqhist_bins_dataset(
-    images: Iterable[Tensor],
-    n_bins: int = 100,
-    max_samples: int = 1 << 22,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    r"""One set of frequency-histogram bins over many images, streamed in bounded memory.
-
-    Integer-valued images (integer dtypes, or integral floats) are accumulated into one integer
-    histogram: the result is **exact**, equal to :func:`freqhist_bins` of all pixels
-    concatenated, and memory is bounded by the value range (at most :data:`_MAX_RANGE` entries).
-    Once a non-integral float image appears, the stream is summarised by a uniform random sample
-    of at most ``max_samples`` pixels (a reservoir kept by random priority); the bins are then
-    the order statistics of that sample — an approximation, exact while the stream holds no
-    more than ``max_samples`` pixels.
-
-    Args:
-        images: iterable of (C, H, W) or (B, C, H, W) tensors (e.g. rescaled HU), any device.
-        n_bins: number of groups.
-        max_samples: reservoir size for float data.
-        generator: random generator for the reservoir (CPU).
-
-    Returns:
-        (K,) strictly increasing bins, float32 (float64 if any image was float64), on the device
-        of the first image; pass it as ``bins=`` to :func:`hist_scaled` / :func:`to_nchan`.
-
-    Shape:
-        - output: :math:`(K,)`, ``K <= n_bins + 2``
-
-    Example:
-        >>> imgs = [torch.randint(-1000, 1000, (1, 16, 16)) for _ in range(3)]
-        >>> freqhist_bins_dataset(imgs, n_bins=10).shape
-        torch.Size([12])
-    """
-    _check_n_bins(n_bins)
-    counts: Tensor | None = None
-    low = 0
-    sample: Tensor | None = None
-    priority: Tensor | None = None
-    total = 0
-    device: torch.device | None = None
-    out_dtype = torch.float32
-    for image in images:
-        xb, _ = check_image(image, "image")
-        device = device or xb.device
-        if xb.dtype == torch.float64:
-            out_dtype = torch.float64
-        flat = xb.detach().reshape(-1).to(device)
-        if flat.numel() == 0:
-            continue
-        total += flat.numel()
-        view = _integer_view(flat[None]) if sample is None else None
-        if view is not None:
-            lo = view.low
-            hi = lo + view.span
-            counts, low = _grow(counts, low, lo, hi)
-            counts[lo - low : hi - low] += torch.bincount(
-                view.keys.view(-1), minlength=view.span
-            ).cpu()
-            continue
-        if sample is None and counts is not None:
-            # Switch to sampling: draw the histogram's share of the reservoir from its counts.
-            sample, priority = _sample_histogram(counts, low, max_samples, generator)
-            counts = None
-        vals = flat.to(torch.float64).cpu()
-        keys = torch.rand(vals.numel(), generator=generator, dtype=torch.float64)
-        if sample is not None and priority is not None:
-            vals, keys = torch.cat([sample, vals]), torch.cat([priority, keys])
-        if vals.numel() > max_samples:
-            keep = torch.topk(keys, max_samples, largest=False).indices
-            vals, keys = vals[keep], keys[keep]
-        sample, priority = vals, keys
-    if device is None:
-        raise ValueError("freqhist_bins_dataset needs at least one non-empty image. Got: none")
-    if counts is not None:
-        cumulative = torch.cumsum(counts, dim=0)[None]
-        ranks = _rank_positions(n_bins, total, cumulative.device)[None]
-        picked = torch.searchsorted(cumulative, ranks, right=True).to(torch.float64) + low
-    else:
-        assert sample is not None
-        ranks = _rank_positions(n_bins, sample.numel(), sample.device)
-        picked = torch.sort(sample).values[ranks][None]
-    result = _dedup_sorted(picked)
-    return result.bins[0, : int(result.lengths[0])].to(device=device, dtype=out_dtype)
-
-
-def _grow(counts: Tensor | None, low: int, lo: int, hi: int) -> tuple[Tensor, int]:
-    """Widen the running histogram (index 0 is value ``low``) to cover [lo, hi)."""
-    if counts is None:
-        return torch.zeros(hi - lo, dtype=torch.int64), lo
-    new_low = min(low, lo)
-    new_high = max(low + counts.numel(), hi)
-    if new_high - new_low > _MAX_RANGE * 4:
-        raise ValueError(
-            f"the dataset's integer value range is too wide for an exact histogram. Got: {new_low}..{new_high - 1}"
+def _check_bins(bins: Any) -> None:
+    """Bins a module keeps: none (per image) or dataset-level ones."""
+    if bins is not None and not isinstance(bins, (Tensor, FreqHistBins)):
+        raise TypeError(
+            f"bins must be None or a Tensor of dataset-level bins. Got: {type(bins).__name__}"
         )
-    if new_low == low and new_high == low + counts.numel():
-        return counts, low
-    grown = torch.zeros(new_high - new_low, dtype=torch.int64)
-    grown[low - new_low : low - new_low + counts.numel()] = counts
-    return grown, new_low
 
 
-def _sample_histogram(
-    counts: Tensor, low: int, max_samples: int, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
-    values = torch.arange(counts.numel(), dtype=torch.float64) + low
-    total = int(counts.sum())
-    if total <= max_samples:
-        vals = torch.repeat_interleave(values, counts)
-    else:
-        vals = values[
-            torch.multinomial(counts.double(), max_samples, replacement=True, generator=generator)
-        ]
-    return vals, torch.rand(vals.numel(), generator=generator, dtype=torch.float64)
-
-
-def to_nchan(
-    x: Tensor,
-    windows: Sequence[WindowSpec],
-    bins: Tensor | FreqHistBins | int | None = None,
-    mode: WindowMode = "fastai",
-) -> Tensor:
-    r"""Stack one windowed channel per window, plus a :func:`hist_scaled` channel.
-
-    As the tutorial's ``to_nchan``: ``[windowed(x, *w) for w in windows] + [hist_scaled(x, bins)]``,
-    the last omitted when ``bins == 0``. For a C-channel input the output channels are grouped
-    window by window (each group has C channels), then the histogram group.
+# --------------------------------------------------------------------------- module
+class FreqHistNormalize(BatchTransform):
+    r"""Frequency-histogram normalisation onto [0, 1] (:func:`hist_scaled`).
 
     Args:
-        x: values in HU.
-        windows: :data:`DICOM_WINDOWS` names or ``(width, level)`` pairs.
-        bins: ``None`` (per-image bins), bins as for :func:`hist_scaled`, or ``0`` for no
-            histogram channel.
-        mode: window mode, see :func:`windowed`.
-
-    Returns:
-        float32 (float64 for float64 input) in [0, 1].
+        bins: ``None`` for per-image bins, or a (K,) tensor of dataset-level bins
+            (:func:`~torchdicom.transforms.functional.freqhist_bins_dataset`).
+        n_bins: groups for per-image bins.
 
     Shape:
-        - x: :math:`(C, H, W)` or :math:`(B, C, H, W)`
-        - output: :math:`(N C, H, W)` or :math:`(B, N C, H, W)`, ``N = len(windows) + (bins != 0)``
+        - image: :math:`(B, C, H, W)` → float32, same shape
 
     Example:
-        >>> x = torch.randint(-1000, 1000, (2, 1, 16, 16)).float()
-        >>> to_nchan(x, ["brain", "subdural", (400, 50)]).shape
-        torch.Size([2, 4, 16, 16])
+        >>> FreqHistNormalize()(torch.randint(0, 100, (2, 1, 8, 8))).shape
+        torch.Size([2, 1, 8, 8])
     """
-    xb, batched = check_image(x)
-    resolved = [resolve_window(w) for w in windows]
-    with_hist = not (isinstance(bins, int) and not isinstance(bins, bool) and bins == 0)
-    if not resolved and not with_hist:
-        raise ValueError(
-            f"to_nchan needs at least one window or a histogram channel. Got: {windows!r}, bins=0"
-        )
-    if isinstance(bins, int) and with_hist:
-        raise TypeError(f"bins must be None, 0, a Tensor or FreqHistBins. Got: {bins!r}")
-    b, c, h, w = xb.shape
-    groups = len(resolved) + int(with_hist)
-    if xb.requires_grad:
-        parts = [windowed(xb, width, level, mode=mode) for width, level in resolved]
-        if with_hist:
-            parts.append(hist_scaled(xb, bins=bins))  # type: ignore[arg-type]
-        return unbatch(torch.cat(parts, dim=1), batched)
-    # Channels are written into one preallocated output chunk by chunk, every window and the
-    # histogram channel of a chunk one after the other while its rows are fresh in cache.
-    out = empty_large((b, groups, c, h, w), float_dtype(x), x.device)
-    n = c * h * w
-    if out.numel() == 0:
-        return unbatch(out.view(b, groups * c, h, w), batched)
-    if _native.usable(xb) and mode == "fastai" and all(w >= 2 for w, _ in resolved):
-        if resolved:
-            # The torch route's float operations exactly: clamp to float(lo), float(hi), then
-            # subtract float(lo) and divide by float(hi - lo), hi - lo taken in Python.
-            bounds = [(level - width // 2, level + width // 2) for width, level in resolved]
-            grid = torch.tensor(
-                [
-                    [lo for lo, _ in bounds],
-                    [hi for _, hi in bounds],
-                    [hi - lo for lo, hi in bounds],
-                ],
-                dtype=torch.float64,
-            )
-            lo_t, hi_t, span_t = (row.expand(b, -1) for row in grid)
-            _native.window_into(xb, lo_t, hi_t, span_t, out.view(b, groups, n))
-        if with_hist:
-            _native_hist_into(xb.reshape(b, n), out[:, -1].view(b, n), bins, 100)  # type: ignore[arg-type]
-        return unbatch(out.view(b, groups * c, h, w), batched)
-    scaler = _HistScaler(xb.reshape(b, n), bins, 100) if with_hist else None  # type: ignore[arg-type]
-    step = scaler.step if scaler is not None else chunk_rows(b, n, x.device, _CHUNK_VALUES)
-    hist_rows = out[:, -1].view(b, n)
-    for start in range(0, b, step):
-        chunk = xb[start : start + step]
-        for i, (width, level) in enumerate(resolved):
-            _window_into(out[start : start + step, i], chunk, width, level, mode)
-        if scaler is not None:
-            scaler.into(start, hist_rows[start : start + step])
-    return unbatch(out.view(b, groups * c, h, w), batched)
 
+    def __init__(self, bins: Tensor | None = None, n_bins: int = 100) -> None:
+        super().__init__()
+        _check_bins(bins)
+        _check_n_bins(n_bins)
+        self.bins, self.n_bins = bins, n_bins
 
-def _window_into(dest: Tensor, x: Tensor, width: float, level: float, mode: WindowMode) -> None:
-    if mode != "fastai" or isinstance(width, bool) or width < 2:
-        dest.copy_(windowed(x, width, level, mode=mode))
-        return
-    lo, hi = level - width // 2, level + width // 2
-    if x.dtype == dest.dtype:
-        torch.clamp(x, lo, hi, out=dest)
-    else:
-        # Integer / half input: convert first, as windowed() does (clamp's out= keeps dtype).
-        dest.copy_(x).clamp_(lo, hi)
-    dest.sub_(lo).div_(hi - lo)
-
-
-def to_3chan(
-    x: Tensor, windows: Sequence[WindowSpec], bins: Tensor | FreqHistBins | None = None
-) -> Tensor:
-    r"""Two windows plus the histogram channel, as the tutorial's ``to_3chan``.
-
-    Args:
-        x: values in HU.
-        windows: exactly two window names or ``(width, level)`` pairs.
-        bins: as for :func:`hist_scaled`.
-
-    Returns:
-        float32 (float64 for float64 input) in [0, 1].
-
-    Shape:
-        - x: :math:`(1, H, W)` or :math:`(B, 1, H, W)`
-        - output: :math:`(3, H, W)` or :math:`(B, 3, H, W)`
-
-    Example:
-        >>> to_3chan(torch.zeros(2, 1, 8, 8), ["brain", "subdural"]).shape
-        torch.Size([2, 3, 8, 8])
-    """
-    if len(windows) != 2:
-        raise ValueError(f"to_3chan takes exactly two windows. Got: {list(windows)!r}")
-    return to_nchan(x, windows, bins=bins)
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        return hist_scaled(x, bins=self.bins, n_bins=self.n_bins)

@@ -9,22 +9,23 @@ the torch route it replaces (numba compiles without fast-math, so nothing is con
 FMAs or reassociated), which keeps every result bit-identical to the torch route and to the
 tutorial's numpy formulas; the tests compare them element for element.
 
-Images are split across a small thread pool (the kernels release the GIL). Only contiguous,
+Images are split across the package's thread pool (:func:`torchdicom._runtime.run_in_slices`;
+the kernels release the GIL). Only contiguous,
 grad-free CPU tensors of the dtypes in :data:`DTYPES` come here; the callers keep their torch
 route for everything else (CUDA, autograd, float16, strided views).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from torchdicom._runtime import run_in_slices
 
 __all__: list[str] = []
 
@@ -76,36 +77,36 @@ def _compile() -> dict[str, Callable[..., Any]]:
     jit = njit(nogil=True, cache=True, boundscheck=False)
 
     @jit
-    def rescale_rows(x, slope, intercept, mul, out, r0, r1):  # pragma: no cover - compiled
-        # out[r] = float(x[r]) * slope[r] + intercept[r]; the multiply skipped where mul[r] is
+    def rescale_images(x, slope, intercept, mul, out, start, stop):  # pragma: no cover - compiled
+        # out[n] = float(x[n]) * slope[n] + intercept[n]; the multiply skipped where mul[n] is
         # False (slope 1 on integer input, where x * 1 == x exactly), as the torch route does.
-        for r in range(r0, r1):
-            s = slope[r]
-            c = intercept[r]
-            row = x[r]
-            dst = out[r]
-            if mul[r]:
-                for i in range(row.size):
-                    dst[i] = row[i]  # the conversion to the output's float type
+        for n in range(start, stop):
+            s = slope[n]
+            c = intercept[n]
+            image = x[n]
+            dst = out[n]
+            if mul[n]:
+                for i in range(image.size):
+                    dst[i] = image[i]  # the conversion to the output's float type
                     dst[i] = dst[i] * s + c
             else:
-                for i in range(row.size):
-                    dst[i] = row[i]
+                for i in range(image.size):
+                    dst[i] = image[i]
                     dst[i] = dst[i] + c
 
     @jit
-    def window_rows(x, lo, hi, span, out, r0, r1):  # pragma: no cover - compiled
-        # out[r, g] = (clamp(x[r], lo, hi) - lo) / (hi - lo) for each window g of row r; NaN is
+    def window_images(x, lo, hi, span, out, start, stop):  # pragma: no cover - compiled
+        # out[n, g] = (clamp(x[n], lo, hi) - lo) / (hi - lo) for each window g of image n; NaN is
         # kept as torch.clamp keeps it (comparisons with NaN are false).
-        for r in range(r0, r1):
-            row = x[r]
+        for n in range(start, stop):
+            image = x[n]
             for g in range(lo.shape[1]):
-                a = lo[r, g]
-                b = hi[r, g]
-                d = span[r, g]
-                dst = out[r, g]
-                for i in range(row.size):
-                    dst[i] = row[i]  # the conversion to the output's float type
+                a = lo[n, g]
+                b = hi[n, g]
+                d = span[n, g]
+                dst = out[n, g]
+                for i in range(image.size):
+                    dst[i] = image[i]  # the conversion to the output's float type
                     v = dst[i]
                     if v < a:
                         v = a
@@ -114,23 +115,23 @@ def _compile() -> dict[str, Callable[..., Any]]:
                     dst[i] = (v - a) / d
 
     @jit
-    def rescale_window_rows(
-        x, slope, intercept, mul, lo, hi, span, out, r0, r1
+    def rescale_window_images(
+        x, slope, intercept, mul, lo, hi, span, out, start, stop
     ):  # pragma: no cover - compiled
-        # rescale_rows then window_rows, without the intermediate buffer. The clamp-and-scale
-        # lines are window_rows' own, written out again on purpose: a shared inlined helper
+        # rescale_images then window_images, without the intermediate buffer. The clamp-and-scale
+        # lines are window_images' own, written out again on purpose: a shared inlined helper
         # measured no faster and possibly slower in this, the loader's hottest loop.
-        for r in range(r0, r1):
-            s = slope[r]
-            c = intercept[r]
-            m = mul[r]
-            a = lo[r]
-            b = hi[r]
-            d = span[r]
-            row = x[r]
-            dst = out[r]
-            for i in range(row.size):
-                dst[i] = row[i]
+        for n in range(start, stop):
+            s = slope[n]
+            c = intercept[n]
+            m = mul[n]
+            a = lo[n]
+            b = hi[n]
+            d = span[n]
+            image = x[n]
+            dst = out[n]
+            for i in range(image.size):
+                dst[i] = image[i]
                 v = dst[i]
                 if m:
                     v = v * s
@@ -142,28 +143,28 @@ def _compile() -> dict[str, Callable[..., Any]]:
                 dst[i] = (v - a) / d
 
     @jit
-    def value_range(row, integral):  # pragma: no cover - compiled
+    def value_range(image, integral):  # pragma: no cover - compiled
         # (min, max, all integral) in two vectorisable passes (one fused loop measured slower).
         # NaN never wins a comparison, so it is caught by the integrality pass (NaN != NaN);
         # infinities pass that test but fail the caller's range check on (min, max).
-        lo = row[0]
-        hi = row[0]
-        for i in range(row.size):
-            v = row[i]
+        lo = image[0]
+        hi = image[0]
+        for i in range(image.size):
+            v = image[i]
             lo = v if v < lo else lo
             hi = v if v > hi else hi
         bad = False
         if integral:
-            for i in range(row.size):
-                v = row[i]
+            for i in range(image.size):
+                v = image[i]
                 bad |= v != np.floor(v)
         return lo, hi, not bad
 
     @jit
-    def count_row(row, counts, low):  # pragma: no cover - compiled
+    def count_image(image, counts, low):  # pragma: no cover - compiled
         # counts[v - low] += 1; the caller checked that every value is an integer in range.
-        for i in range(row.size):
-            counts[np.int64(row[i]) - low] += 1
+        for i in range(image.size):
+            counts[np.int64(image[i]) - low] += 1
 
     @jit
     def pick_bins(counts, ranks, low, out):  # pragma: no cover - compiled
@@ -186,18 +187,18 @@ def _compile() -> dict[str, Callable[..., Any]]:
         return m
 
     @jit
-    def gather_row(row, table, low, out):  # pragma: no cover - compiled
-        for i in range(row.size):
-            out[i] = table[np.int64(row[i]) - low]
+    def gather_image(image, table, low, out):  # pragma: no cover - compiled
+        for i in range(image.size):
+            out[i] = table[np.int64(image[i]) - low]
 
     return {
-        "rescale_rows": rescale_rows,
-        "window_rows": window_rows,
-        "rescale_window_rows": rescale_window_rows,
+        "rescale_images": rescale_images,
+        "window_images": window_images,
+        "rescale_window_images": rescale_window_images,
         "value_range": value_range,
-        "count_row": count_row,
+        "count_image": count_image,
         "pick_bins": pick_bins,
-        "gather_row": gather_row,
+        "gather_image": gather_image,
     }
 
 
@@ -210,55 +211,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
     return _kernels
 
 
-# --------------------------------------------------------------------------- threads
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1
-_pool_lock = threading.Lock()
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    # One pool per process: a pool inherited through fork (DataLoader workers) has no threads
-    # behind it in the child, so a child makes its own.
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < workers:
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchdicom")
-            _pool_pid = os.getpid()
-        return _pool
-
-
-def run_rows(rows: int, fn: Callable[[int, int], None], row_numel: int) -> None:
-    """Call ``fn(r0, r1)`` over contiguous slices of ``range(rows)``, in parallel.
-
-    Small jobs (under about a quarter of a 512 x 512 image per thread) run on the calling
-    thread: handing them to the pool would cost more than it saves.
-    """
-    threads = min(_threads(), rows, max(1, rows * row_numel // (1 << 16)))
-    if threads <= 1:
-        fn(0, rows)
-        return
-    bounds = [rows * t // threads for t in range(threads + 1)]
-    pool = _executor(threads - 1)
-    futures = [pool.submit(fn, bounds[t], bounds[t + 1]) for t in range(1, threads)]
-    error: BaseException | None = None
-    try:
-        fn(bounds[0], bounds[1])
-    except BaseException as exc:  # still wait for the others: they write into shared output
-        error = exc
-    for future in futures:
-        try:
-            future.result()
-        except BaseException as exc:
-            error = error or exc
-    if error is not None:
-        raise error
-
-
-def as_rows(x: Tensor) -> np.ndarray:
+def flat_images(x: Tensor) -> np.ndarray:
     """(B, ...) contiguous CPU tensor as a (B, N) numpy view (no copy)."""
     return x.detach().numpy().reshape(x.shape[0], -1)
 
@@ -284,10 +237,10 @@ def _rescale_params(
 # --------------------------------------------------------------------------- entry points
 def rescale_into(x: Tensor, slope: Tensor, intercept: Tensor, out: Tensor) -> None:
     """out = x * slope + intercept per image; slope/intercept (B, 1, 1, 1) of out's dtype."""
-    k = kernels()["rescale_rows"]
-    xs, dst = as_rows(x), as_rows(out)
+    k = kernels()["rescale_images"]
+    xs, dst = flat_images(x), flat_images(out)
     s, c, mul = _rescale_params(x, slope, intercept, out.dtype)
-    run_rows(xs.shape[0], lambda r0, r1: k(xs, s, c, mul, dst, r0, r1), xs.shape[1])
+    run_in_slices(xs.shape[0], lambda start, stop: k(xs, s, c, mul, dst, start, stop), xs.shape[1])
 
 
 def window_into(x: Tensor, lo: Tensor, hi: Tensor, span: Tensor, out: Tensor) -> None:
@@ -297,15 +250,15 @@ def window_into(x: Tensor, lo: Tensor, hi: Tensor, span: Tensor, out: Tensor) ->
         x: (B, ...) values.
         lo, hi, span: (B, G) window bounds and ``hi - lo`` as the caller's torch route computes
             it (cast to out's dtype, as torch casts them).
-        out: (B, G', N) with G' >= G and N = ``x[0].numel()``, every (b, g) row contiguous;
+        out: (B, G', N) with G' >= G and N = ``x[0].numel()``, every (b, g) plane contiguous;
             channels ``g < G`` are written.
     """
-    k = kernels()["window_rows"]
+    k = kernels()["window_images"]
     b = x.shape[0]
-    xs = as_rows(x)
+    xs = flat_images(x)
     dst = out.detach().numpy()
     a, c, d = (params(v, out.dtype, b, -1) for v in (lo, hi, span))
-    run_rows(b, lambda r0, r1: k(xs, a, c, d, dst, r0, r1), xs.shape[1] * a.shape[1])
+    run_in_slices(b, lambda start, stop: k(xs, a, c, d, dst, start, stop), xs.shape[1] * a.shape[1])
 
 
 def rescale_window_into(
@@ -318,26 +271,28 @@ def rescale_window_into(
     out: Tensor,
 ) -> None:
     """:func:`rescale_into` then :func:`window_into` in one pass, bit-identical to the two."""
-    k = kernels()["rescale_window_rows"]
-    xs, dst = as_rows(x), as_rows(out)
+    k = kernels()["rescale_window_images"]
+    xs, dst = flat_images(x), flat_images(out)
     s, c, mul = _rescale_params(x, slope, intercept, out.dtype)
     a, b, d = (params(v, out.dtype) for v in (lo, hi, span))
-    run_rows(xs.shape[0], lambda r0, r1: k(xs, s, c, mul, a, b, d, dst, r0, r1), xs.shape[1])
+    run_in_slices(
+        xs.shape[0], lambda start, stop: k(xs, s, c, mul, a, b, d, dst, start, stop), xs.shape[1]
+    )
 
 
-def integer_histogram(row: np.ndarray) -> tuple[int, np.ndarray] | None:
-    """``(low, counts)`` of an integer-valued row: ``counts[j]`` pixels equal ``low + j``.
+def integer_histogram(image: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """``(low, counts)`` of an integer-valued image's values: ``counts[j]`` pixels equal ``low + j``.
 
-    None when the row is not integer-valued (non-integral floats, NaN, infinities) or its
+    None when the image is not integer-valued (non-integral floats, NaN, infinities) or its
     range is wider than ``2 * 2**16`` values; the caller then takes the torch route.
     """
     k = kernels()
-    lo, hi, ok = k["value_range"](row, row.dtype.kind == "f")
+    lo, hi, ok = k["value_range"](image, image.dtype.kind == "f")
     if not ok or not (lo >= -_HIST_BASE and hi < _HIST_BASE):
         return None
     low = int(lo)
     counts = np.zeros(int(hi) - low + 1, dtype=np.int32)
-    k["count_row"](row, counts, low)
+    k["count_image"](image, counts, low)
     return low, counts
 
 
@@ -348,6 +303,6 @@ def histogram_bins(low: int, counts: np.ndarray, ranks: np.ndarray) -> np.ndarra
     return out[:m]
 
 
-def gather_into(row: np.ndarray, table: np.ndarray, low: int, out: np.ndarray) -> None:
-    """out[i] = table[row[i] - low] for an integer-valued row whose values the table covers."""
-    kernels()["gather_row"](row, table, low, out)
+def gather_into(image: np.ndarray, table: np.ndarray, low: int, out: np.ndarray) -> None:
+    """out[i] = table[image[i] - low] for an integer-valued image whose values the table covers."""
+    kernels()["gather_image"](image, table, low, out)

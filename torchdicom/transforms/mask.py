@@ -1,14 +1,32 @@
-"""Blurs, foreground masks from a blurred window, bounding boxes and crops (functional, batched)."""
+"""Blurs, foreground masks from a blurred window, bounding boxes and crops: functions and modules."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchdicom.transforms._functional_intensity import WindowSpec, resolve_window, windowed
+from torchdicom.keys import IMAGE, MASK
+from torchdicom.transforms._base import BatchTransform, require_key
 from torchdicom.transforms._utils import check_image, float_dtype, unbatch
+from torchdicom.transforms.intensity import WindowSpec, resolve_window, windowed
 
-__all__ = ["crop_resize", "gauss_blur2d", "mask2bbox", "mask_from_blur", "uniform_blur2d"]
+__all__ = [
+    "CropToMask",
+    "MaskFromBlur",
+    "crop_resize",
+    "gauss_blur2d",
+    "mask2bbox",
+    "mask_from_blur",
+    "uniform_blur2d",
+]
+
+
+def _check_sigma(sigma: Any) -> None:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number. Got: {sigma!r}")
 
 
 def gauss_blur2d(x: Tensor, sigma: float) -> Tensor:
@@ -30,8 +48,7 @@ def gauss_blur2d(x: Tensor, sigma: float) -> Tensor:
         torch.Size([2, 1, 32, 32])
     """
     xb, batched = check_image(x)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma <= 0:
-        raise ValueError(f"sigma must be a positive number. Got: {sigma!r}")
+    _check_sigma(sigma)
     size = int(sigma / 4) * 2 + 1
     import kornia  # on first use: ~1 s that windowing-only users should not pay
 
@@ -97,6 +114,7 @@ def mask_from_blur(
         torch.Size([2, 1, 32, 32])
     """
     xb, batched = check_image(x)
+    _check_sigma(sigma)
     width, level = resolve_window(window)
     p = windowed(xb, width, level)
     if remove_max:
@@ -151,6 +169,18 @@ def mask2bbox(mask: Tensor) -> Tensor:
     return boxes if batched else boxes[0]
 
 
+def _output_size(size: Any) -> tuple[int, int]:
+    """``size`` as ``(h, w)``: one positive int for a square, or two."""
+    pair = (size, size) if isinstance(size, int) else size
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair)
+    ):
+        raise ValueError(f"size must be a positive int or (h, w). Got: {size!r}")
+    return pair[0], pair[1]
+
+
 def crop_resize(
     x: Tensor, bboxes: Tensor, size: int | tuple[int, int], mode: str = "bilinear"
 ) -> Tensor:
@@ -175,11 +205,7 @@ def crop_resize(
         torch.Size([2, 1, 16, 16])
     """
     xb, batched = check_image(x)
-    out_size = (size, size) if isinstance(size, int) else tuple(size)
-    if len(out_size) != 2 or any(
-        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in out_size
-    ):
-        raise ValueError(f"size must be a positive int or (h, w). Got: {size!r}")
+    out_size = _output_size(size)
     if not isinstance(bboxes, Tensor):
         raise TypeError(f"bboxes must be a torch.Tensor. Got: {type(bboxes).__name__}")
     boxes = bboxes if bboxes.dim() == 2 else bboxes[None]
@@ -197,3 +223,84 @@ def crop_resize(
 
     out = kornia.geometry.transform.crop_and_resize(xb.to(dtype), corners, out_size, mode=mode)
     return unbatch(out, batched)
+
+
+# --------------------------------------------------------------------------- modules
+class MaskFromBlur(BatchTransform):
+    r"""Foreground mask from a blurred window (:func:`mask_from_blur`).
+
+    On a batch dict the image is kept and the mask is stored under ``key``; on a bare tensor
+    the mask is returned.
+
+    Args:
+        window: :data:`~torchdicom.transforms.DICOM_WINDOWS` name or ``(width, level)``.
+        sigma: blur as a fraction of the image width.
+        thresh: threshold in window units.
+        remove_max: zero saturated pixels before blurring.
+        key: dict key the mask is written to.
+
+    Shape:
+        - image: :math:`(B, 1, H, W)` → mask :math:`(B, 1, H, W)` bool
+
+    Example:
+        >>> MaskFromBlur("abdomen_soft")({"image": torch.zeros(2, 1, 16, 16)})["mask"].shape
+        torch.Size([2, 1, 16, 16])
+    """
+
+    def __init__(
+        self,
+        window: WindowSpec,
+        sigma: float = 0.3,
+        thresh: float = 0.05,
+        remove_max: bool = True,
+        key: str = MASK,
+    ) -> None:
+        super().__init__()
+        self.window = resolve_window(window)
+        _check_sigma(sigma)
+        self.sigma, self.thresh, self.remove_max, self.key = sigma, thresh, remove_max, key
+
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        return mask_from_blur(x, self.window, self.sigma, self.thresh, self.remove_max)
+
+    def transform_batch(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        out[self.key] = self.transform_image(data[IMAGE], data)
+        return out
+
+
+class CropToMask(BatchTransform):
+    r"""Crop image (and mask) to the mask's bounding box and resize to ``size``.
+
+    The image is resampled bilinearly, the mask with nearest neighbour (and keeps its dtype).
+
+    Args:
+        size: output ``(h, w)`` or an int for a square.
+        key: dict key of the mask.
+
+    Shape:
+        - image: :math:`(B, C, H, W)` → :math:`(B, C, h, w)` float32
+        - mask: :math:`(B, 1, H, W)` → :math:`(B, 1, h, w)`
+
+    Example:
+        >>> m = torch.zeros(2, 1, 16, 16, dtype=torch.bool); m[:, :, 4:12, 2:10] = True
+        >>> CropToMask(8)({"image": torch.rand(2, 1, 16, 16), "mask": m})["image"].shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(self, size: int | tuple[int, int], key: str = MASK) -> None:
+        super().__init__()
+        self.size, self.key = _output_size(size), key
+
+    def transform_image(self, x: Tensor, batch: Mapping[str, Any] | None) -> Tensor:
+        mask = require_key(batch, self.key, "CropToMask")
+        return crop_resize(x, mask2bbox(mask), self.size)
+
+    def transform_batch(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        mask = require_key(data, self.key, "CropToMask")
+        boxes = mask2bbox(mask)
+        out = dict(data)
+        out[IMAGE] = crop_resize(data[IMAGE], boxes, self.size)
+        cropped = crop_resize(mask.to(torch.float32), boxes, self.size, mode="nearest")
+        out[self.key] = cropped > 0.5 if mask.dtype == torch.bool else cropped.to(mask.dtype)
+        return out
