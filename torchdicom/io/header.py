@@ -284,7 +284,8 @@ def row_from_dataset(
         encapsulated=encapsulated,
         offset=int(value_tell) if addressable else -1,
         length=-1 if length in (None, _UNDEFINED_LENGTH) else int(length),
-        value=raw.value if getattr(raw, "value_tell", None) is None else None,
+        # In memory when pydicom already read it (undefined length, small files).
+        value=raw.value if isinstance(getattr(raw, "value", None), bytes) else None,
         rows=rows,
         columns=columns,
         samples_per_pixel=samples,
