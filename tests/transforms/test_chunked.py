@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import torchdicom.transforms.histogram as H
 import torchdicom.transforms.functional as F
+import torchdicom.transforms.histogram as H
 from torchdicom.transforms import FreqHistBins
-from torchdicom._runtime import _POOL, _BufferPool, empty_large
 
 from ._reference import ref_freqhist_bins, ref_hist_scaled, ref_windowed, synthetic_ct
 
@@ -173,90 +172,3 @@ def test_rescale_dtypes_and_slopes(dtype, slope):
     ref = x.numpy().astype(np.float32) * np.float32(slope)
     ref = ref + np.nan_to_num(intercept.numpy(), nan=0.0).reshape(5, 1, 1, 1)
     np.testing.assert_array_equal(out.numpy(), ref)
-
-
-def test_empty_large():
-    cpu = torch.device("cpu")
-    big = empty_large((3, 1 << 20), torch.float32, cpu)  # 12 MiB: from the recycling pool
-    big.fill_(2.0)
-    assert (
-        big.shape == (3, 1 << 20) and big.dtype == torch.float32 and float(big.sum()) == 6 * 2**20
-    )
-    small = empty_large((4,), torch.int32, cpu)
-    assert small.shape == (4,) and small.dtype == torch.int32
-
-
-class TestBufferPool:
-    SHAPE = (2, 1 << 20)  # 8 MiB of float32: pooled
-
-    def _take(self):
-        return empty_large(self.SHAPE, torch.float32, torch.device("cpu"))
-
-    def test_memory_is_reused_only_after_every_reference_is_gone(self):
-        _POOL.clear()
-        a = self._take()
-        ptr = a.data_ptr()
-        b = self._take()
-        assert b.data_ptr() != ptr  # a is alive
-        row = a[1]
-        storage = b.untyped_storage()
-        b_ptr = storage.data_ptr()
-        del a, b
-        c = self._take()
-        d = self._take()
-        # a's slab is kept alive by its view `row`, b's by its storage: neither is reused.
-        assert {c.data_ptr(), d.data_ptr()}.isdisjoint({ptr, b_ptr})
-        row.fill_(7.0)
-        assert float(row.sum()) == 7.0 * (1 << 20)
-        del row, storage
-        e = self._take()
-        assert e.data_ptr() in (ptr, b_ptr)  # a freed slab, while c and d stay busy
-
-    def test_reused_memory_is_the_freed_buffer(self):
-        _POOL.clear()
-        a = self._take()
-        ptr = a.data_ptr()
-        del a
-        assert self._take().data_ptr() == ptr
-
-    def test_numpy_and_dtype_views_keep_the_slab(self):
-        _POOL.clear()
-        a = self._take()
-        ptr = a.data_ptr()
-        as_numpy = a.numpy()
-        as_int = a.view(torch.int32)
-        del a
-        b = self._take()
-        assert b.data_ptr() != ptr
-        del as_numpy, b
-        c = self._take()
-        assert c.data_ptr() != ptr  # as_int still holds it
-        del as_int, c
-
-    def test_bounded(self):
-        pool = _BufferPool(max_bytes=3 << 22, max_slabs=2)
-        held = [pool.take(1 << 22) for _ in range(4)]  # all busy: the last two are untracked
-        assert len(pool._slabs) == 2
-        del held
-        pool.take(1 << 23)  # frees room by dropping idle slabs
-        assert pool._total() <= 3 << 22 and len(pool._slabs) <= 2
-
-    def test_small_and_non_cpu_requests_bypass_the_pool(self):
-        _POOL.clear()
-        small = empty_large((8,), torch.float64, torch.device("cpu"))
-        assert small.shape == (8,) and small.dtype == torch.float64
-        assert _POOL._slabs == []
-
-    def test_size_from_the_environment(self, monkeypatch):
-        import torchdicom._runtime as U
-
-        monkeypatch.setenv("TORCHDICOM_CPU_POOL_MB", "64")
-        assert U._pool_bytes() == 64 << 20
-        monkeypatch.setenv("TORCHDICOM_CPU_POOL_MB", "0")
-        off = _BufferPool(U._pool_bytes(), 8)
-        a = off.take(1 << 22)
-        del a
-        assert off._slabs == []  # nothing kept: every buffer is fresh memory
-        monkeypatch.setenv("TORCHDICOM_CPU_POOL_MB", "lots")
-        with pytest.raises(ValueError, match="TORCHDICOM_CPU_POOL_MB"):
-            U._pool_bytes()

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import torchdicom.transforms.functional as F
-from torchdicom._runtime import run_in_slices
 from torchdicom.transforms import FreqHistBins, _kernels
 
 from ._reference import ref_hist_scaled, ref_windowed, synthetic_ct
@@ -214,20 +213,6 @@ def test_native_route_usable_in_forked_dataloader_workers():
     expected = F.to_nchan(_images("hu"), ["brain"])
     got = list(loader)
     assert len(got) == 4 and all(torch.equal(g, expected) for g in got)
-
-
-def test_run_in_slices_waits_for_every_slice_and_reraises():
-    torch.set_num_threads(2)
-    done = []
-
-    def fn(start, stop):
-        done.append((start, stop))
-        if start == 0:
-            raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        run_in_slices(8, fn, 1 << 20)
-    assert sorted(done) == [(0, 4), (4, 8)]
 
 
 def test_freqhist_bins_kernel_matches_searchsorted():

@@ -29,7 +29,7 @@ class BatchTransform(nn.Module):
       tensors) passes through untouched. A transform that writes other keys too overrides
       :meth:`transform_batch`.
 
-    ``extra_repr`` lists the ``__init__`` parameters as ``name=value`` (tensors by shape).
+    ``extra_repr`` lists the ``__init__`` parameters as ``name=value`` (tensors by their shape).
     """
 
     def forward(self, data: Batch) -> Tensor | dict[str, Any]:
@@ -63,7 +63,7 @@ class BatchTransform(nn.Module):
 
 def _shown(value: Any) -> str:
     if isinstance(value, Tensor):
-        return f"Tensor{tuple(value.shape)}"
+        return f"Tensor(shape={tuple(value.shape)})"
     if value is None or isinstance(value, (bool, int, float, str)):
         return repr(value)
     if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
