@@ -35,6 +35,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torchdicom.keys import (
+    AFFINE,
+    CROP,
+    IMAGE,
+    MASK,
+    MONOCHROME1,
+    ORIGINAL_SIZE,
+    PAD,
+    SCALE,
+    YBR,
+)
+
 __all__ = ["ResizeMode", "SizePolicy", "check_channels", "to_original", "to_resized"]
 
 ResizeMode = Literal["stretch", "letterbox", "crop"]
@@ -107,7 +119,7 @@ class SizePolicy:
         return (c, *self.size) if self.size is not None else (c, h, w)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        image = item["image"]
+        image = item[IMAGE]
         if image.ndim not in (3, 4):
             raise ValueError(
                 f"image must be (C, H, W) or (T, C, H, W). Got: {tuple(image.shape)} "
@@ -115,25 +127,25 @@ class SizePolicy:
             )
         out = dict(item)
         if self.channels is not None:
-            out["image"], converted = _convert_channels(image, self.channels, bool(item.get("ybr")))
-            if converted and self.channels == 1 and "ybr" in out:
-                out["ybr"] = False
+            out[IMAGE], converted = _convert_channels(image, self.channels, bool(item.get(YBR)))
+            if converted and self.channels == 1 and YBR in out:
+                out[YBR] = False
         if self.size is None:
             return out
         h, w = image.shape[-2:]
         crop, resized, pad = self.geometry(int(h), int(w))
         ch, cw = crop[2] - crop[0], crop[3] - crop[1]
         scale = (resized[0] / ch, resized[1] / cw)
-        fill = _background(out["image"], item) if any(pad) else 0.0
-        out["image"] = _resample_image(out["image"], crop, resized, pad, fill)
-        if item.get("mask") is not None:
-            out["mask"] = _resample_mask(item["mask"], crop, resized, pad)
-        if item.get("affine") is not None:
-            out["affine"] = _updated_affine(item["affine"], crop, scale, pad)
-        out["original_size"] = torch.tensor([h, w], dtype=torch.int64)
-        out["crop"] = torch.tensor(crop, dtype=torch.int64)
-        out["scale"] = torch.tensor(scale, dtype=torch.float64)
-        out["pad"] = torch.tensor(pad, dtype=torch.int64)
+        fill = _background(out[IMAGE], item) if any(pad) else 0.0
+        out[IMAGE] = _resample_image(out[IMAGE], crop, resized, pad, fill)
+        if item.get(MASK) is not None:
+            out[MASK] = _resample_mask(item[MASK], crop, resized, pad)
+        if item.get(AFFINE) is not None:
+            out[AFFINE] = _updated_affine(item[AFFINE], crop, scale, pad)
+        out[ORIGINAL_SIZE] = torch.tensor([h, w], dtype=torch.int64)
+        out[CROP] = torch.tensor(crop, dtype=torch.int64)
+        out[SCALE] = torch.tensor(scale, dtype=torch.float64)
+        out[PAD] = torch.tensor(pad, dtype=torch.int64)
         return out
 
     def geometry(
@@ -205,12 +217,12 @@ def to_resized(points: torch.Tensor, item: Mapping[str, Any]) -> torch.Tensor:
 def _geometry_tensors(
     item: Mapping[str, Any], points: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if "scale" not in item:
+    if SCALE not in item:
         raise ValueError("the item carries no geometry (it was not resized: no size= policy)")
     dtype = points.dtype if points.is_floating_point() else torch.float64
-    scale = torch.as_tensor(item["scale"]).to(points.device, dtype)
-    crop = torch.as_tensor(item["crop"])[..., :2].to(points.device, dtype)
-    pad = torch.as_tensor(item["pad"])[..., :2].to(points.device, dtype)
+    scale = torch.as_tensor(item[SCALE]).to(points.device, dtype)
+    crop = torch.as_tensor(item[CROP])[..., :2].to(points.device, dtype)
+    pad = torch.as_tensor(item[PAD])[..., :2].to(points.device, dtype)
     # A batch's (B, 2) geometry broadcasts over the points between B and the last axis.
     extra = points.ndim - scale.ndim
     if scale.ndim == 2 and extra > 0:
@@ -282,7 +294,7 @@ def _background(image: torch.Tensor, item: Mapping[str, Any]) -> float:
         return 0.0
     if image.dtype in (torch.uint16, torch.uint32):  # no min/max kernels for these
         image = image.to(torch.int64)
-    return float(image.max() if item.get("monochrome1") else image.min())
+    return float(image.max() if item.get(MONOCHROME1) else image.min())
 
 
 def _planes(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
