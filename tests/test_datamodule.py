@@ -334,6 +334,18 @@ def test_prepare_data_writes_the_index_and_setup_reads_it(siim, parses, _index_c
     assert len(parses) == 23 and again.val_set.indices == dm.val_set.indices
 
 
+def test_prepare_data_after_setup_does_nothing(siim, monkeypatch):
+    """Each Trainer entry point (fit, validate, ...) calls prepare_data: no walk once set up."""
+    import torchdicom.datamodule as datamodule_module
+
+    dm = DicomDataModule(siim.root, labels=siim.labels_csv)
+    dm.setup("fit")
+    calls: list[Any] = []
+    monkeypatch.setattr(datamodule_module, "scan", lambda *a, **k: calls.append(a))
+    dm.prepare_data()
+    assert calls == []
+
+
 def test_index_cache_argument_and_a_changed_file(siim, parses, tmp_path):
     cache = tmp_path / "sub" / "index.parquet"
     dm = DicomDataModule(siim.root, labels=siim.labels_csv, index_cache=cache)

@@ -351,10 +351,11 @@ class DicomDataModule(_LightningDataModule):
         Lightning calls this once per node (on local rank 0; the other ranks wait for it)
         before any :meth:`setup`. Files whose (size, mtime) match the cache are not parsed
         again; the cache is rewritten atomically when anything changed. A parquet index
-        given as ``data`` needs nothing.
+        given as ``data`` needs nothing, nor does a DataModule already set up (every
+        ``fit`` / ``validate`` / ``test`` / ``predict`` calls this; the index is read once).
         """
         root = self._root()
-        if root is not None:
+        if root is not None and self.dataset is None:
             cache = self._index_file(root)
             try:
                 cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
