@@ -26,6 +26,11 @@ What is read, per transfer syntax family:
 * **RLE Lossless**: the 64-byte RLE header — the number of segments and
   their offsets (PS3.5 G.3.1).
 
+The module also counts the frames pixel data really holds, the way pydicom's
+``pixel_array`` counts them (:func:`frames_held`): from the bytes of native
+data, and from the offset table or fragment structure (item headers and
+end-of-image markers, never the code-streams' contents) of encapsulated data.
+
 The bit depth rule: a code-stream's sample precision must fit in (0028,0100)
 *Bits Allocated*. It is deliberately not compared with (0028,0101) *Bits
 Stored*: real files routinely disagree there (12-bit CT in a 16-bit JPEG
@@ -96,6 +101,10 @@ _RLE_MAX_SEGMENTS = 15
 
 class _Unparseable(ValueError):
     """The code-stream header is missing or malformed (the reason is the message)."""
+
+
+class _Mismatch(ValueError):
+    """The RLE header disagrees with the DICOM header (the message says how)."""
 
 
 @dataclass(frozen=True)
@@ -331,10 +340,6 @@ def check_frame(
     return info
 
 
-class _Mismatch(ValueError):
-    """The RLE header disagrees with the DICOM header (the message says how)."""
-
-
 def _check_rle(frame: bytes, samples_per_pixel: int, bits_allocated: int) -> None:
     offsets = parse_rle(frame)
     # One segment per byte of each sample, most significant byte first (PS3.5 G.2).
@@ -357,7 +362,6 @@ def _check_rle(frame: bytes, samples_per_pixel: int, bits_allocated: int) -> Non
 
 # --------------------------------------------------------------------------- frames held
 _ITEM = b"\xfe\xff\x00\xe0"
-_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 _END_MARKER = b"\xff\xd9"  # JPEG EOI; also JPEG 2000 EOC
 # pydicom looks for the end marker in a fragment's last bytes only.
 _END_MARKER_WINDOW = 10
