@@ -146,3 +146,19 @@ def test_fit_resume_and_predict(lightning, siim, tmp_path: Path):
 
     predicted = _trainer(lightning).predict(_model(lightning), datamodule=resumed)
     assert torch.cat(predicted).tolist() == list(range(14))  # every item, in order
+
+
+def test_one_package_installed_is_enough() -> None:
+    """With ``lightning`` absent, the class derives from pytorch_lightning's alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['lightning'] = None\n"  # as if not installed
+        "from torchdicom.datamodule import DicomDataModule\n"
+        "print(sorted({c.__module__.split('.')[0] for c in DicomDataModule.__mro__}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split("\n")[-2] == "['builtins', 'pytorch_lightning', 'torchdicom']"
