@@ -12,6 +12,19 @@ matplotlib.use("Agg")  # tests never open windows
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Default index caches (DicomDataModule without index_cache=) go to a temporary
+    folder, not the user's ~/.cache, so tests leave nothing behind."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 def _pydicom_test_dir() -> Path:
     import pydicom
 

@@ -249,9 +249,8 @@ def _read_parquet(path: Path, salt: str | None = None) -> tuple[pd.DataFrame, pd
 def _scan_one(path: str) -> tuple[str, IndexRow | None, tuple[str, str, int, int] | None]:
     """Worker: parse one header. Never raises for a bad file."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return path, header_row(path), None
+        # pydicom's warnings reach torchdicom's logger, values withheld (header_row).
+        return path, header_row(path), None
     except TorchDicomError as exc:
         size, mtime = _stat(path)
         return path, None, (type(exc).__name__, str(exc), size, mtime)
@@ -357,7 +356,10 @@ def scan(
         todo.append(p)
 
     n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    bar = tqdm(total=len(todo), desc="scanning DICOM headers", unit="file", disable=not progress)
+    # No bar when every header is in the cache: an empty bar on every run is noise.
+    bar = tqdm(
+        total=len(todo), desc="scanning DICOM headers", unit="file", disable=not (progress and todo)
+    )
     try:
         if n_workers <= 1 or len(todo) < _MIN_FILES_FOR_POOL:
             for p in todo:
