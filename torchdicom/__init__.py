@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 # Public name -> the submodule that defines it. A name equal to its module's last
 # component with no attribute (``errors``, ``transforms``) is the submodule itself.
 _LAZY: dict[str, str] = {
+    "data": "torchdicom.data",
     "errors": "torchdicom.errors",
     "transforms": "torchdicom.transforms",
     "FrameCache": "torchdicom.cache",
@@ -49,10 +50,10 @@ _LAZY: dict[str, str] = {
     "to_3chan": "torchdicom.transforms.channels",
     "to_nchan": "torchdicom.transforms.channels",
 }
-_SUBMODULES = frozenset({"errors", "transforms"})
+_SUBMODULES = frozenset({"data", "errors", "transforms"})
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` loads these
-    from torchdicom import errors, transforms
+    from torchdicom import data, errors, transforms
     from torchdicom.cache import FrameCache
     from torchdicom.data import (
         Collate,
@@ -93,6 +94,7 @@ __all__ = [
     "UnsupportedTransferSyntaxError",
     "__version__",
     "collate",
+    "data",
     "dcmread",
     "dicom_windows",
     "errors",
