@@ -10,9 +10,9 @@ FMAs or reassociated), which keeps every result bit-identical to the torch route
 tutorial's numpy formulas; the tests compare them element for element.
 
 Images are split across the package's thread pool (:func:`torchdicom._runtime.run_in_slices`;
-the kernels release the GIL). Only contiguous,
-grad-free CPU tensors of the dtypes in :data:`DTYPES` come here; the callers keep their torch
-route for everything else (CUDA, autograd, float16, strided views).
+the kernels release the GIL). Only contiguous, grad-free CPU tensors of the dtypes in
+:data:`DTYPES` come here; the callers keep their torch route for everything else (CUDA,
+autograd, float16, strided views).
 """
 
 from __future__ import annotations

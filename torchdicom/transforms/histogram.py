@@ -76,9 +76,8 @@ def _check_n_bins(n_bins: Any) -> None:
 
 
 class _IntegerView(NamedTuple):
-    keys: (
-        Tensor  # (k, N) int32: value - low + j * span for image j, an index into a (k * span) table
-    )
+    # (k, N) int32: value - low + j * span for image j, an index into a (k * span) table
+    keys: Tensor
     low: int  # the chunk's smallest value
     span: int  # the chunk's max - min + 1: every image's values lie in [low, low + span)
 
