@@ -719,12 +719,15 @@ def _decode_codestream(
     if (
         info is not None
         and info.kind != "JPEG 2000"
-        and info.precision <= 8 < opts["bits_allocated"]
+        and info.precision <= 8
+        and opts["bits_allocated"] == 16
     ):
         # An 8-bit JPEG / JPEG-LS stream in 16-bit storage (legal: Bits Stored
         # 8, Bits Allocated 16): pylibjpeg returns 8-bit samples that pydicom
         # would read as 16-bit ones and fail. Decode as 8-bit, then widen to
-        # the stored dtype (the values GDCM gives).
+        # the stored dtype (the values GDCM gives). Only 16: JPEG allows 8 or
+        # 16 bits allocated, and widening to 32/64 would let a lying header
+        # multiply the output.
         opts = {**opts, "bits_allocated": 8, "bits_stored": min(opts["bits_stored"], 8)}
         widen = _np_dtype(row)
     with warnings.catch_warnings():
