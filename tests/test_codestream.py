@@ -341,7 +341,7 @@ def test_dataset_route_checks_too(case: str, tmp_path: Path) -> None:
     path, frame, message = _lie_path(case, tmp_path)
     row = frames_module.row_for_path(path)
     with pytest.raises(CorruptDicomError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        frames_module._read_via_dataset(row, [frame])
+        frames_module._read_via_dataset(row, [frame], None, True)
 
 
 def test_unparseable_code_stream_is_corrupt(tmp_path: Path) -> None:

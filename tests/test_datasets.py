@@ -225,18 +225,16 @@ def test_clip_counts_per_file_and_short_files(us, ct):
 
 def test_clip_reads_only_its_frames(us, monkeypatch):
     requested: list[tuple[str, list[int]]] = []
-    native, decoded = frames_module._read_native, frames_module._read_with_decoder
 
-    def spy_native(row, idx):
-        requested.append((row["path"], list(idx)))
-        return native(row, idx)
+    def spy(read):
+        def spied(row, idx, out, as_rgb):
+            requested.append((row["path"], list(idx)))
+            return read(row, idx, out, as_rgb)
 
-    def spy_decoder(row, idx, *args):
-        requested.append((row["path"], list(idx)))
-        return decoded(row, idx, *args)
+        return spied
 
-    monkeypatch.setattr(frames_module, "_read_native", spy_native)
-    monkeypatch.setattr(frames_module, "_read_with_decoder", spy_decoder)
+    spied = tuple(route._replace(read=spy(route.read)) for route in frames_module.ROUTES)
+    monkeypatch.setattr(frames_module, "ROUTES", spied)
     ds = DicomClipDataset(us.root, clip_len=3, stride=2, masks=us.masks_dir)
     n_per_file = (10 - 3) // 2 + 1
     jpeg_item = ds[n_per_file + 2]  # third clip of the JPEG file: frames 4, 5, 6

@@ -28,7 +28,7 @@ from tests.conftest import real_file, real_files
 from tests.dicom_factory import pixel_array_fchw, write_dicom
 from torchdicom import scaled_px, scan
 from torchdicom.errors import MissingPixelDataError, TorchDicomError
-from torchdicom.io.frames import decoding_plugin, read_frames
+from torchdicom.io.frames import ROUTES, decoding_plugin, native_layout, read_frames, route_for
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 REAL = real_files()
@@ -221,6 +221,35 @@ def test_synthetic_layout_matches_pixel_array(layout: str, syntax: str, tmp_path
     np.testing.assert_array_equal(read_frames(row, [2, 0]).numpy(), ref[[2, 0]])
     np.testing.assert_array_equal(read_frames(row, slice(1, None)).numpy(), ref[1:])
     assert read_frames(row, []).shape == (0, *ref.shape[1:])
+    # The route table picks the route this layout and syntax are meant for, and
+    # native_layout describes exactly what the native route returns.
+    assert route_for(row).name == _expected_route(layout, syntax), (layout, syntax)
+    native = native_layout(row)
+    if route_for(row).name == "native":
+        assert native == (out.numpy().dtype, tuple(ref.shape[1:]))
+    else:
+        assert native is None
+
+
+def _expected_route(layout: str, syntax: str) -> str:
+    little_endian = syntax in ("explicitLE", "implicitLE")
+    if layout.startswith("1bit"):
+        # 6 x 10 frames start mid-byte: only the packed-bits route reads them by offset.
+        return "packed bits" if little_endian else "pydicom data set"
+    if little_endian:
+        return "native"
+    return {
+        "bigendian": "native via pydicom",
+        "rle": "code-streams by offset",
+        "deflated": "pydicom data set",
+    }[syntax]
+
+
+def test_route_table_is_ordered_and_total() -> None:
+    names = [route.name for route in ROUTES]
+    assert names[0] == "native"  # the hot path is asked first
+    assert len(set(names)) == len(names)
+    assert ROUTES[-1].accepts({})  # the last route takes every row
 
 
 def test_jpeg2000_synthetic_matches_pixel_array(tmp_path: Path) -> None:

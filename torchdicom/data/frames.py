@@ -23,7 +23,7 @@ from torchdicom.data.sources import (
     _MaskResolver,
 )
 from torchdicom.errors import TorchDicomError
-from torchdicom.io.frames import _is_fast_native, _np_dtype, read_frames_numpy
+from torchdicom.io.frames import native_layout, read_frames_numpy
 from torchdicom.io.header import frame_row
 from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, MASK, PATH, YBR
 
@@ -242,11 +242,11 @@ class DicomDataset(_Base):
         def read(k0: int, k1: int) -> None:
             for k in range(k0, k1):
                 f, frame = located[k]
-                row = self.rows[f]
-                if _np_dtype(row) != dtype:
+                layout = native_layout(self.rows[f])
+                if layout is None or layout.dtype != dtype:
                     continue  # read and converted in the item path
                 try:
-                    read_frames_numpy(row, frame, out=slots[k : k + 1])
+                    read_frames_numpy(self.rows[f], frame, out=slots[k : k + 1])
                 except TorchDicomError:
                     continue
                 done[k] = True
@@ -268,18 +268,15 @@ class DicomDataset(_Base):
         ):
             return None
         located = [self.locate(int(i) % n) for i in indices]
-        layout = None
+        shape = None
         for f, _frame in located:
-            row = self.rows[f]
-            if not _is_fast_native(row):
+            layout = native_layout(self.rows[f])
+            if layout is None or (shape is not None and layout.shape != shape):
                 return None
-            this = (int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"]))
-            if layout is not None and this != layout:
-                return None
-            layout = this
-        assert layout is not None
+            shape = layout.shape
+        assert shape is not None
         like = torch.from_numpy(np.empty(0, self._stored_dtype()))
-        return batch_buffer(like, len(indices), layout), located
+        return batch_buffer(like, len(indices), shape), located
 
     def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, frame = self.locate(i)
@@ -290,7 +287,8 @@ class DicomDataset(_Base):
             # batch buffer. No numpy slot: _prefill has read it already.
             image, slot = into
             if slot is not None:
-                if _np_dtype(row) == slot.dtype:
+                layout = native_layout(row)
+                if layout is not None and layout.dtype == slot.dtype:
                     read_frames_numpy(row, frame, out=slot)
                 else:
                     slot[...] = self._read(row, frame)  # converted exactly, or refused

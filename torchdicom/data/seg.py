@@ -50,7 +50,7 @@ from torchdicom.errors import (
 )
 from torchdicom.io.dicomfile import dcmread
 from torchdicom.io.files import get_dicom_files
-from torchdicom.io.frames import _check_encapsulated_size, _check_native_size, row_for_path
+from torchdicom.io.frames import check_declared_size, row_for_path
 
 __all__ = ["POSITION_TOLERANCE_MM", "SEG_SOP_CLASSES", "SegMasks", "find_seg_files"]
 
@@ -149,10 +149,7 @@ def _read_seg(path: str) -> Any:
         row = row_for_path(path)
     except MissingPixelDataError:
         raise CorruptDicomError(path, "a SEG without (7FE0,0010) Pixel Data") from None
-    if row["encapsulated"]:
-        _check_encapsulated_size(row)
-    else:
-        _check_native_size(row)
+    check_declared_size(row)
     ds = _check_seg(path, dcmread(path))
     try:
         return hd.seg.Segmentation.from_dataset(ds, copy=False)

@@ -1,20 +1,32 @@
 """Reading frames: stored values as tensors, only the frames asked for.
 
-Three paths, chosen from the index row (never by trial and error):
+The read routes form a table, :data:`ROUTES`, in the style of pydicom's
+decoder registry: ordered ``Route(name, accepts(row), read(row, frames, out,
+as_rgb))`` entries with one signature, and the first entry that accepts the
+index row reads (never chosen by trial and error). A new route — a faster
+codec, a remote byte source, GPU decode — is one new entry.
 
-* **native little-endian** (Implicit/Explicit VR LE, 8/16/32/64-bit): the
-  pixel data value starts at a byte offset recorded at scan time, so a frame
-  is one ``seek`` + ``readinto`` straight into the output tensor's memory — no
-  header parse, no intermediate ``bytes``. This is the project's own hot path
-  (the reason it exists), so it is hand-written rather than delegated.
-* **addressable but not trivially native** (encapsulated JPEG / JPEG-LS /
-  JPEG 2000 / RLE, big-endian, 1-bit, YBR): the file is opened at the pixel
-  data offset and only the requested frames are decoded; an encapsulated
-  frame's code-stream is located as pydicom locates it (basic offset table
-  or fragment scan).
-* **everything else** (deflated files, extended offset tables, no recorded
-  offset): the data set is read with pydicom and only the requested frames
-  are decoded.
+* **native** (Implicit/Explicit VR LE, 8/16/32/64-bit, not YBR): the pixel
+  data value starts at a byte offset recorded at scan time, so a run of
+  frames is one ``pread`` straight into the output's memory — no header
+  parse, no intermediate ``bytes``. This is the project's own hot path (the
+  reason it exists), so it is hand-written rather than delegated;
+  :func:`native_layout` tells callers (the datasets' batch path) which rows
+  it reads and into what dtype and shape.
+* **packed bits** (1-bit native little-endian): the bytes covering the
+  frames, unpacked.
+* **code-streams by offset** (encapsulated JPEG / JPEG-LS / JPEG 2000 / RLE
+  with undefined length): the file is opened at the pixel data offset, each
+  requested frame's code-stream is located as pydicom locates it (basic
+  offset table or fragment scan), checked and decoded.
+* **native via pydicom** (big-endian, YBR native): pydicom's decoder, frame
+  by frame from the recorded offset.
+* **pydicom data set** (deflated files, extended offset tables, no recorded
+  offset, mid-byte 1-bit frames): the data set is read with pydicom and only
+  the requested frames are decoded.
+
+Before any route runs, :func:`check_declared_size` refuses a header that
+claims more pixels than the file holds.
 
 Compressed frames are decoded by one pydicom plugin pinned per transfer
 syntax (:func:`decoding_plugin`: Pillow / pylibjpeg / pyjpegls first, GDCM
@@ -38,8 +50,8 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
 import pydicom
@@ -67,10 +79,16 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "ROUTES",
     "FrameSelection",
+    "NativeLayout",
+    "Route",
+    "check_declared_size",
     "decoding_plugin",
+    "native_layout",
     "read_frames",
     "resolve_frames",
+    "route_for",
     "row_for_path",
     "scaled_px",
 ]
@@ -78,7 +96,6 @@ __all__ = [
 FrameSelection = Union[int, slice, Sequence[int], np.ndarray, "torch.Tensor", None]
 
 _NATIVE_LE = frozenset({pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian})
-_UNDEFINED = -1
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 _HAS_PREADV = hasattr(os, "preadv")
 
@@ -186,7 +203,7 @@ def resolve_frames(frames: FrameSelection, n_frames: int, path: str | None = Non
     return out
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- sizes
 def _np_dtype(row: dict[str, Any]) -> np.dtype:
     keyword = row["pixel_keyword"]
     if keyword == "FloatPixelData":
@@ -261,40 +278,6 @@ def _check_encapsulated_size(row: dict[str, Any]) -> None:
         )
 
 
-def _open_checked(row: dict[str, Any]):
-    """Open the file unbuffered and make sure it is the file that was indexed."""
-    path = row["path"]
-    try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller's with-block
-    except FileNotFoundError:
-        raise DicomFileNotFoundError(path, "no such file (deleted since it was indexed?)") from None
-    except IsADirectoryError:
-        raise NotDicomError(path, "is a directory, not a DICOM file") from None
-    except OSError as exc:
-        raise NotDicomError(path, f"cannot be opened ({exc.strerror})") from None
-    st = os.fstat(f.fileno())
-    if st.st_size != int(row["size"]) or st.st_mtime_ns != int(row["mtime_ns"]):
-        f.close()
-        raise StaleIndexError(
-            path,
-            f"file changed since it was indexed (size {row['size']} -> {st.st_size} bytes"
-            f" or modification time changed): rescan it",
-        )
-    return f
-
-
-def _readinto_exact(f, view: memoryview, path: str, frame: int) -> None:
-    got = 0
-    total = len(view)
-    while got < total:
-        n = f.readinto(view[got:])
-        if not n:
-            raise CorruptDicomError(
-                path, "pixel data ends early: the file is truncated", frame=frame
-            )
-        got += n
-
-
 _SCRATCH = threading.local()
 _SCRATCH_KEEP = 64 * 2**20  # larger scratch buffers are not kept between calls
 
@@ -321,7 +304,25 @@ def _runs(idx: list[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _is_fast_native(row: dict[str, Any]) -> bool:
+class NativeLayout(NamedTuple):
+    """How the native route lays a file's frames out: dtype and (C, H, W) frame shape."""
+
+    dtype: np.dtype
+    shape: tuple[int, int, int]
+
+
+_DTYPES: dict[tuple[str, int, int], np.dtype] = {}
+
+
+def _native_dtype(row: dict[str, Any]) -> np.dtype:
+    key = (row["pixel_keyword"], int(row["pixel_representation"]), int(row["bits_allocated"]))
+    dtype = _DTYPES.get(key)
+    if dtype is None:
+        dtype = _DTYPES[key] = _np_dtype(row)
+    return dtype
+
+
+def _is_native(row: dict[str, Any]) -> bool:
     return (
         row["transfer_syntax"] in _NATIVE_LE
         and int(row["pixel_offset"]) >= 0
@@ -330,33 +331,67 @@ def _is_fast_native(row: dict[str, Any]) -> bool:
     )
 
 
-# --------------------------------------------------------------------------- the three paths
-_DTYPES: dict[tuple[str, int, int], np.dtype] = {}
+def native_layout(row: dict[str, Any]) -> NativeLayout | None:
+    """The layout the native route reads a row's frames in, or None when they need decoding.
+
+    Native means little-endian, byte-aligned, not YBR, with its pixel data
+    offset recorded at scan time: a frame is one ``pread`` straight into an
+    output of this dtype and (C, H, W) shape, so a batch of such rows with one
+    layout can be read into one batch buffer
+    (:class:`~torchdicom.data.DicomDataset`'s batch path).
+
+    Args:
+        row: an index row.
+
+    Returns:
+        ``NativeLayout(dtype, (C, H, W))``: the stored dtype (as in
+        :func:`read_frames`) and frame shape; ``None`` for compressed,
+        big-endian, 1-bit, YBR or unaddressed pixel data.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> native_layout(row_for_path(get_testdata_file("CT_small.dcm")))
+        NativeLayout(dtype=dtype('int16'), shape=(1, 128, 128))
+    """
+    if not _is_native(row):
+        return None
+    shape = (int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"]))
+    return NativeLayout(_native_dtype(row), shape)
 
 
-def _open_fd_checked(path: str, size: int, mtime_ns: int) -> int:
-    """:func:`_open_checked` as a bare file descriptor: the hot path skips FileIO."""
+# --------------------------------------------------------------------------- file access
+def _open_checked(row: dict[str, Any]) -> int:
+    """Open the row's file as a bare descriptor and make sure it is the file that was indexed.
+
+    A descriptor, not a file object: the native hot path reads with ``pread``
+    and skips FileIO; the routes that need a file wrap it in a
+    :class:`~torchdicom.io.dicomfile.BoundedReader`. The caller closes it.
+    """
+    path = row["path"]
     try:
         fd = os.open(path, _O_RDONLY)
     except FileNotFoundError:
         raise DicomFileNotFoundError(path, "no such file (deleted since it was indexed?)") from None
+    except IsADirectoryError:
+        raise NotDicomError(path, "is a directory, not a DICOM file") from None
     except OSError as exc:
         raise NotDicomError(path, f"cannot be opened ({exc.strerror})") from None
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)
         raise NotDicomError(path, "is a directory, not a DICOM file")
-    if st.st_size != size or st.st_mtime_ns != mtime_ns:
+    if st.st_size != int(row["size"]) or st.st_mtime_ns != int(row["mtime_ns"]):
         os.close(fd)
         raise StaleIndexError(
             path,
-            f"file changed since it was indexed (size {size} -> {st.st_size} bytes"
+            f"file changed since it was indexed (size {row['size']} -> {st.st_size} bytes"
             f" or modification time changed): rescan it",
         )
     return fd
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int, path: str, frame: int) -> None:
+    """Fill ``view`` from ``offset`` of ``fd``; a short file is a :class:`CorruptDicomError`."""
     got = 0
     total = len(view)
     while got < total:
@@ -375,6 +410,7 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     return os.readv(fd, [view])
 
 
+# --------------------------------------------------------------------------- the routes
 class _OutMismatch(ValueError):
     """A caller's ``out`` buffer does not fit: the caller's mistake, not the file's."""
 
@@ -391,15 +427,14 @@ def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, path: s
         )
 
 
-def _read_native(row: dict[str, Any], idx: list[int], out: np.ndarray | None = None) -> np.ndarray:
+def _read_native(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
     # The hot path of training: one open, one fstat, one pread per run of
     # consecutive frames straight into the output's memory. Kept lean on
     # purpose (profiled: per-call Python overhead was a third of the time).
     path = row["path"]
-    key = (row["pixel_keyword"], int(row["pixel_representation"]), int(row["bits_allocated"]))
-    dtype = _DTYPES.get(key)
-    if dtype is None:
-        dtype = _DTYPES[key] = _np_dtype(row)
+    dtype = _native_dtype(row)
     rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
     frame_bytes = rows * cols * spp * dtype.itemsize
     offset = int(row["pixel_offset"])
@@ -411,7 +446,7 @@ def _read_native(row: dict[str, Any], idx: list[int], out: np.ndarray | None = N
     if not idx:
         return out
     runs = [(idx[0], len(idx), 0)] if idx == list(range(idx[0], idx[0] + len(idx))) else _runs(idx)
-    fd = _open_fd_checked(path, int(row["size"]), int(row["mtime_ns"]))
+    fd = _open_checked(row)
     try:
         for start, count, pos in runs:
             if interleaved:
@@ -507,7 +542,9 @@ def _is_packed_bits(row: dict[str, Any]) -> bool:
     )
 
 
-def _read_packed_bits(row: dict[str, Any], idx: list[int]) -> np.ndarray:
+def _read_packed_bits(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
     """1-bit frames (segmentations, overlays-as-image), unpacked to uint8 0/1.
 
     Frames are packed back to back with no padding (PS3.5 8.1.1, bits in
@@ -518,21 +555,26 @@ def _read_packed_bits(row: dict[str, Any], idx: list[int]) -> np.ndarray:
     rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
     frame_bits = rows * cols * spp
     offset = int(row["pixel_offset"])
-    out = np.empty((len(idx), spp, rows, cols), dtype=np.uint8)
-    with _open_checked(row) as f:
+    if out is None:
+        out = np.empty((len(idx), spp, rows, cols), dtype=np.uint8)
+    else:
+        _check_out(out, (len(idx), spp, rows, cols), np.dtype(np.uint8), path)
+    fd = _open_checked(row)
+    try:
         for start, count, pos in _runs(idx):
             first_bit = start * frame_bits
             last_bit = first_bit + count * frame_bits
             first_byte = first_bit // 8
             raw = _scratch(math.ceil(last_bit / 8) - first_byte)
-            f.seek(offset + first_byte)
-            _readinto_exact(f, memoryview(raw), path, start)
+            _pread_exact(fd, memoryview(raw), offset + first_byte, path, start)
             bits = np.unpackbits(raw, bitorder="little")
             skip = first_bit - 8 * first_byte
             src = bits[skip : skip + count * frame_bits]
             if spp > 1 and int(row["planar_configuration"]) == 0:
                 src = src.reshape(count, rows, cols, spp).transpose(0, 3, 1, 2)
             out[pos : pos + count] = src.reshape(count, spp, rows, cols)
+    finally:
+        os.close(fd)
     return out
 
 
@@ -668,12 +710,6 @@ def _decode_opts(row: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def _each_frame(decoder, f, idx: list[int], offset: int, as_rgb: bool, opts: dict[str, Any]):
-    for k in idx:
-        f.seek(offset)
-        yield decoder.as_array(f, index=k, as_rgb=as_rgb, **opts)
-
-
 def _one_frame_buffer(frame: bytes) -> bytes:
     """``frame`` as encapsulated pixel data of one frame: empty offset table, one fragment.
 
@@ -744,44 +780,58 @@ def _decode_codestream(
     return _to_chw(arr, int(row["samples_per_pixel"]))
 
 
-def _read_with_decoder(
-    row: dict[str, Any], idx: list[int], as_rgb: bool = True
-) -> list[np.ndarray]:
+def _read_codestreams(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """Encapsulated frames located in the file from the pixel data offset, then decoded.
+
+    Each frame's code-stream is located the way pydicom locates it (basic
+    offset table, else fragments), checked, then decoded by the pinned plugin.
+    """
+    decoder = _decoder_for(row)
+    opts = _decode_opts(row)
+    offset = int(row["pixel_offset"])
+    plugin = decoding_plugin(row["transfer_syntax"], int(row["bits_stored"]))
+    n_frames = int(row["frames"])
+    arrays: list[np.ndarray] = []
+    # Bounded: a corrupt fragment length must not make the decoder
+    # allocate 4 GiB (see BoundedReader).
+    with BoundedReader(_open_checked(row)) as f:
+        for k in idx:
+            try:
+                f.seek(offset)
+                frame = get_frame(f, k, number_of_frames=n_frames)
+                arrays.append(_decode_codestream(row, decoder, plugin, frame, k, as_rgb, opts))
+            except Exception as exc:
+                raise _decode_error(row, exc, k) from None
+    return _fill(out, _stack(arrays, row), row["path"])
+
+
+def _read_native_decoded(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """Native data the native route does not take (YBR, big-endian), decoded by pydicom.
+
+    Frame by frame: pydicom's ``iter_array`` skips the 4:2:2 upsampling that
+    ``as_array`` does.
+    """
     decoder = _decoder_for(row)
     opts = _decode_opts(row)
     spp = int(row["samples_per_pixel"])
     offset = int(row["pixel_offset"])
-    out: list[np.ndarray] = []
-    # Bounded: a corrupt fragment length must not make the decoder
-    # allocate 4 GiB (see BoundedReader).
-    with _open_checked(row) as fraw, BoundedReader(fraw.fileno(), closefd=False) as f:
-        if bool(row["encapsulated"]):
-            # Each frame's code-stream is located the way pydicom locates it
-            # (basic offset table, else fragments), checked, then decoded by
-            # the pinned plugin.
-            plugin = decoding_plugin(row["transfer_syntax"], int(row["bits_stored"]))
-            n_frames = int(row["frames"])
-            for k in idx:
-                try:
-                    f.seek(offset)
-                    frame = get_frame(f, k, number_of_frames=n_frames)
-                    out.append(_decode_codestream(row, decoder, plugin, frame, k, as_rgb, opts))
-                except Exception as exc:
-                    raise _decode_error(row, exc, k) from None
-            return out
-        # Native data the fast path does not take (1-bit, YBR_FULL_422,
-        # big-endian): pydicom's iter_array skips the 4:2:2 upsampling
-        # that as_array does, so decode frame by frame.
-        frames = _each_frame(decoder, f, idx, offset, as_rgb, opts)
+    arrays: list[np.ndarray] = []
+    with BoundedReader(_open_checked(row)) as f:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                for arr, _ in frames:
-                    out.append(_to_chw(arr, spp))
+                for k in idx:
+                    f.seek(offset)
+                    arr, _ = decoder.as_array(f, index=k, as_rgb=as_rgb, **opts)
+                    arrays.append(_to_chw(arr, spp))
         except Exception as exc:
-            failed = idx[len(out)] if len(out) < len(idx) else None
+            failed = idx[len(arrays)] if len(arrays) < len(idx) else None
             raise _decode_error(row, exc, failed) from None
-    return out
+    return _fill(out, _stack(arrays, row), row["path"])
 
 
 def _extended_offsets(ds: pydicom.Dataset) -> tuple[bytes, bytes] | None:
@@ -791,10 +841,12 @@ def _extended_offsets(ds: pydicom.Dataset) -> tuple[bytes, bytes] | None:
     return None
 
 
-def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) -> list[np.ndarray]:
+def _read_via_dataset(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """Anything else (deflated, extended offset table, no recorded offset): read with pydicom."""
     path = row["path"]
-    with _open_checked(row):
-        pass  # stale check only: pydicom reopens the file itself
+    os.close(_open_checked(row))  # stale check only: pydicom reopens the file itself
     ds = dcmread(path)
     decoder = _decoder_for(row)
     spp = int(row["samples_per_pixel"])
@@ -809,8 +861,8 @@ def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) 
         except Exception as exc:
             raise _decode_error(row, exc, None) from None
         arr = arr.reshape(n_frames, *arr.shape[-(2 if spp == 1 else 3) :])
-        return [_to_chw(arr[k], spp) for k in idx]
-    out = []
+        return _fill(out, _stack([_to_chw(arr[k], spp) for k in idx], row), path)
+    arrays = []
     if bool(row["encapsulated"]):
         # Deflated, defined-length or extended-offset encapsulated data: the
         # value is in memory; frames are located as pydicom does, then
@@ -825,10 +877,10 @@ def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) 
                     number_of_frames=n_frames,
                     extended_offsets=_extended_offsets(ds),
                 )
-                out.append(_decode_codestream(row, decoder, plugin, frame, k, as_rgb, opts))
+                arrays.append(_decode_codestream(row, decoder, plugin, frame, k, as_rgb, opts))
             except Exception as exc:
                 raise _decode_error(row, exc, k) from None
-        return out
+        return _fill(out, _stack(arrays, row), path)
     for k in idx:
         try:
             with warnings.catch_warnings():
@@ -838,8 +890,8 @@ def _read_via_dataset(row: dict[str, Any], idx: list[int], as_rgb: bool = True) 
                 arr, _ = decoder.as_array(ds, index=k, as_rgb=as_rgb, number_of_frames=n_frames)
         except Exception as exc:
             raise _decode_error(row, exc, k) from None
-        out.append(_to_chw(arr, spp))
-    return out
+        arrays.append(_to_chw(arr, spp))
+    return _fill(out, _stack(arrays, row), path)
 
 
 def _stack(arrays: list[np.ndarray], row: dict[str, Any]) -> np.ndarray:
@@ -860,6 +912,88 @@ def _stack(arrays: list[np.ndarray], row: dict[str, Any]) -> np.ndarray:
     return out.astype(out.dtype.newbyteorder("="), copy=False)
 
 
+def _fill(out: np.ndarray | None, result: np.ndarray, path: str) -> np.ndarray:
+    """``result``, copied into the caller's ``out`` when one was given."""
+    if out is None:
+        return result
+    _check_out(out, result.shape, result.dtype, path)
+    out[...] = result
+    return out
+
+
+def _addressable(row: dict[str, Any]) -> bool:
+    """Pixel data the decoding routes can read from its recorded offset, frame by frame."""
+    return (
+        int(row["pixel_offset"]) >= 0
+        and not bool(row["has_extended_offsets"])
+        and not _unaligned_bits(row)
+        # Encapsulated data must have undefined length; with a defined one
+        # (a broken writer) pydicom decodes only that many bytes, so read
+        # it the way pydicom does rather than scan fragments past it.
+        and not (bool(row["encapsulated"]) and int(row["pixel_length"]) >= 0)
+    )
+
+
+# --------------------------------------------------------------------------- the route table
+class Route(NamedTuple):
+    """One way of reading frames: the first route whose ``accepts(row)`` is true reads them.
+
+    ``read(row, frames, out, as_rgb)`` reads the 0-based ``frames`` (already
+    resolved and range-checked) and returns them as a C-contiguous
+    (F, C, H, W) array equal to pydicom's ``pixel_array``, filled into ``out``
+    when one is given (checked: shape and dtype). It raises
+    :class:`~torchdicom.errors.TorchDicomError` subclasses for what is wrong
+    with the file; the declared pixel size was checked before it is called.
+    """
+
+    name: str
+    accepts: Callable[[dict[str, Any]], bool]
+    read: Callable[[dict[str, Any], list[int], np.ndarray | None, bool], np.ndarray]
+
+
+# In order; the last accepts every row. A new route (a faster codec, a remote
+# byte source, GPU decode) is one new entry before the one it replaces.
+ROUTES: tuple[Route, ...] = (
+    Route("native", _is_native, _read_native),
+    Route("packed bits", _is_packed_bits, _read_packed_bits),
+    Route(
+        "code-streams by offset",
+        lambda row: bool(row["encapsulated"]) and _addressable(row),
+        _read_codestreams,
+    ),
+    Route(
+        "native via pydicom",
+        lambda row: not bool(row["encapsulated"]) and _addressable(row),
+        _read_native_decoded,
+    ),
+    Route("pydicom data set", lambda row: True, _read_via_dataset),
+)
+
+
+def route_for(row: dict[str, Any]) -> Route:
+    """The route of :data:`ROUTES` that reads a row's frames (the first that accepts it)."""
+    for route in ROUTES:
+        if route.accepts(row):
+            return route
+    raise AssertionError("the last route accepts every row")  # pragma: no cover
+
+
+def check_declared_size(row: dict[str, Any]) -> None:
+    """Refuse a row whose header claims more pixels than its file can hold.
+
+    Native data must fit the bytes after the pixel data offset; compressed
+    frames may decode to at most a bounded multiple of their share of the
+    file. Run before anything is allocated or decoded.
+
+    Raises:
+        CorruptDicomError: the declared size does not fit the file.
+    """
+    if bool(row["encapsulated"]):
+        _check_encapsulated_size(row)
+    else:
+        _check_native_size(row)
+
+
 def read_frames_numpy(
     source: Any,
     frames: FrameSelection = None,
@@ -878,43 +1012,12 @@ def read_frames_numpy(
     into it, decoded frames are copied in. A wrong shape or dtype raises
     ``ValueError``.
     """
-    if out is None:
-        return _read_frames_numpy(source, frames, as_rgb)
-    row = _source_row(source)
-    if _is_fast_native(row):
-        return _read_frames_numpy(row, frames, as_rgb, out)
-    result = _read_frames_numpy(row, frames, as_rgb)
-    _check_out(out, result.shape, result.dtype, row["path"])
-    out[...] = result
-    return out
-
-
-def _read_frames_numpy(
-    source: Any, frames: FrameSelection, as_rgb: bool, out: np.ndarray | None = None
-) -> np.ndarray:
     row = _source_row(source)
     path = row["path"]
     idx = resolve_frames(frames, int(row["frames"]), path)
     try:
-        if bool(row["encapsulated"]):
-            _check_encapsulated_size(row)
-        else:
-            _check_native_size(row)
-        if _is_fast_native(row):
-            return _read_native(row, idx) if out is None else _read_native(row, idx, out)
-        if _is_packed_bits(row):
-            return _read_packed_bits(row, idx)
-        if (
-            int(row["pixel_offset"]) >= 0
-            and not bool(row["has_extended_offsets"])
-            and not _unaligned_bits(row)
-            # Encapsulated data must have undefined length; with a defined one
-            # (a broken writer) pydicom decodes only that many bytes, so read
-            # it the way pydicom does rather than scan fragments past it.
-            and not (bool(row["encapsulated"]) and int(row["pixel_length"]) >= 0)
-        ):
-            return _stack(_read_with_decoder(row, idx, as_rgb), row)
-        return _stack(_read_via_dataset(row, idx, as_rgb), row)
+        check_declared_size(row)
+        return route_for(row).read(row, idx, out, as_rgb)
     except (TorchDicomError, _OutMismatch):
         raise
     except MemoryError:
