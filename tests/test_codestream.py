@@ -41,6 +41,8 @@ from torchdicom.io.codestream import (
     check_frame,
     codestream_family,
     encapsulated_frames_held,
+    frame_spans,
+    join_fragments,
     parse_j2k,
     parse_jpeg,
     parse_rle,
@@ -549,3 +551,54 @@ class TestEncapsulatedFramesHeld:
         assert self._count(data, 2) == (3, 3)  # 6 fragments, 3 images
         assert self._count(data, 1) == (1, 3)  # joined into one frame, as pydicom does
         assert self._count(data, 3) == (3, 3)
+
+
+class TestFrameSpans:
+    """Frame spans are recorded only where pydicom's get_frame finds the same bytes."""
+
+    _END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+    @staticmethod
+    def _item(payload: bytes) -> bytes:
+        return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(payload)) + payload
+
+    def _spans(self, data: bytes, frames: int) -> tuple[list[int], list[int]] | None:
+        return frame_spans(lambda at, n: data[at : at + n], 0, len(data), frames)
+
+    def _frames(self, data: bytes, frames: int) -> list[bytes]:
+        spans = self._spans(data, frames)
+        assert spans is not None
+        return [join_fragments(data[o : o + n]) for o, n in zip(*spans, strict=True)]
+
+    def _reference(self, data: bytes, frames: int) -> list[bytes]:
+        return [pydicom.encaps.get_frame(data, k, number_of_frames=frames) for k in range(frames)]
+
+    def test_offset_table_with_multi_fragment_frames(self) -> None:
+        a, b, c = self._item(b"\xff\xd8ab"), self._item(b"cd\xff\xd9"), self._item(b"\xff\xd8ef")
+        table = self._item(struct.pack("<2I", 0, len(a) + len(b)))
+        data = table + a + b + c + self._END
+        assert (
+            self._frames(data, 2)
+            == self._reference(data, 2)
+            == [b"\xff\xd8abcd\xff\xd9", b"\xff\xd8ef"]
+        )
+
+    def test_one_fragment_per_frame_and_one_frame_of_many(self) -> None:
+        body = self._item(b"\xff\xd8a\xff\xd9") + self._item(b"\xff\xd8bb\xff\xd9")
+        data = self._item(b"") + body + self._END
+        assert self._frames(data, 2) == self._reference(data, 2)
+        assert self._frames(data, 1) == self._reference(data, 1)
+
+    def test_ambiguous_or_damaged_layouts_are_not_recorded(self) -> None:
+        frag = self._item(b"\xff\xd8ab\xff\xd9")
+        # More fragments than several frames (split at end markers by pydicom).
+        assert self._spans(self._item(b"") + frag * 3 + self._END, 2) is None
+        # An offset that does not start a fragment.
+        assert self._spans(self._item(struct.pack("<2I", 0, 5)) + frag * 2 + self._END, 2) is None
+        # Fewer offsets than frames, and no sequence delimiter (truncated).
+        assert self._spans(self._item(struct.pack("<I", 0)) + frag * 2 + self._END, 2) is None
+        assert self._spans(self._item(b"") + frag * 2, 2) is None
+
+    def test_join_refuses_a_span_that_is_not_items(self) -> None:
+        with pytest.raises(ValueError, match="fragment"):
+            join_fragments(b"\xfe\xff\x00\xe0\xff\x00\x00\x00abc")

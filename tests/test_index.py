@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydicom.uid import RLELossless
 
 import torchdicom.index as index_module
 from tests.dicom_factory import (
@@ -32,6 +33,7 @@ from torchdicom.io.schema import (
     PER_FRAME_COLUMNS,
     FloatArray,
     IndexRow,
+    IntArray,
 )
 
 PHI_STRINGS = (PHI_PATIENT_NAME, PHI_PATIENT_ID, PHI_BIRTH_DATE, "Leakmouth", "Zebedee")
@@ -113,6 +115,9 @@ def test_columns_present_and_typed(series: Path) -> None:
         elif column in PER_FRAME_COLUMNS:  # per-frame arrays: empty for classic files
             assert dtype == np.dtype(object), column
             assert all(v.dtype == np.float64 and v.shape == (0,) for v in df[column]), column
+        elif column in ("frame_offsets", "frame_lengths"):  # code-stream spans: native here
+            assert dtype == np.dtype(object), column
+            assert all(v.dtype == np.int64 and v.shape == (0,) for v in df[column]), column
         else:
             assert dtype == np.float64, (column, dtype)
     first = index.row(0)
@@ -147,7 +152,7 @@ def test_header_rows_are_index_rows(series: Path) -> None:
     row = header_row(_scan(series).row(0)["path"])
     assert list(row) == list(INDEX_COLUMNS)
     for name, hint in hints.items():
-        expected = np.ndarray if hint == FloatArray else hint
+        expected = np.ndarray if hint in (FloatArray, IntArray) else hint
         assert isinstance(row[name], expected), (name, type(row[name]))
 
 
@@ -276,6 +281,21 @@ def test_parquet_round_trip(series: Path, tmp_path: Path) -> None:
     assert back.errors[["path", "error_type", "reason"]].equals(
         index.errors[["path", "error_type", "reason"]]
     )
+
+
+def test_frame_spans_survive_the_parquet_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "rle.dcm"
+    write_dicom(path, frames=3, transfer_syntax=RLELossless)
+    index = _scan([path])
+    spans = index.row(0)["frame_offsets"], index.row(0)["frame_lengths"]
+    assert [len(s) for s in spans] == [3, 3] and all(s.dtype == np.int64 for s in spans)
+    index.to_parquet(tmp_path / "i.parquet")
+    back = DicomIndex.read_parquet(tmp_path / "i.parquet")
+    pd.testing.assert_frame_equal(back.df, index.df)
+    for column in ("frame_offsets", "frame_lengths"):
+        assert back.row(0)[column].dtype == np.int64
+        np.testing.assert_array_equal(back.row(0)[column], index.row(0)[column])
+    np.testing.assert_array_equal(read_frames(back.row(0)).numpy(), read_frames(path).numpy())
 
 
 # --------------------------------------------------------------------------- workers

@@ -24,6 +24,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+import torchdicom.io.frames as frames_module
 from tests.conftest import real_file, real_files
 from tests.dicom_factory import pixel_array_fchw, write_dicom
 from torchdicom import scaled_px, scan
@@ -240,7 +241,7 @@ def _expected_route(layout: str, syntax: str) -> str:
         return "native"
     return {
         "bigendian": "native via pydicom",
-        "rle": "code-streams by offset",
+        "rle": "code-streams by span",
         "deflated": "pydicom data set",
     }[syntax]
 
@@ -309,3 +310,54 @@ def test_scaled_px_one_frame_of_multiframe(tmp_path: Path) -> None:
     got = scaled_px(path, frame=2)
     np.testing.assert_allclose(got.numpy(), meant[2, 0].astype(np.float32) * 2.5 - 100.0)
     assert scaled_px(path).shape == (4, *meant.shape[2:])
+
+
+# --------------------------------------------------------------------------- compressed routes
+_SPAN_ROUTES = ("JPEG 8-bit by span (Pillow)", "code-streams by span")
+
+
+@pytest.mark.parametrize("as_rgb", [True, False], ids=["rgb", "ybr"])
+def test_span_routes_equal_the_offset_route(as_rgb: bool, real_rows: dict[str, dict]) -> None:
+    # Every real compressed file has its frame spans indexed, and the span routes give what
+    # the fragment walk + pinned plugin gave before them, frame for frame, or the same error.
+    taken = set()
+    for path, row in sorted(real_rows.items()):
+        if not row["encapsulated"]:
+            continue
+        route = route_for(row)
+        assert route.name in _SPAN_ROUTES, (path, route.name)
+        taken.add(route.name)
+        frames = list(range(int(row["frames"])))
+        try:
+            expected = frames_module._read_codestreams(row, frames, None, as_rgb)
+        except TorchDicomError as exc:
+            with pytest.raises(type(exc)):
+                read_frames(row, as_rgb=as_rgb)
+            continue
+        got = read_frames(row, as_rgb=as_rgb).numpy()
+        assert got.dtype == expected.dtype, path
+        np.testing.assert_array_equal(got, expected, err_msg=path)
+    assert taken == set(_SPAN_ROUTES)
+
+
+def test_jpeg_baseline_goes_through_pillow_not_pydicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchdicom.samples import us_cine_like
+
+    sample = us_cine_like(tmp_path, n=1, frames=6, size=48, jpeg=True)
+    row = scan(sample.files, workers=0, progress=False).row(0)
+    assert route_for(row).name == "JPEG 8-bit by span (Pillow)"
+    reference = pixel_array_fchw(pydicom.dcmread(sample.files[0]))
+    raw = frames_module._read_codestreams(row, list(range(6)), None, False)
+
+    def no_pydicom(row: dict) -> None:
+        raise AssertionError("pydicom's decoder was used")
+
+    monkeypatch.setattr(frames_module, "_decoder_for", no_pydicom)
+    np.testing.assert_array_equal(read_frames(row).numpy(), reference)
+    np.testing.assert_array_equal(read_frames(row, [4, 1]).numpy(), reference[[4, 1]])
+    np.testing.assert_array_equal(read_frames(row, as_rgb=False).numpy(), raw)
+    out = np.zeros(reference[:2].shape, reference.dtype)
+    assert frames_module.read_frames_numpy(row, [0, 5], out=out) is out
+    np.testing.assert_array_equal(out, reference[[0, 5]])

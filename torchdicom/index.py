@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 # 2: the per-frame "floats" columns of enhanced multi-frame objects.
 # 3: patient_hash is HMAC-SHA256 keyed by the salt (was a salted SHA-256): older caches
 #    hold hashes that no longer match, so they are rebuilt.
-_SCHEMA_VERSION = 3
+# 4: frame_offsets / frame_lengths ("ints"): each compressed frame's code-stream span.
+_SCHEMA_VERSION = 4
 _ERROR_COLUMNS = ("path", "error_type", "reason")
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
@@ -56,8 +57,8 @@ def _typed(df: pd.DataFrame, fill_missing: bool = False) -> pd.DataFrame:
     """Cast every index column to its schema dtype, first filling gaps when asked."""
     for c, kind in INDEX_SCHEMA.items():
         col = df[c]
-        if kind == "floats":
-            df[c] = col.map(_float_array).astype(object)
+        if kind in ("floats", "ints"):
+            df[c] = col.map(_ARRAY_CELLS[kind]).astype(object)
             continue
         if fill_missing:
             if kind in ("int", "float"):
@@ -72,6 +73,16 @@ def _float_array(value: Any) -> np.ndarray:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return KIND_FILLS["floats"]
     return np.asarray(value, dtype=np.float64)
+
+
+def _int_array(value: Any) -> np.ndarray:
+    """An "ints" cell as an int64 array; None / NaN (a missing cell) as the empty one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return KIND_FILLS["ints"]
+    return np.asarray(value, dtype=np.int64)
+
+
+_ARRAY_CELLS = {"floats": _float_array, "ints": _int_array}
 
 
 class DicomIndex:

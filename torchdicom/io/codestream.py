@@ -45,6 +45,8 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import NamedTuple
 
 import pydicom.uid as uids
 
@@ -55,7 +57,9 @@ __all__ = [
     "check_frame",
     "codestream_family",
     "encapsulated_frames_held",
+    "frame_spans",
     "frames_held",
+    "join_fragments",
     "native_frames_held",
     "parse_j2k",
     "parse_jpeg",
@@ -362,6 +366,7 @@ def _check_rle(frame: bytes, samples_per_pixel: int, bits_allocated: int) -> Non
 
 # --------------------------------------------------------------------------- frames held
 _ITEM = b"\xfe\xff\x00\xe0"
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _END_MARKER = b"\xff\xd9"  # JPEG EOI; also JPEG 2000 EOC
 # pydicom looks for the end marker in a fragment's last bytes only.
 _END_MARKER_WINDOW = 10
@@ -412,6 +417,113 @@ def native_frames_held(
     return max(declared, length * 8 // frame_bits)
 
 
+class _Walk(NamedTuple):
+    offsets: tuple[int, ...]  # the basic offset table (relative to the first fragment's item)
+    fragments: list[tuple[int, int]]  # (file offset of the value, length) of each fragment
+    closed: bool  # the fragments end in a sequence delimiter inside the file
+
+
+def _walk_fragments(read_at: Callable[[int, int], bytes], start: int, end: int) -> _Walk | None:
+    """The basic offset table and fragments of encapsulated pixel data; None: damaged table.
+
+    Only item headers are read; every fragment costs at least its 8-byte
+    header, so the walk ends, and it never reads at or past ``end``.
+    """
+    head = read_at(start, 8)
+    if len(head) < 8 or head[:4] != _ITEM:
+        return None
+    table_bytes = int.from_bytes(head[4:], "little")
+    if table_bytes % 4 or start + 8 + table_bytes > end:
+        return None
+    offsets = struct.unpack(f"<{table_bytes // 4}I", read_at(start + 8, table_bytes))
+    fragments: list[tuple[int, int]] = []
+    pos = start + 8 + table_bytes
+    closed = False
+    while pos + 8 <= end:
+        item = read_at(pos, 8)
+        if len(item) < 8 or item[:4] != _ITEM:
+            closed = item == _SEQUENCE_DELIMITER
+            break  # the sequence delimiter, or damage the read reports
+        length = int.from_bytes(item[4:], "little")
+        fragments.append((pos + 8, length))
+        pos += 8 + length
+    return _Walk(offsets, fragments, closed)
+
+
+def frame_spans(
+    read_at: Callable[[int, int], bytes], start: int, end: int, frames: int
+) -> tuple[list[int], list[int]] | None:
+    """Where each frame's fragments lie in the file, as pydicom's ``get_frame`` finds them.
+
+    A frame's span runs from its first fragment's item header to the end of
+    its last fragment, so reading a frame is one ``pread`` of the span, whose
+    items are then joined (:func:`join_fragments`). Recorded only where the
+    frames are unambiguous: a basic offset table whose every entry starts a
+    fragment (one entry per frame), or, without one, one fragment per frame,
+    or all fragments of a single frame; and the fragments must end in the
+    sequence delimiter, inside the file. Anything else (extended offset
+    tables, frames split at end-of-image markers, damaged tables) gives
+    ``None``: those frames are located by pydicom at read time.
+
+    Args:
+        read_at: ``read_at(offset, n)`` returns up to ``n`` bytes of the file at ``offset``.
+        start: the file offset of the pixel data value (the offset table's item tag).
+        end: the file size.
+        frames: the frames indexed (see :func:`frames_held`).
+
+    Returns:
+        ``(offsets, lengths)`` of each frame's span, or ``None``.
+    """
+    walked = _walk_fragments(read_at, start, end)
+    if walked is None or not walked.closed or not walked.fragments or frames < 1:
+        return None
+    items = [offset - 8 for offset, _ in walked.fragments]
+    stops = [offset + length for offset, length in walked.fragments]
+    if walked.offsets:
+        if len(walked.offsets) != frames:
+            return None
+        base = items[0]
+        starts = [base + relative for relative in walked.offsets]
+        where = {item: k for k, item in enumerate(items)}
+        if any(s not in where for s in starts) or any(b <= a for a, b in pairwise(starts)):
+            return None
+        firsts = [where[s] for s in starts]
+        lasts = [k - 1 for k in firsts[1:]] + [len(items) - 1]
+    elif len(items) == frames:
+        firsts = lasts = list(range(frames))
+    elif frames == 1:
+        firsts, lasts = [0], [len(items) - 1]
+    else:
+        return None
+    offsets = [items[k] for k in firsts]
+    return offsets, [stops[last] - items[first] for first, last in zip(firsts, lasts, strict=True)]
+
+
+def join_fragments(span: bytes | memoryview) -> bytes:
+    """The code-stream of one frame from its span (see :func:`frame_spans`): its items joined.
+
+    Raises:
+        ValueError: the span is not a run of whole fragment items (the file
+            changed in place, or the index is not this file's).
+    """
+    view = memoryview(span)
+    if len(view) >= 8 and view[:4] == _ITEM:
+        length = int.from_bytes(view[4:8], "little")
+        if length == len(view) - 8:
+            return bytes(view[8:])  # one fragment: the common case
+    parts = []
+    pos = 0
+    while pos < len(view):
+        if pos + 8 > len(view) or view[pos : pos + 4] != _ITEM:
+            raise ValueError("the frame's bytes are not fragment items")
+        length = int.from_bytes(view[pos + 4 : pos + 8], "little")
+        if pos + 8 + length > len(view):
+            raise ValueError("a fragment runs past the frame's recorded end")
+        parts.append(view[pos + 8 : pos + 8 + length])
+        pos += 8 + length
+    return b"".join(parts)
+
+
 def encapsulated_frames_held(
     read_at: Callable[[int, int], bytes],
     start: int,
@@ -446,23 +558,10 @@ def encapsulated_frames_held(
         ``frames``). Damaged item structure gives ``(declared, declared)``:
         the read reports it.
     """
-    head = read_at(start, 8)
-    if len(head) < 8 or head[:4] != _ITEM:
-        return declared, declared
-    table_bytes = int.from_bytes(head[4:], "little")
-    if table_bytes % 4 or start + 8 + table_bytes > end:
+    walked = _walk_fragments(read_at, start, end)
+    if walked is None:
         return declared, declared  # a damaged offset table: the read reports it
-    offsets = struct.unpack(f"<{table_bytes // 4}I", read_at(start + 8, table_bytes))
-    fragments: list[tuple[int, int]] = []
-    pos = start + 8 + table_bytes
-    # Every fragment costs at least its 8-byte item header, so this ends.
-    while pos + 8 <= end:
-        item = read_at(pos, 8)
-        if len(item) < 8 or item[:4] != _ITEM:
-            break  # the sequence delimiter, or damage the read reports
-        length = int.from_bytes(item[4:], "little")
-        fragments.append((pos + 8, length))
-        pos += 8 + length
+    offsets, fragments, _ = walked
     if offsets:
         held = _frames_by_offset_table(offsets, [length for _, length in fragments])
         return (held, held) if held > declared else (declared, declared)

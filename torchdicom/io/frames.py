@@ -15,9 +15,18 @@ codec, a remote byte source, GPU decode — is one new entry.
   it reads and into what dtype and shape.
 * **packed bits** (1-bit native little-endian): the bytes covering the
   frames, unpacked.
-* **code-streams by offset** (encapsulated JPEG / JPEG-LS / JPEG 2000 / RLE
-  with undefined length): the file is opened at the pixel data offset, each
-  requested frame's code-stream is located as pydicom locates it (basic
+* **JPEG 8-bit by span (Pillow)** (JPEG baseline / extended, 8 bits): each
+  frame's code-stream span was recorded at scan time (``frame_offsets`` /
+  ``frame_lengths``, see :func:`torchdicom.io.codestream.frame_spans`), so a
+  frame is one ``pread``; libjpeg-turbo (Pillow) decodes it exactly as
+  pydicom's Pillow plugin does, the frames of a clip in parallel on the
+  runtime's thread pool (Pillow releases the GIL), and YCbCr is converted by
+  pydicom's own conversion (libjpeg-turbo's differs by ±1).
+* **code-streams by span** (other encapsulated syntaxes with recorded spans):
+  one ``pread`` per frame, checked, then decoded by the pinned plugin.
+* **code-streams by offset** (encapsulated data whose frames the scan could
+  not pin down unambiguously): the file is opened at the pixel data offset,
+  each requested frame's code-stream is located as pydicom locates it (basic
   offset table or fragment scan), checked and decoded.
 * **native via pydicom** (big-endian, YBR native): pydicom's decoder, frame
   by frame from the recorded offset.
@@ -43,6 +52,7 @@ converted to RGB, frames beyond (0028,0008) *Number of Frames* included; see
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
@@ -57,6 +67,7 @@ import numpy as np
 import pydicom
 from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder
+from pydicom.pixels.processing import convert_color_space
 from pydicom.uid import UID
 
 from torchdicom.errors import (
@@ -68,7 +79,7 @@ from torchdicom.errors import (
     TorchDicomError,
     UnsupportedTransferSyntaxError,
 )
-from torchdicom.io.codestream import check_frame
+from torchdicom.io.codestream import check_frame, join_fragments
 from torchdicom.io.dicomfile import BoundedReader, _short, dcmread, stat_file
 from torchdicom.io.header import as_row, header_row_stat
 from torchdicom.io.modality import modality_values
@@ -807,6 +818,164 @@ def _read_codestreams(
     return _fill(out, _stack(arrays, row), row["path"])
 
 
+def _by_span(row: dict[str, Any]) -> bool:
+    """Encapsulated frames whose code-stream spans the scan recorded (see ``frame_offsets``)."""
+    spans = row.get("frame_offsets")
+    return (
+        bool(row["encapsulated"])
+        and spans is not None
+        and len(spans) == int(row["frames"]) > 0
+        and _addressable(row)
+    )
+
+
+def _read_span(fd: int, row: dict[str, Any], k: int) -> bytes:
+    """Frame ``k``'s code-stream: one ``pread`` of its recorded span, its fragments joined."""
+    offset, length = int(row["frame_offsets"][k]), int(row["frame_lengths"][k])
+    if offset < 0 or length < 8 or offset + length > int(row["size"]):
+        raise CorruptDicomError(
+            row["path"], f"frame span {offset}+{length} lies outside the file", frame=k
+        )
+    span = _scratch(length)
+    _pread_exact(fd, memoryview(span), offset, row["path"], k)
+    try:
+        return join_fragments(span)
+    except ValueError as exc:
+        raise CorruptDicomError(row["path"], f"frame {k}: {exc}", frame=k) from None
+
+
+def _read_codestreams_by_span(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """Encapsulated frames read by their recorded spans, checked, decoded by the pinned plugin.
+
+    The same code-streams and decoder as :func:`_read_codestreams`, without
+    walking the fragments on every read.
+    """
+    decoder = _decoder_for(row)
+    opts = _decode_opts(row)
+    plugin = decoding_plugin(row["transfer_syntax"], int(row["bits_stored"]))
+    arrays: list[np.ndarray] = []
+    fd = _open_checked(row)
+    try:
+        for k in idx:
+            try:
+                frame = _read_span(fd, row, k)
+                arrays.append(_decode_codestream(row, decoder, plugin, frame, k, as_rgb, opts))
+            except Exception as exc:
+                raise _decode_error(row, exc, k) from None
+    finally:
+        os.close(fd)
+    return _fill(out, _stack(arrays, row), row["path"])
+
+
+# JPEG syntaxes whose 8-bit frames libjpeg-turbo (Pillow) decodes; the pinned plugin for
+# them is Pillow, and this route makes the same calls pydicom's Pillow plugin makes.
+_PILLOW_JPEG = frozenset({pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit})
+
+
+class _NotForPillow(Exception):
+    """A frame this route does not decode exactly as pydicom would: use the general route."""
+
+
+def _pillow_jpeg(row: dict[str, Any]) -> bool:
+    return (
+        row["transfer_syntax"] in _PILLOW_JPEG
+        and int(row["bits_allocated"]) == 8
+        and int(row["bits_stored"]) == 8
+        and int(row["pixel_representation"]) == 0
+        and int(row["samples_per_pixel"]) in (1, 3)
+        and _by_span(row)
+        and decoding_plugin(row["transfer_syntax"], 8) == "pillow"
+    )
+
+
+def _decode_pillow_raw(frame: bytes, row: dict[str, Any], k: int) -> np.ndarray:
+    """One 8-bit JPEG frame as (H, W) or (H, W, 3) uint8, as pydicom's Pillow plugin decodes it.
+
+    Colour frames come out unconverted (YCbCr as stored) unless the stream's
+    Adobe marker asks Pillow to transform them, exactly like the plugin; the
+    YCbCr to RGB conversion is pydicom's, applied afterwards to all frames at
+    once. Pillow releases the GIL while it decodes.
+    """
+    from PIL import Image
+
+    spp = int(row["samples_per_pixel"])
+    info = check_frame(
+        frame,
+        row["transfer_syntax"],
+        rows=int(row["rows"]),
+        columns=int(row["columns"]),
+        samples_per_pixel=spp,
+        bits_allocated=8,
+        path=row["path"],
+        index=k,
+    )
+    if info is None or info.precision != 8:
+        raise _NotForPillow
+    with Image.open(io.BytesIO(frame), formats=("JPEG",)) as image:
+        if spp != 1 and "adobe_transform" not in image.info:
+            image.draft("YCbCr", image.size)
+        if image.mode not in (("L",) if spp == 1 else ("YCbCr", "RGB")):
+            raise _NotForPillow
+        shape = (int(row["rows"]), int(row["columns"])) + (() if spp == 1 else (3,))
+        raw = np.frombuffer(image.tobytes(), dtype=np.uint8)
+    if raw.size != math.prod(shape):
+        raise CorruptDicomError(
+            row["path"], f"decoded frame has {raw.size} samples, expected {shape}", frame=k
+        )
+    return raw.reshape(shape)
+
+
+def _read_jpeg_pillow(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """8-bit JPEG frames by span through libjpeg-turbo (Pillow), on the thread pool.
+
+    YCbCr frames are converted to RGB (when ``as_rgb``) by pydicom's own
+    conversion, so values equal the pinned Pillow plugin's bit for bit;
+    libjpeg-turbo's own conversion differs by ±1 on some frames.
+    """
+    rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
+    decoded = np.empty((len(idx), rows, cols, spp), dtype=np.uint8)
+    to_rgb = spp == 3 and as_rgb and row["photometric"] in ("YBR_FULL", "YBR_FULL_422")
+    fd = _open_checked(row)
+
+    def decode(start: int, stop: int) -> None:
+        for pos in range(start, stop):
+            k = idx[pos]
+            try:
+                frame = _read_span(fd, row, k)
+                raw = _decode_pillow_raw(frame, row, k)
+                if to_rgb:
+                    # pydicom's own conversion (float32, rounded), frame by frame as
+                    # pydicom applies it: the same values, while the frame is in cache.
+                    raw = convert_color_space(raw, "YBR_FULL", "RGB")
+                decoded[pos] = raw.reshape(rows, cols, spp)
+            except _NotForPillow:
+                raise
+            except Exception as exc:
+                raise _decode_error(row, exc, k) from None
+
+    try:
+        if len(idx) > 1:
+            from torchdicom._runtime import run_in_slices  # imports torch: only for clips
+
+            run_in_slices(len(idx), decode, rows * cols * spp)
+        else:
+            decode(0, len(idx))
+    except _NotForPillow:
+        return _read_codestreams_by_span(row, idx, out, as_rgb)
+    finally:
+        os.close(fd)
+    result = decoded.transpose(0, 3, 1, 2)
+    if out is None:
+        return np.ascontiguousarray(result)
+    _check_out(out, result.shape, result.dtype, row["path"])
+    out[...] = result
+    return out
+
+
 def _read_native_decoded(
     row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
 ) -> np.ndarray:
@@ -956,6 +1125,8 @@ class Route(NamedTuple):
 ROUTES: tuple[Route, ...] = (
     Route("native", _is_native, _read_native),
     Route("packed bits", _is_packed_bits, _read_packed_bits),
+    Route("JPEG 8-bit by span (Pillow)", _pillow_jpeg, _read_jpeg_pillow),
+    Route("code-streams by span", _by_span, _read_codestreams_by_span),
     Route(
         "code-streams by offset",
         lambda row: bool(row["encapsulated"]) and _addressable(row),

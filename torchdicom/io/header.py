@@ -31,7 +31,7 @@ from torchdicom.errors import (
     MissingPixelDataError,
     TorchDicomError,
 )
-from torchdicom.io.codestream import frames_held
+from torchdicom.io.codestream import frame_spans, frames_held
 from torchdicom.io.dicomfile import _dcmread, _short, pydicom_warnings_logged, stat_file
 from torchdicom.io.schema import PER_FRAME_COLUMNS, IndexRow
 
@@ -293,6 +293,17 @@ def row_from_dataset(
         photometric=photometric,
     )
 
+    undefined = length in (None, _UNDEFINED_LENGTH)
+    spans = None
+    if encapsulated and addressable and undefined and 0x7FE00001 not in ds:
+        in_memory = raw.value if isinstance(getattr(raw, "value", None), bytes) else None
+        spans = _frame_spans(path, int(value_tell), in_memory, frames)
+    frame_offsets, frame_lengths = (
+        (np.asarray(spans[0], np.int64), np.asarray(spans[1], np.int64))
+        if spans is not None
+        else (_NO_SPANS, _NO_SPANS)
+    )
+
     slope = _first_float(ds.get("RescaleSlope"))
     intercept = _first_float(ds.get("RescaleIntercept"))
     if math.isnan(slope) and math.isnan(intercept):
@@ -362,6 +373,8 @@ def row_from_dataset(
         "pixel_length": -1 if length in (None, _UNDEFINED_LENGTH) else int(length),
         "encapsulated": encapsulated,
         "has_extended_offsets": 0x7FE00001 in ds,
+        "frame_offsets": frame_offsets,
+        "frame_lengths": frame_lengths,
         "rescale_slope": slope,
         "rescale_intercept": intercept,
         "has_modality_lut": "ModalityLUTSequence" in ds,
@@ -382,6 +395,33 @@ def row_from_dataset(
         "instance_number": _int(ds, "InstanceNumber"),
         **per_frame,
     }
+
+
+_NO_SPANS = np.empty(0, np.int64)
+
+
+def _frame_spans(
+    path: str, offset: int, value: bytes | None, frames: int
+) -> tuple[list[int], list[int]] | None:
+    """Each frame's code-stream span (see :func:`codestream.frame_spans`), in file offsets."""
+    if value is not None:
+        # pydicom holds the value without its sequence delimiter, which the file has.
+        closed = value + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+        spans = frame_spans(lambda at, n: closed[at : at + n], 0, len(closed), frames)
+        if spans is None:
+            return None
+        return [offset + at for at in spans[0]], spans[1]
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None  # the read reports the file
+    try:
+        end = os.fstat(fd).st_size
+        return frame_spans(
+            lambda at, n: os.pread(fd, max(0, min(n, end - at)), at), offset, end, frames
+        )
+    finally:
+        os.close(fd)
 
 
 # Beyond these a header is lying (or hostile); refuse before any allocation.

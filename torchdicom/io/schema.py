@@ -27,11 +27,14 @@ __all__ = [
     "ColumnKind",
     "FloatArray",
     "IndexRow",
+    "IntArray",
 ]
 
 #: A "floats" cell: one float64 value per frame and component (see PER_FRAME_COLUMNS).
 FloatArray = npt.NDArray[np.float64]
-ColumnKind = Literal["str", "int", "float", "bool", "floats"]
+#: An "ints" cell: int64 values, one per frame (parquet: list<int64>).
+IntArray = npt.NDArray[np.int64]
+ColumnKind = Literal["str", "int", "float", "bool", "floats", "ints"]
 
 
 class IndexRow(TypedDict):
@@ -66,6 +69,11 @@ class IndexRow(TypedDict):
     pixel_length: int  # -1: undefined length (encapsulated)
     encapsulated: bool
     has_extended_offsets: bool
+    # Each frame's code-stream span in the file (encapsulated, undefined length): the file
+    # offset of its first fragment's item header, and the bytes to the end of its last
+    # fragment. Empty where pydicom alone can locate the frames (see codestream.frame_spans).
+    frame_offsets: IntArray
+    frame_lengths: IntArray
     rescale_slope: float
     rescale_intercept: float
     has_modality_lut: bool
@@ -100,6 +108,7 @@ _KIND_OF_TYPE: dict[Any, ColumnKind] = {
     float: "float",
     bool: "bool",
     FloatArray: "floats",
+    IntArray: "ints",
 }
 
 #: The index schema, in column order: name → kind (derived from :class:`IndexRow`).
@@ -109,14 +118,15 @@ INDEX_SCHEMA: dict[str, ColumnKind] = {
 INDEX_COLUMNS: tuple[str, ...] = tuple(INDEX_SCHEMA)
 
 # pandas dtype and missing-value fill of each kind. A "floats" cell is a float64 numpy
-# array (parquet: list<double>), empty when missing; pandas cannot fillna with an array, so
-# the index fills those cells itself.
+# array (parquet: list<double>), an "ints" cell an int64 array (list<int64>), empty when
+# missing; pandas cannot fillna with an array, so the index fills those cells itself.
 KIND_DTYPES: dict[ColumnKind, Any] = {
     "int": "int64",
     "bool": bool,
     "str": object,
     "float": "float64",
     "floats": object,
+    "ints": object,
 }
 KIND_FILLS: dict[ColumnKind, Any] = {
     "int": -1,
@@ -124,6 +134,7 @@ KIND_FILLS: dict[ColumnKind, Any] = {
     "str": "",
     "float": math.nan,
     "floats": np.empty(0, np.float64),
+    "ints": np.empty(0, np.int64),
 }
 
 # "floats" columns hold one float64 array per file: for a file with functional groups
