@@ -869,13 +869,26 @@ def _read_codestreams_by_span(
     return _fill(out, _stack(arrays, row), row["path"])
 
 
+class _NotForCodec(Exception):
+    """A frame a direct codec would not decode exactly as the pinned plugin: use that instead."""
+
+
+def _check_codestream(frame: bytes, row: dict[str, Any], k: int):
+    return check_frame(
+        frame,
+        row["transfer_syntax"],
+        rows=int(row["rows"]),
+        columns=int(row["columns"]),
+        samples_per_pixel=int(row["samples_per_pixel"]),
+        bits_allocated=int(row["bits_allocated"]),
+        path=row["path"],
+        index=k,
+    )
+
+
 # JPEG syntaxes whose 8-bit frames libjpeg-turbo (Pillow) decodes; the pinned plugin for
 # them is Pillow, and this route makes the same calls pydicom's Pillow plugin makes.
 _PILLOW_JPEG = frozenset({pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit})
-
-
-class _NotForPillow(Exception):
-    """A frame this route does not decode exactly as pydicom would: use the general route."""
 
 
 def _pillow_jpeg(row: dict[str, Any]) -> bool:
@@ -890,69 +903,115 @@ def _pillow_jpeg(row: dict[str, Any]) -> bool:
     )
 
 
-def _decode_pillow_raw(frame: bytes, row: dict[str, Any], k: int) -> np.ndarray:
-    """One 8-bit JPEG frame as (H, W) or (H, W, 3) uint8, as pydicom's Pillow plugin decodes it.
+def _decode_pillow(frame: bytes, row: dict[str, Any], k: int, as_rgb: bool) -> np.ndarray:
+    """One 8-bit JPEG frame as (H, W, C) uint8, as pydicom's Pillow plugin decodes it.
 
     Colour frames come out unconverted (YCbCr as stored) unless the stream's
-    Adobe marker asks Pillow to transform them, exactly like the plugin; the
-    YCbCr to RGB conversion is pydicom's, applied afterwards to all frames at
-    once. Pillow releases the GIL while it decodes.
+    Adobe marker asks Pillow to transform them, exactly like the plugin; then,
+    with ``as_rgb``, pydicom's own YCbCr to RGB conversion (float32, rounded)
+    runs on the frame while it is in cache — libjpeg-turbo's own conversion
+    differs from it by ±1 on some samples. Pillow releases the GIL while it
+    decodes.
     """
     from PIL import Image
 
     spp = int(row["samples_per_pixel"])
-    info = check_frame(
-        frame,
-        row["transfer_syntax"],
-        rows=int(row["rows"]),
-        columns=int(row["columns"]),
-        samples_per_pixel=spp,
-        bits_allocated=8,
-        path=row["path"],
-        index=k,
-    )
+    info = _check_codestream(frame, row, k)
     if info is None or info.precision != 8:
-        raise _NotForPillow
+        raise _NotForCodec
     with Image.open(io.BytesIO(frame), formats=("JPEG",)) as image:
         if spp != 1 and "adobe_transform" not in image.info:
             image.draft("YCbCr", image.size)
         if image.mode not in (("L",) if spp == 1 else ("YCbCr", "RGB")):
-            raise _NotForPillow
-        shape = (int(row["rows"]), int(row["columns"])) + (() if spp == 1 else (3,))
+            raise _NotForCodec
         raw = np.frombuffer(image.tobytes(), dtype=np.uint8)
+    shape = (int(row["rows"]), int(row["columns"]), spp)
     if raw.size != math.prod(shape):
         raise CorruptDicomError(
             row["path"], f"decoded frame has {raw.size} samples, expected {shape}", frame=k
         )
-    return raw.reshape(shape)
+    raw = raw.reshape(shape)
+    if spp == 3 and as_rgb and row["photometric"] in ("YBR_FULL", "YBR_FULL_422"):
+        raw = convert_color_space(raw, "YBR_FULL", "RGB")
+    return raw
 
 
-def _read_jpeg_pillow(
-    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+# JPEG lossless (processes 14 and 14 SV1): libjpeg-turbo 3 decodes them (through
+# imagecodecs, which releases the GIL), about 6x faster than pylibjpeg-libjpeg here and
+# lossless, so equal to it bit for bit.
+_LOSSLESS_JPEG = frozenset({pydicom.uid.JPEGLossless, pydicom.uid.JPEGLosslessSV1})
+
+
+def _imagecodecs_jpeg(row: dict[str, Any]) -> bool:
+    return (
+        row["transfer_syntax"] in _LOSSLESS_JPEG
+        and int(row["samples_per_pixel"]) == 1
+        and int(row["bits_allocated"]) in (8, 16)
+        and 1 < int(row["bits_stored"]) <= int(row["bits_allocated"])
+        and _by_span(row)
+        and _has_imagecodecs()
+    )
+
+
+def _has_imagecodecs() -> bool:
+    global _IMAGECODECS
+    if _IMAGECODECS is None:
+        try:
+            import imagecodecs
+
+            _IMAGECODECS = bool(imagecodecs.JPEG8.available)
+        except (ImportError, AttributeError):
+            _IMAGECODECS = False
+    return _IMAGECODECS
+
+
+_IMAGECODECS: bool | None = None
+
+
+def _decode_lossless_jpeg(frame: bytes, row: dict[str, Any], k: int, as_rgb: bool) -> np.ndarray:
+    """One lossless JPEG frame as (H, W, 1) of the stored dtype (see :func:`read_frames`)."""
+    import imagecodecs
+
+    info = _check_codestream(frame, row, k)
+    bits_stored = int(row["bits_stored"])
+    if info is None or info.precision != bits_stored:
+        raise _NotForCodec  # e.g. 8-bit streams in 16-bit storage: the plugin widens them
+    raw = imagecodecs.jpeg8_decode(frame)
+    shape = (int(row["rows"]), int(row["columns"]))
+    if raw.shape != shape or raw.dtype.itemsize * 8 != int(row["bits_allocated"]):
+        raise _NotForCodec
+    arr = raw.view(_np_dtype(row))
+    if arr.dtype.kind == "i" and bits_stored < arr.dtype.itemsize * 8:
+        # Sign-extend from Bits Stored, as pydicom does for signed data.
+        shift = arr.dtype.itemsize * 8 - bits_stored
+        arr = np.right_shift(np.left_shift(arr, shift), shift)
+    return arr[..., None]
+
+
+def _read_by_codec(
+    row: dict[str, Any],
+    idx: list[int],
+    out: np.ndarray | None,
+    as_rgb: bool,
+    decode_frame: Callable[[bytes, dict[str, Any], int, bool], np.ndarray],
 ) -> np.ndarray:
-    """8-bit JPEG frames by span through libjpeg-turbo (Pillow), on the thread pool.
+    """Frames by span through a codec that releases the GIL, on the runtime's thread pool.
 
-    YCbCr frames are converted to RGB (when ``as_rgb``) by pydicom's own
-    conversion, so values equal the pinned Pillow plugin's bit for bit;
-    libjpeg-turbo's own conversion differs by ±1 on some frames.
+    ``decode_frame(code_stream, row, k, as_rgb)`` checks the code-stream and
+    returns frame ``k`` as (H, W, C) in the stored dtype, or raises
+    :class:`_NotForCodec` to hand the whole read to the pinned plugin.
     """
     rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
-    decoded = np.empty((len(idx), rows, cols, spp), dtype=np.uint8)
-    to_rgb = spp == 3 and as_rgb and row["photometric"] in ("YBR_FULL", "YBR_FULL_422")
+    dtype = _np_dtype(row)
+    decoded = np.empty((len(idx), rows, cols, spp), dtype=dtype)
     fd = _open_checked(row)
 
     def decode(start: int, stop: int) -> None:
         for pos in range(start, stop):
             k = idx[pos]
             try:
-                frame = _read_span(fd, row, k)
-                raw = _decode_pillow_raw(frame, row, k)
-                if to_rgb:
-                    # pydicom's own conversion (float32, rounded), frame by frame as
-                    # pydicom applies it: the same values, while the frame is in cache.
-                    raw = convert_color_space(raw, "YBR_FULL", "RGB")
-                decoded[pos] = raw.reshape(rows, cols, spp)
-            except _NotForPillow:
+                decoded[pos] = decode_frame(_read_span(fd, row, k), row, k, as_rgb)
+            except _NotForCodec:
                 raise
             except Exception as exc:
                 raise _decode_error(row, exc, k) from None
@@ -964,7 +1023,7 @@ def _read_jpeg_pillow(
             run_in_slices(len(idx), decode, rows * cols * spp)
         else:
             decode(0, len(idx))
-    except _NotForPillow:
+    except _NotForCodec:
         return _read_codestreams_by_span(row, idx, out, as_rgb)
     finally:
         os.close(fd)
@@ -974,6 +1033,20 @@ def _read_jpeg_pillow(
     _check_out(out, result.shape, result.dtype, row["path"])
     out[...] = result
     return out
+
+
+def _read_jpeg_pillow(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """8-bit JPEG frames by span through libjpeg-turbo (Pillow): see :func:`_decode_pillow`."""
+    return _read_by_codec(row, idx, out, as_rgb, _decode_pillow)
+
+
+def _read_lossless_jpeg(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """Lossless JPEG frames by span through libjpeg-turbo 3 (imagecodecs)."""
+    return _read_by_codec(row, idx, out, as_rgb, _decode_lossless_jpeg)
 
 
 def _read_native_decoded(
@@ -1126,6 +1199,7 @@ ROUTES: tuple[Route, ...] = (
     Route("native", _is_native, _read_native),
     Route("packed bits", _is_packed_bits, _read_packed_bits),
     Route("JPEG 8-bit by span (Pillow)", _pillow_jpeg, _read_jpeg_pillow),
+    Route("JPEG lossless by span (imagecodecs)", _imagecodecs_jpeg, _read_lossless_jpeg),
     Route("code-streams by span", _by_span, _read_codestreams_by_span),
     Route(
         "code-streams by offset",
