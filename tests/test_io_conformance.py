@@ -368,3 +368,14 @@ def test_jpeg_baseline_goes_through_pillow_not_pydicom(
     out = np.zeros(reference[:2].shape, reference.dtype)
     assert frames_module.read_frames_numpy(row, [0, 5], out=out) is out
     np.testing.assert_array_equal(out, reference[[0, 5]])
+
+
+def test_ybr_to_rgb_tables_equal_pydicom() -> None:
+    from pydicom.pixels.processing import convert_color_space
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (61, 37, 3), dtype=np.uint8)
+    frame[0, :3] = [[0, 0, 0], [255, 255, 255], [0, 255, 0]]  # the clipping corners
+    got = frames_module._ybr_to_rgb(frame)
+    assert frames_module._YBR is not None and frames_module._YBR.exact
+    np.testing.assert_array_equal(got, convert_color_space(frame.copy(), "YBR_FULL", "RGB"))
