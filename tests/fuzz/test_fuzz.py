@@ -69,6 +69,8 @@ _STRICTER_REASONS = re.compile(
             r"code-stream holds",
             r"RLE segments, but the RLE header",
             r"the RLE header's segment",
+            # DicomDataset's one dtype: values beyond the (0028,0101) Bits Stored it was sized by
+            r"exceeds what its header declares",
         ]
     )
 )
