@@ -28,10 +28,13 @@ skipped, never silently dropped):
   ``scaled_px``) when it imports; it needs torchvision, which does not import
   beside this torch build, so here it is recorded as skipped.
 
-Workloads: single-frame 512² int16 CT (native and JPEG 2000 lossless), 8-bit
-1024² chest radiographs, 2048² 16-bit (12 stored) radiographs, and
-multi-frame ultrasound cine (253², native MONOCHROME2 and JPEG baseline
-YBR_FULL_422): one random frame per call, and sequential 16-frame clips.
+Workloads: single-frame 512² int16 CT (native, JPEG 2000 lossless and JPEG
+lossless SV1), 8-bit 1024² chest radiographs, 2048² 16-bit (12 stored)
+radiographs, and multi-frame ultrasound cine (253², native MONOCHROME2 and
+JPEG baseline YBR_FULL_422): one random frame per call, and sequential
+16-frame clips. A second table sets the compressed reads against the decoder
+alone on the same code-streams (Pillow, openjpeg, libjpeg-turbo, libjpeg),
+and the run ends with issue 14's targets, met or missed.
 """
 
 from __future__ import annotations
@@ -144,6 +147,35 @@ def _ct_j2k(native: Sequence[Path], root: Path) -> list[Path]:
         ds.compress(JPEG2000Lossless)  # pylibjpeg-openjpeg encoder, bit-exact
         path = root / f"IM{i + 1:06d}"
         ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def _ct_jpeg_lossless(native: Sequence[Path], root: Path) -> list[Path] | str:
+    """The CT slices as JPEG lossless SV1 (GDCM's encoder; pydicom has none), or why not."""
+    try:
+        import gdcm
+    except ImportError:
+        return "python-gdcm (the JPEG lossless encoder here) is not installed"
+    root.mkdir(parents=True)
+    out = []
+    for i, src in enumerate(native):
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(src))
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        if not reader.Read():
+            return f"GDCM could not read {src.name}"
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            return f"GDCM could not encode {src.name}"
+        writer = gdcm.ImageWriter()
+        path = root / f"IM{i + 1:06d}"
+        writer.SetFileName(str(path))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            return f"GDCM could not write {path.name}"
         out.append(path)
     return out
 
@@ -397,6 +429,168 @@ def _cine_clips(
     return w
 
 
+@dataclass
+class CodecRow:
+    """torchdicom against the decoder alone on the very same code-streams (the codec's limit)."""
+
+    name: str
+    codec: str
+    items: int
+    torchdicom_s: float
+    codec_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.codec_s / self.torchdicom_s
+
+
+def _code_streams(row: dict[str, Any], frames: Sequence[int]) -> list[bytes]:
+    """The frames' code-streams, as pydicom finds them (outside the timed loop)."""
+    from pydicom.encaps import get_frame
+
+    with open(row["path"], "rb") as f:
+        streams = []
+        for k in frames:
+            f.seek(int(row["pixel_offset"]))
+            streams.append(get_frame(f, k, number_of_frames=int(row["frames"])))
+    return streams
+
+
+def _codec_alone(
+    name: str,
+    codec: str,
+    paths: Sequence[Path],
+    decode: Callable[[bytes], Any],
+    repeats: int,
+    clip: bool = False,
+) -> CodecRow:
+    """Single-frame files (one read per file), or one cine as 16-frame clips (``clip``)."""
+    rows = scan(list(paths), progress=False, workers=0).rows()
+    if clip:
+        (row,) = rows
+        clips = [
+            list(range(s, s + CLIP_LEN))
+            for s in range(0, int(row["frames"]) - CLIP_LEN + 1, CLIP_LEN)
+        ]
+        streams = _code_streams(row, [k for c in clips for k in c])
+        t_ours = median_s(lambda: [read_frames(row, frames=c) for c in clips], repeats)
+        items = len(streams)
+    else:
+        streams = [_code_streams(r, [0])[0] for r in rows]
+        t_ours = median_s(lambda: [read_frames(r) for r in rows], repeats)
+        items = len(rows)
+    t_codec = median_s(lambda: [decode(s) for s in streams], repeats)
+    return CodecRow(name, codec, items, t_ours, t_codec)
+
+
+def _codec_rows(
+    us_jpeg: Path, j2k: Sequence[Path], lossless: Sequence[Path] | str, repeats: int
+) -> tuple[list[CodecRow], list[str]]:
+    import io
+
+    rows: list[CodecRow] = []
+    notes: list[str] = []
+    try:
+        from PIL import Image
+
+        def pillow_rgb(stream: bytes) -> Any:
+            return Image.open(io.BytesIO(stream)).convert("RGB").tobytes()
+
+        rows.append(
+            _codec_alone(
+                "US cine JPEG baseline YBR, 16-frame clips (RGB)",
+                "Pillow (libjpeg-turbo) → RGB, 1 thread",
+                [us_jpeg],
+                pillow_rgb,
+                repeats,
+                clip=True,
+            )
+        )
+    except ImportError:
+        notes.append("Pillow not installed")
+    try:
+        from openjpeg import decode as openjpeg_decode
+
+        rows.append(
+            _codec_alone(
+                "CT 512² JPEG 2000 lossless",
+                "pylibjpeg-openjpeg decode",
+                j2k,
+                openjpeg_decode,
+                repeats,
+            )
+        )
+    except ImportError:
+        notes.append("pylibjpeg-openjpeg not installed")
+    if isinstance(lossless, str):
+        notes.append(f"JPEG lossless: {lossless}")
+    else:
+        try:
+            import imagecodecs
+
+            rows.append(
+                _codec_alone(
+                    "CT 512² JPEG lossless SV1",
+                    "libjpeg-turbo 3 (imagecodecs.jpeg8_decode)",
+                    lossless,
+                    imagecodecs.jpeg8_decode,
+                    repeats,
+                )
+            )
+        except ImportError:
+            notes.append("imagecodecs not installed (torchdicom[codecs])")
+        from libjpeg import decode as libjpeg_decode
+
+        rows.append(
+            _codec_alone(
+                "CT 512² JPEG lossless SV1",
+                "pylibjpeg-libjpeg decode",
+                lossless,
+                libjpeg_decode,
+                repeats,
+            )
+        )
+    return rows, notes
+
+
+def _codec_table(rows: Sequence[CodecRow]) -> list[str]:
+    lines = [
+        "| workload | codec alone | torchdicom | codec alone | torchdicom / codec |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        ours = 1000 * r.torchdicom_s / r.items
+        theirs = 1000 * r.codec_s / r.items
+        lines.append(f"| {r.name} | {r.codec} | {ours:.2f} ms | {theirs:.2f} ms | {r.ratio:.2f}× |")
+    return lines
+
+
+def _targets(workloads: Sequence[Workload], codec: Sequence[CodecRow]) -> list[str]:
+    """Issue 14's targets for compressed data, met or missed, from this run."""
+    by_name = {w.name: w for w in workloads}
+    out = []
+
+    def check(label: str, name: str, peer: str, goal: float) -> None:
+        w = by_name.get(name)
+        if w is None or peer not in w.seconds:
+            out.append(f"{label}: not measured ({peer} missing)")
+            return
+        got = w.speedup(peer)
+        out.append(f"{label} ≥ {goal:g}× {peer}: {'met' if got >= goal else 'MISSED'} ({got:.2f}×)")
+
+    for name in by_name:
+        if "JPEG baseline" in name:
+            check(name, name, "dicomsdl", 2.0)
+            check(name, name, "pydicom", 5.0)
+        if "JPEG lossless" in name:
+            check(name, name, "dicomsdl", 1.0)
+    for r in codec:
+        if "JPEG 2000" in r.name:
+            verdict = "met" if r.ratio >= 0.95 else "MISSED"
+            out.append(f"{r.name} ≥ 0.95× {r.codec}: {verdict} ({r.ratio:.2f}×)")
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Report.
 
@@ -456,6 +650,7 @@ def run(quick: bool = False) -> str:
         root = Path(tmp)
         ct = _ct_native(root / "ct", n_ct)
         j2k = _ct_j2k(ct[:n_j2k], root / "ct_j2k")
+        lossless = _ct_jpeg_lossless(ct[:n_j2k], root / "ct_jpeg_lossless")
         cr = _cr_8bit(root / "cr", n_cr, distinct=1 if quick else 4)
         dx = _dx_16bit(cr, root / "dx", n_dx, distinct=1 if quick else 2)
         us = us_cine_like(root / "us", n=2, frames=cine_frames, size=253, seed=0, jpeg=True)
@@ -465,6 +660,10 @@ def run(quick: bool = False) -> str:
         workloads.append(
             _single_frame("CT 512² int16, JPEG 2000 lossless", j2k, peers, repeats, False)
         )
+        if not isinstance(lossless, str):
+            workloads.append(
+                _single_frame("CT 512² int16, JPEG lossless SV1", lossless, peers, repeats, False)
+            )
         workloads.append(_single_frame("chest radiograph 1024² 8-bit", cr, peers, repeats, True))
         workloads.append(
             _single_frame("radiograph 2048² 16-bit (12 stored)", dx, peers, repeats, True)
@@ -489,6 +688,7 @@ def run(quick: bool = False) -> str:
                     repeats,
                 )
             )
+        codec, codec_notes = _codec_rows(us_jpeg, j2k, lossless, repeats)
     LAST[:] = workloads
     elapsed = time.perf_counter() - t_start
 
@@ -509,6 +709,16 @@ def run(quick: bool = False) -> str:
             for name, (obj, why) in peers.items()
         )
         + f"; pydicom {pydicom.__version__}.",
+    ]
+    lines += [
+        "",
+        "Compressed frames against the decoder alone on the same code-streams"
+        " (located outside the timed loop; time per frame):",
+        "",
+        *_codec_table(codec),
+        *(["", "Not measured: " + "; ".join(codec_notes)] if codec_notes else []),
+        "",
+        "Targets (issue 14): " + "; ".join(_targets(workloads, codec)) + ".",
     ]
     notes = [
         f"- {w.name} — {peer}: {note}"
