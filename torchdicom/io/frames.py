@@ -96,6 +96,7 @@ __all__ = [
     "Route",
     "check_declared_size",
     "decoding_plugin",
+    "gpu_decodable",
     "native_layout",
     "read_frames",
     "resolve_frames",
@@ -1350,7 +1351,14 @@ def read_frames_numpy(
         raise _decode_error(row, exc, None) from None
 
 
-def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = True) -> torch.Tensor:
+def read_frames(
+    source: Any,
+    frames: FrameSelection = None,
+    *,
+    as_rgb: bool = True,
+    device: str | torch.device | None = None,
+    decode_fallback: str | None = "cpu",
+) -> torch.Tensor:
     """Read stored pixel values of the requested frames as a tensor.
 
     Values equal ``pydicom``'s ``Dataset.pixel_array`` for the same frames
@@ -1366,6 +1374,16 @@ def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = Tr
             Only these frames are read (and, when compressed, decoded).
         as_rgb: ``False`` keeps YBR_FULL / YBR_FULL_422 / JPEG YCbCr frames in
             YCbCr (chroma upsampled) for a batched device-side conversion.
+        device: ``None`` / ``"cpu"``, or a CUDA device: frames the GPU decodes
+            (:func:`gpu_decodable`: unsigned JPEG .50/.51/.57/.70, JPEG 2000 /
+            HTJ2K .90/.91/.201-.203 with recorded frame spans) are decoded by
+            nvImageCodec (``pip install torchdicom[gpu]``) straight into the
+            output on that device; other frames are read on the CPU and moved.
+            GPU values are nvImageCodec's: lossless syntaxes equal pydicom's,
+            lossy JPEG may differ from libjpeg-turbo by a few levels.
+        decode_fallback: ``"cpu"`` decodes a frame the GPU decoder fails on
+            with the CPU routes; ``None`` raises :class:`CorruptDicomError`
+            naming the file and frame.
 
     Returns:
         Tensor of shape (F, C, H, W) in the stored dtype: ``uint8`` for 1- and
@@ -1385,6 +1403,7 @@ def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = Tr
         UnsupportedTransferSyntaxError: no decoder installed (names the package).
         StaleIndexError: the file changed since the row was indexed.
         NotDicomError, MissingPixelDataError, DicomFileNotFoundError.
+        ValueError: a CUDA ``device`` without CUDA, or an unknown ``decode_fallback``.
 
     Example:
         >>> from pydicom.data import get_testdata_file
@@ -1393,7 +1412,149 @@ def read_frames(source: Any, frames: FrameSelection = None, *, as_rgb: bool = Tr
     """
     import torch
 
-    return torch.from_numpy(read_frames_numpy(source, frames, as_rgb=as_rgb))
+    if device is None:
+        return torch.from_numpy(read_frames_numpy(source, frames, as_rgb=as_rgb))
+    if decode_fallback not in ("cpu", None):
+        raise ValueError(f"decode_fallback must be 'cpu' or None. Got: {decode_fallback!r}")
+    target = _resolve_device(device)
+    if target.type == "cpu":
+        return torch.from_numpy(read_frames_numpy(source, frames, as_rgb=as_rgb))
+    row = _source_row(source)
+    if not gpu_decodable(row):
+        return torch.from_numpy(read_frames_numpy(row, frames, as_rgb=as_rgb)).to(target)
+    idx = resolve_frames(frames, int(row["frames"]), row["path"])
+    check_declared_size(row)
+    return _read_gpu(row, idx, as_rgb, target, decode_fallback == "cpu")
+
+
+# --------------------------------------------------------------------------- GPU decode
+# nvImageCodec decodes these on the GPU (nvJPEG, nvJPEG2000); JPEG-LS and RLE stay on
+# the CPU. Signed data stays on the CPU too: decoders disagree on how they hand back
+# signed samples, and the CPU routes give pydicom's values.
+_GPU_SYNTAXES = frozenset(
+    {
+        pydicom.uid.JPEGBaseline8Bit,
+        pydicom.uid.JPEGExtended12Bit,
+        pydicom.uid.JPEGLossless,
+        pydicom.uid.JPEGLosslessSV1,
+        pydicom.uid.JPEG2000Lossless,
+        pydicom.uid.JPEG2000,
+        pydicom.uid.HTJ2KLossless,
+        pydicom.uid.HTJ2KLosslessRPCL,
+        pydicom.uid.HTJ2K,
+    }
+)
+
+
+def gpu_decodable(row: dict[str, Any]) -> bool:
+    """Whether ``read_frames(row, device="cuda")`` decodes the row's frames on the GPU.
+
+    True for unsigned 8/16-bit single- or three-sample JPEG (.50, .51, .57,
+    .70) and JPEG 2000 / HTJ2K (.90, .91, .201-.203) whose frame spans the
+    scan recorded; everything else is decoded on the CPU and moved.
+    """
+    return (
+        row["transfer_syntax"] in _GPU_SYNTAXES
+        and int(row["pixel_representation"]) == 0
+        and int(row["bits_allocated"]) in (8, 16)
+        and int(row["samples_per_pixel"]) in (1, 3)
+        and _by_span(row)
+    )
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    import torch
+
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} asks for GPU decoding, but CUDA is not available"
+            " (torch.cuda.is_available() is False). Got: torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
+        )
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or a CUDA device. Got: {device!r}")
+    return target
+
+
+_GPU_DECODERS: dict[int, Any] = {}
+
+
+def _nvimgcodec(row: dict[str, Any]) -> Any:
+    try:
+        from nvidia import nvimgcodec
+    except ImportError:
+        raise UnsupportedTransferSyntaxError(
+            row["path"],
+            "GPU decoding needs nvImageCodec: pip install torchdicom[gpu]"
+            " (nvidia-nvimgcodec-cu12), or read with device=None and move the tensor",
+        ) from None
+    return nvimgcodec
+
+
+def _gpu_decode(
+    row: dict[str, Any], streams: list[bytes], as_rgb: bool, device: torch.device
+) -> list[Any]:
+    """Decode code-streams on ``device`` in one batch; a failed frame is ``None``."""
+    import torch
+
+    nvimgcodec = _nvimgcodec(row)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    decoder = _GPU_DECODERS.get(index)
+    if decoder is None:
+        decoder = _GPU_DECODERS[index] = nvimgcodec.Decoder(device_id=index)
+    rgb = int(row["samples_per_pixel"]) == 3 and as_rgb
+    params = nvimgcodec.DecodeParams(
+        color_spec=nvimgcodec.ColorSpec.RGB if rgb else nvimgcodec.ColorSpec.UNCHANGED,
+        allow_any_depth=True,
+    )
+    stream = torch.cuda.current_stream(device).cuda_stream
+    images = decoder.decode(streams, params=params, cuda_stream=stream)
+    return [None if image is None else torch.as_tensor(image, device=device) for image in images]
+
+
+def _read_gpu(
+    row: dict[str, Any], idx: list[int], as_rgb: bool, device: torch.device, fallback: bool
+) -> torch.Tensor:
+    """Frames by span, checked on the CPU, batch-decoded on the GPU into one tensor there."""
+    import torch
+
+    rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
+    dtype = torch.from_numpy(np.empty(0, _np_dtype(row))).dtype
+    fd = _open_checked(row)
+    try:
+        streams = []
+        for k in idx:
+            frame = _read_span(fd, row, k)
+            _check_codestream(frame, row, k)  # no decoder sees a frame that disagrees
+            streams.append(frame)
+    finally:
+        os.close(fd)
+    out = torch.empty((len(idx), spp, rows, cols), dtype=dtype, device=device)
+    if not idx:
+        return out
+    try:
+        decoded = _gpu_decode(row, streams, as_rgb, device)
+    except TorchDicomError:
+        raise
+    except Exception as exc:
+        if not fallback:
+            raise CorruptDicomError(row["path"], f"the GPU decoder failed: {_short(exc)}") from None
+        decoded = [None] * len(idx)
+    for pos, (k, image) in enumerate(zip(idx, decoded, strict=True)):
+        if image is not None:
+            image = image.reshape(rows, cols, -1) if image.dim() != 3 else image
+        if image is None or tuple(image.shape) != (rows, cols, spp) or image.dtype != dtype:
+            if not fallback:
+                got = "nothing" if image is None else f"{tuple(image.shape)} {image.dtype}"
+                raise CorruptDicomError(
+                    row["path"], f"the GPU decoder could not decode this frame (got {got})", frame=k
+                )
+            cpu = read_frames_numpy(row, [k], as_rgb=as_rgb)
+            out[pos] = torch.from_numpy(cpu[0]).to(device)
+            continue
+        out[pos] = image.permute(2, 0, 1)
+    return out
 
 
 def scaled_px(source: Any, frame: int | None = None) -> torch.Tensor:
