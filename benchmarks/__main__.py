@@ -174,8 +174,10 @@ def _readme_block(headline: list[str], command: str, when: str) -> str:
             *headline,
             "",
             "Cine rows: MONAI and TorchIO have no frame access, so one frame costs them a"
-            " whole-file load; for clips they load the file once and slice. JPEG rows are bound"
-            " by the decoder (torchdicom and pydicom use pylibjpeg; dicomsdl's decoder is faster).",
+            " whole-file load; for clips they load the file once and slice. Compressed rows are"
+            " bound by the codec: each frame is one pread of its indexed code-stream span,"
+            " decoded by libjpeg-turbo (JPEG), openjpeg (JPEG 2000), CharLS (JPEG-LS) or"
+            " pylibjpeg-rle; see the codec-alone table in RESULTS.md.",
             "",
             f"From `{command}` ({when}). Absolute times, the machine, I/O, transform and loader"
             " tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md). Scaling plots:"
