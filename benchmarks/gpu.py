@@ -11,7 +11,9 @@
 3. The loader with device-side transforms: ``DicomDataset`` + ``collate`` through a
    ``DataLoader`` (pinned memory), raw int16 batches copied to the device and
    transformed there, against the same loop with the transforms on the CPU.
-4. ``benchmarks.transforms.run(device="cuda")`` (and ``benchmarks.loader.run`` with
+4. GPU decode: JPEG baseline cine clips and JPEG 2000 lossless CT through
+   ``read_frames(row, device="cuda")`` (nvImageCodec) against the CPU routes plus a copy.
+5. ``benchmarks.transforms.run(device="cuda")`` (and ``benchmarks.loader.run`` with
    ``device="cuda"`` when it accepts one).
 
 Without a CUDA device it prints one line to stderr and exits with status 2, so a
@@ -145,6 +147,72 @@ def loader_device_transforms(n: int, batch_size: int = 64, workers: int = 2) -> 
     )
 
 
+def gpu_decode(quick: bool = False) -> str:
+    """Compressed frames decoded on the GPU (nvImageCodec) against the CPU routes, same files.
+
+    JPEG baseline cine clips (YBR_FULL_422) and JPEG 2000 lossless CT slices, read with
+    ``read_frames(row, device="cuda")`` (frames land in one device tensor) against
+    ``read_frames(row).to("cuda")``; both end on the device. Lossless values are compared
+    exactly, JPEG baseline by its largest difference (nvJPEG vs libjpeg-turbo).
+    """
+    from benchmarks.peers import _ct_j2k, _ct_native
+    from torchdicom import read_frames, scan
+    from torchdicom.io.frames import gpu_decodable
+    from torchdicom.samples import us_cine_like
+
+    repeats = 3 if quick else 10
+    lines = [
+        "| workload | CPU decode + copy | GPU decode | GPU / CPU | values |",
+        "|---|---:|---:|---:|---|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="torchdicom-gpu-decode-") as tmp:
+        root = Path(tmp)
+        us = us_cine_like(root / "us", n=1, frames=64 if quick else 240, jpeg=True).files[0]
+        ct = _ct_native(root / "ct", 8 if quick else 32)
+        j2k = _ct_j2k(ct, root / "j2k")
+        cine = scan([us], workers=0, progress=False).row(0)
+        slices = scan(j2k, workers=0, progress=False).rows()
+        clips = [list(range(s, s + 16)) for s in range(0, int(cine["frames"]) - 15, 16)]
+        cases = [
+            ("US cine JPEG baseline YBR, 16-frame clips (per frame)", [cine], clips, False),
+            ("CT 512² JPEG 2000 lossless (per file)", slices, [None], True),
+        ]
+        for name, rows, selections, exact in cases:
+            if not all(gpu_decodable(r) for r in rows):
+                lines.append(f"| {name} | — | — | — | not GPU-decodable here |")
+                continue
+
+            def cpu(rows=rows, selections=selections) -> None:
+                for r in rows:
+                    for sel in selections:
+                        read_frames(r, sel).to("cuda", non_blocking=True)
+                torch.cuda.synchronize()
+
+            def gpu(rows=rows, selections=selections) -> None:
+                for r in rows:
+                    for sel in selections:
+                        read_frames(r, sel, device="cuda", decode_fallback=None)
+                torch.cuda.synchronize()
+
+            items = sum(
+                len(sel) if sel is not None else int(r["frames"])
+                for r in rows
+                for sel in selections
+            )
+            t_cpu, t_gpu = median_s(cpu, repeats), median_s(gpu, repeats)
+            a = read_frames(rows[0], selections[0]).int()
+            b = read_frames(rows[0], selections[0], device="cuda").cpu().int()
+            diff = int((a - b).abs().max())
+            values = (
+                ("equal" if diff == 0 else f"DIFFER (max {diff})") if exact else f"max |Δ| {diff}"
+            )
+            lines.append(
+                f"| {name} | {1000 * t_cpu / items:.2f} ms | {1000 * t_gpu / items:.2f} ms"
+                f" | {t_cpu / t_gpu:.2f}× | {values} |"
+            )
+    return "\n".join(lines)
+
+
 def _section(title: str, fn: Callable[[], str], failures: list[str]) -> list[str]:
     try:
         return [f"### {title}", "", fn(), ""]
@@ -194,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     repeats = 5 if args.quick else 20
     lines += _section("Device-side transforms", lambda: device_transforms(64, repeats), failures)
+    lines += _section("GPU decode (nvImageCodec)", lambda: gpu_decode(quick=args.quick), failures)
     lines += _section(
         "Loader with device-side transforms",
         lambda: loader_device_transforms(128 if args.quick else 512),
