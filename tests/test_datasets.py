@@ -525,3 +525,27 @@ def test_read_frames_numpy_into_out(ct, us):
             frames_module.read_frames_numpy(jpeg, [2, 3], out=bad)
     with pytest.raises(ValueError, match="out must have shape"):
         frames_module.read_frames_numpy(row, out=np.zeros((2, 1, 32, 32), np.int16))
+
+
+def test_batch_of_jpeg_frames_is_decoded_on_the_thread_pool(us, monkeypatch) -> None:
+    # The JPEG cine's frames of one batch are decoded on the runtime's pool (Pillow releases
+    # the GIL) in the main process, and the items equal those read one by one.
+    import torchdicom.data.frames as data_frames
+
+    ds = DicomDataset([us.files[1]], frames="all")
+    indices = [7, 2, 5, 0]
+    one_by_one = [ds[i] for i in indices]
+    pooled = []
+    real = data_frames.run_in_slices
+
+    def spy(count, fn, numel):
+        pooled.append(count)
+        return real(count, fn, numel)
+
+    monkeypatch.setattr(data_frames, "run_in_slices", spy)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    batch = ds.__getitems__(indices)
+    assert pooled == [4]
+    for got, expected in zip(batch, one_by_one, strict=True):
+        assert got["frame"] == expected["frame"]
+        assert torch.equal(got["image"], expected["image"])

@@ -23,7 +23,7 @@ from torchdicom.data.sources import (
     _MaskResolver,
 )
 from torchdicom.errors import TorchDicomError
-from torchdicom.io.frames import native_layout, read_frames_numpy
+from torchdicom.io.frames import native_layout, read_frames_numpy, route_for
 from torchdicom.io.header import frame_row
 from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, MASK, PATH, YBR
 
@@ -213,7 +213,11 @@ class DicomDataset(_Base):
         # A size policy makes a new image per item: nothing to read into one buffer.
         batch = None if self.size_policy else self._batch_slots(indices)
         if batch is None:
-            return [self._fetch(i) for i in indices]
+            decoded = self._predecode(indices)
+            return [
+                self._fetch(i, None if image is None else (image, None))
+                for i, image in zip(indices, decoded, strict=True)
+            ]
         into, located = batch
         views, slots = into.unbind(0), into.numpy()  # all item views in two calls
         filled = self._prefill(located, slots)
@@ -221,6 +225,46 @@ class DicomDataset(_Base):
             self._fetch(i, (views[k], None if filled[k] else slots[k : k + 1]))
             for k, i in enumerate(indices)
         ]
+
+    def _predecode(self, indices: Sequence[int]) -> list[torch.Tensor | None]:
+        """Decode the batch's compressed frames on the runtime's thread pool, where it pays.
+
+        Only frames whose read route's decoder releases the GIL (``Route.parallel``:
+        libjpeg-turbo through Pillow or imagecodecs) and only in the main process with
+        more than one thread (workers already decode in parallel); without a frame cache
+        (it reads and writes files of its own). A frame that fails is left for the item
+        path, which reads it again and raises or substitutes as ``on_error`` says.
+        """
+        done: list[torch.Tensor | None] = [None] * len(indices)
+        n = len(self)
+        if (
+            len(indices) < 2
+            or self.cache is not None
+            or get_worker_info() is not None
+            or torch.get_num_threads() < 2
+        ):
+            return done
+        jobs = []
+        for k, i in enumerate(indices):
+            if isinstance(i, int | np.integer) and -n <= i < n:
+                f, frame = self.locate(int(i) % n)
+                row = self.rows[f]
+                if route_for(row).parallel:
+                    jobs.append((k, row, frame))
+        if len(jobs) < 2:
+            return done
+
+        def read(j0: int, j1: int) -> None:
+            for k, row, frame in jobs[j0:j1]:
+                try:
+                    done[k] = torch.from_numpy(self._read(row, frame)[0])
+                except TorchDicomError:
+                    continue
+
+        row = jobs[0][1]
+        numel = int(row["rows"]) * int(row["columns"]) * int(row["samples_per_pixel"])
+        run_in_slices(len(jobs), read, numel)
+        return done
 
     def _prefill(self, located: list[tuple[int, int]], slots: np.ndarray) -> list[bool]:
         """Read the batch's pixels into ``slots`` on the package's thread pool.
