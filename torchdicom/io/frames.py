@@ -35,7 +35,13 @@ codec, a remote byte source, GPU decode — is one new entry.
   the requested frames are decoded.
 
 Before any route runs, :func:`check_declared_size` refuses a header that
-claims more pixels than the file holds.
+claims more pixels than the file holds. A route whose decoder releases the
+GIL says so (``Route.parallel``): the datasets then decode a batch's frames
+on the runtime's thread pool.
+
+``read_frames(..., device="cuda")`` decodes JPEG and JPEG 2000 / HTJ2K frames
+with recorded spans on the GPU (nvImageCodec, :func:`gpu_decodable`), after the
+same code-stream check; everything else is read by the table above and moved.
 
 Compressed frames are decoded by one pydicom plugin pinned per transfer
 syntax (:func:`decoding_plugin`: Pillow / pylibjpeg / pyjpegls first, GDCM
