@@ -1,8 +1,8 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 # torch==2.13.0 is installed first because a plain `torch` requirement would
 # pull a multi-GB CUDA build; with it present, the project's `torch>=2.1` is met.
-# The gdcm extra is installed too, so the tests and `make fuzz` run with every
-# pixel decoder plugin present, as users of `torchdicom[gdcm]` do (issue 11).
+# The gdcm and codecs extras are installed too, so the tests and `make fuzz` run
+# with every pixel decoder present, as users of `torchdicom[gdcm,codecs]` do (issues 11, 14).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,gdcm]'
+	$(PY) -m pip install -q -e '.[dev,gdcm,codecs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
