@@ -376,6 +376,11 @@ def test_ybr_to_rgb_tables_equal_pydicom() -> None:
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (61, 37, 3), dtype=np.uint8)
     frame[0, :3] = [[0, 0, 0], [255, 255, 255], [0, 255, 0]]  # the clipping corners
-    got = frames_module._ybr_to_rgb(frame)
+    got = np.empty((3, 61, 37), dtype=np.uint8)
+    frames_module._ybr_to_rgb(frame, got)
     assert frames_module._YBR is not None and frames_module._YBR.exact
-    np.testing.assert_array_equal(got, convert_color_space(frame.copy(), "YBR_FULL", "RGB"))
+    expected = convert_color_space(frame.copy(), "YBR_FULL", "RGB")
+    np.testing.assert_array_equal(got, expected.transpose(2, 0, 1))
+    strided = np.empty((3, 61, 74), dtype=np.uint8)[..., ::2]  # not contiguous
+    frames_module._ybr_to_rgb(frame, strided)
+    np.testing.assert_array_equal(strided, expected.transpose(2, 0, 1))

@@ -910,8 +910,10 @@ def _pillow_jpeg(row: dict[str, Any]) -> bool:
     )
 
 
-def _decode_pillow(frame: bytes, row: dict[str, Any], k: int, as_rgb: bool) -> np.ndarray:
-    """One 8-bit JPEG frame as (H, W, C) uint8, as pydicom's Pillow plugin decodes it.
+def _decode_pillow(
+    frame: bytes, row: dict[str, Any], k: int, as_rgb: bool, dst: np.ndarray
+) -> None:
+    """One 8-bit JPEG frame into ``dst`` (C, H, W) uint8, as pydicom's Pillow plugin decodes it.
 
     Colour frames come out unconverted (YCbCr as stored) unless the stream's
     Adobe marker asks Pillow to transform them, exactly like the plugin; then,
@@ -939,8 +941,9 @@ def _decode_pillow(frame: bytes, row: dict[str, Any], k: int, as_rgb: bool) -> n
         )
     raw = raw.reshape(shape)
     if spp == 3 and as_rgb and row["photometric"] in ("YBR_FULL", "YBR_FULL_422"):
-        raw = _ybr_to_rgb(raw)
-    return raw
+        _ybr_to_rgb(raw, dst)
+    else:
+        dst[...] = raw.transpose(2, 0, 1)
 
 
 class _YbrTables:
@@ -988,34 +991,33 @@ def _ybr_kernel():
 
     @njit(nogil=True, cache=True, boundscheck=False)
     def convert(src, dst, red, green, blue):  # pragma: no cover - compiled
-        # src, dst: (N, 3) uint8, YCbCr in, RGB out.
+        # src: (N, 3) uint8 YCbCr, interleaved; dst: (3, N) uint8 RGB, channels first.
         for i in range(src.shape[0]):
             y, cb, cr = src[i, 0], src[i, 1], src[i, 2]
-            dst[i, 0] = red[y, cr]
-            dst[i, 1] = green[y, cb, cr]
-            dst[i, 2] = blue[y, cb]
+            dst[0, i] = red[y, cr]
+            dst[1, i] = green[y, cb, cr]
+            dst[2, i] = blue[y, cb]
 
     return convert
 
 
-def _ybr_to_rgb(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 YCbCr as RGB, exactly as pydicom converts it."""
+def _ybr_to_rgb(frame: np.ndarray, dst: np.ndarray) -> None:
+    """(H, W, 3) uint8 YCbCr into ``dst`` (3, H, W) as RGB, exactly as pydicom converts it."""
     global _YBR
     if _YBR is None:
         with _YBR_LOCK:
             if _YBR is None:
                 _YBR = _YbrTables()
     if not _YBR.exact:
-        return convert_color_space(frame, "YBR_FULL", "RGB")
-    rgb = np.empty(frame.shape, dtype=np.uint8)
-    _YBR.kernel(
-        np.ascontiguousarray(frame).reshape(-1, 3),
-        rgb.reshape(-1, 3),
-        _YBR.red,
-        _YBR.green,
-        _YBR.blue,
-    )
-    return rgb
+        dst[...] = convert_color_space(frame.copy(), "YBR_FULL", "RGB").transpose(2, 0, 1)
+        return
+    src = np.ascontiguousarray(frame).reshape(-1, 3)
+    if dst.flags.c_contiguous:
+        _YBR.kernel(src, dst.reshape(3, -1), _YBR.red, _YBR.green, _YBR.blue)
+    else:
+        planes = np.empty((3, src.shape[0]), dtype=np.uint8)
+        _YBR.kernel(src, planes, _YBR.red, _YBR.green, _YBR.blue)
+        dst[...] = planes.reshape(dst.shape)
 
 
 # JPEG lossless (processes 14 and 14 SV1): libjpeg-turbo 3 decodes them (through
@@ -1050,8 +1052,10 @@ def _has_imagecodecs() -> bool:
 _IMAGECODECS: bool | None = None
 
 
-def _decode_lossless_jpeg(frame: bytes, row: dict[str, Any], k: int, as_rgb: bool) -> np.ndarray:
-    """One lossless JPEG frame as (H, W, 1) of the stored dtype (see :func:`read_frames`)."""
+def _decode_lossless_jpeg(
+    frame: bytes, row: dict[str, Any], k: int, as_rgb: bool, dst: np.ndarray
+) -> None:
+    """One lossless JPEG frame into ``dst`` (1, H, W) of the stored dtype (see :func:`read_frames`)."""
     import imagecodecs
 
     info = _check_codestream(frame, row, k)
@@ -1067,7 +1071,7 @@ def _decode_lossless_jpeg(frame: bytes, row: dict[str, Any], k: int, as_rgb: boo
         # Sign-extend from Bits Stored, as pydicom does for signed data.
         shift = arr.dtype.itemsize * 8 - bits_stored
         arr = np.right_shift(np.left_shift(arr, shift), shift)
-    return arr[..., None]
+    dst[0] = arr
 
 
 def _read_by_codec(
@@ -1075,24 +1079,29 @@ def _read_by_codec(
     idx: list[int],
     out: np.ndarray | None,
     as_rgb: bool,
-    decode_frame: Callable[[bytes, dict[str, Any], int, bool], np.ndarray],
+    decode_frame: Callable[[bytes, dict[str, Any], int, bool, np.ndarray], None],
 ) -> np.ndarray:
     """Frames by span through a codec that releases the GIL, on the runtime's thread pool.
 
-    ``decode_frame(code_stream, row, k, as_rgb)`` checks the code-stream and
-    returns frame ``k`` as (H, W, C) in the stored dtype, or raises
-    :class:`_NotForCodec` to hand the whole read to the pinned plugin.
+    ``decode_frame(code_stream, row, k, as_rgb, dst)`` checks the code-stream and
+    writes frame ``k`` into ``dst``, its (C, H, W) slot of the output (the
+    caller's ``out`` when given), or raises :class:`_NotForCodec` to hand the
+    whole read to the pinned plugin.
     """
     rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
-    dtype = _np_dtype(row)
-    decoded = np.empty((len(idx), rows, cols, spp), dtype=dtype)
+    shape, dtype = (len(idx), spp, rows, cols), _np_dtype(row)
+    if out is None:
+        result = np.empty(shape, dtype=dtype)
+    else:
+        _check_out(out, shape, dtype, row["path"])
+        result = out
     fd = _open_checked(row)
 
     def decode(start: int, stop: int) -> None:
         for pos in range(start, stop):
             k = idx[pos]
             try:
-                decoded[pos] = decode_frame(_read_span(fd, row, k), row, k, as_rgb)
+                decode_frame(_read_span(fd, row, k), row, k, as_rgb, result[pos])
             except _NotForCodec:
                 raise
             except Exception as exc:
@@ -1109,12 +1118,7 @@ def _read_by_codec(
         return _read_codestreams_by_span(row, idx, out, as_rgb)
     finally:
         os.close(fd)
-    result = decoded.transpose(0, 3, 1, 2)
-    if out is None:
-        return np.ascontiguousarray(result)
-    _check_out(out, result.shape, result.dtype, row["path"])
-    out[...] = result
-    return out
+    return result
 
 
 def _read_jpeg_pillow(
