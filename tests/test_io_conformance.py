@@ -316,6 +316,7 @@ def test_scaled_px_one_frame_of_multiframe(tmp_path: Path) -> None:
 _SPAN_ROUTES = (
     "JPEG 8-bit by span (Pillow)",
     "JPEG lossless by span (imagecodecs)",
+    "JPEG 2000 by span (openjpeg)",
     "code-streams by span",
 )
 

@@ -22,6 +22,10 @@ codec, a remote byte source, GPU decode — is one new entry.
   pydicom's Pillow plugin does, the frames of a clip in parallel on the
   runtime's thread pool (Pillow releases the GIL), and YCbCr is converted by
   pydicom's own conversion (libjpeg-turbo's differs by ±1).
+* **JPEG lossless by span (imagecodecs)** and **JPEG 2000 by span
+  (openjpeg)**: the same, through libjpeg-turbo 3 (``torchdicom[codecs]``)
+  and openjpeg called directly; a frame whose output would need pydicom's
+  corrections goes to the pinned plugin.
 * **code-streams by span** (other encapsulated syntaxes with recorded spans):
   one ``pread`` per frame, checked, then decoded by the pinned plugin.
 * **code-streams by offset** (encapsulated data whose frames the scan could
@@ -1074,14 +1078,63 @@ def _decode_lossless_jpeg(
     dst[0] = arr
 
 
+# JPEG 2000: openjpeg (pylibjpeg-openjpeg, the pinned plugin's library) called directly
+# on the frame's code-stream, skipping pydicom's per-frame decode set-up. Where its output
+# needs pydicom's corrections (a sign or precision that differs from the header), the
+# pinned plugin decodes instead. openjpeg holds the GIL: frames are decoded in turn.
+_J2K = frozenset({pydicom.uid.JPEG2000Lossless, pydicom.uid.JPEG2000})
+
+
+def _openjpeg_j2k(row: dict[str, Any]) -> bool:
+    return (
+        row["transfer_syntax"] in _J2K
+        and int(row["samples_per_pixel"]) == 1
+        and int(row["bits_allocated"]) in (8, 16)
+        and _by_span(row)
+        and decoding_plugin(row["transfer_syntax"]) == "pylibjpeg"
+        and _has_openjpeg()
+    )
+
+
+def _has_openjpeg() -> bool:
+    global _OPENJPEG
+    if _OPENJPEG is None:
+        try:
+            import openjpeg  # noqa: F401
+
+            _OPENJPEG = True
+        except ImportError:
+            _OPENJPEG = False
+    return _OPENJPEG
+
+
+_OPENJPEG: bool | None = None
+
+
+def _decode_openjpeg(
+    frame: bytes, row: dict[str, Any], k: int, as_rgb: bool, dst: np.ndarray
+) -> None:
+    """One single-sample JPEG 2000 frame into ``dst`` (1, H, W) of the stored dtype."""
+    import openjpeg
+
+    info = _check_codestream(frame, row, k)
+    if info is None or info.precision != int(row["bits_stored"]):
+        raise _NotForCodec
+    arr = openjpeg.decode(frame)
+    if arr.shape != dst.shape[1:] or arr.dtype != dst.dtype:
+        raise _NotForCodec  # a sign the header does not declare: pydicom corrects it
+    dst[0] = arr
+
+
 def _read_by_codec(
     row: dict[str, Any],
     idx: list[int],
     out: np.ndarray | None,
     as_rgb: bool,
     decode_frame: Callable[[bytes, dict[str, Any], int, bool, np.ndarray], None],
+    parallel: bool = True,
 ) -> np.ndarray:
-    """Frames by span through a codec that releases the GIL, on the runtime's thread pool.
+    """Frames by span through a codec, on the runtime's thread pool when it releases the GIL.
 
     ``decode_frame(code_stream, row, k, as_rgb, dst)`` checks the code-stream and
     writes frame ``k`` into ``dst``, its (C, H, W) slot of the output (the
@@ -1108,7 +1161,7 @@ def _read_by_codec(
                 raise _decode_error(row, exc, k) from None
 
     try:
-        if len(idx) > 1:
+        if parallel and len(idx) > 1:
             from torchdicom._runtime import run_in_slices  # imports torch: only for clips
 
             run_in_slices(len(idx), decode, rows * cols * spp)
@@ -1126,6 +1179,13 @@ def _read_jpeg_pillow(
 ) -> np.ndarray:
     """8-bit JPEG frames by span through libjpeg-turbo (Pillow): see :func:`_decode_pillow`."""
     return _read_by_codec(row, idx, out, as_rgb, _decode_pillow)
+
+
+def _read_j2k_openjpeg(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    """Single-sample JPEG 2000 frames by span through openjpeg, in turn (it holds the GIL)."""
+    return _read_by_codec(row, idx, out, as_rgb, _decode_openjpeg, parallel=False)
 
 
 def _read_lossless_jpeg(
@@ -1294,6 +1354,7 @@ ROUTES: tuple[Route, ...] = (
         _read_lossless_jpeg,
         parallel=True,
     ),
+    Route("JPEG 2000 by span (openjpeg)", _openjpeg_j2k, _read_j2k_openjpeg),
     Route("code-streams by span", _by_span, _read_codestreams_by_span),
     Route(
         "code-streams by offset",
