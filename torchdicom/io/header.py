@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import stat as stat_module
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +35,7 @@ from torchdicom.errors import (
 )
 from torchdicom.io.codestream import frame_spans, frames_held
 from torchdicom.io.dicomfile import _dcmread, _short, pydicom_warnings_logged, stat_file
+from torchdicom.io.rawheader import RawHeader, walk_header
 from torchdicom.io.schema import PER_FRAME_COLUMNS, IndexRow
 
 __all__ = [
@@ -471,18 +474,34 @@ def _validate_geometry(
         )
 
 
-def header_row(path: str | os.PathLike[str], salt: str | None = None) -> IndexRow:
+def header_row(
+    path: str | os.PathLike[str], salt: str | None = None, lean: bool = True
+) -> IndexRow:
     """Parse one file's header (pixel data not read) into an index row.
+
+    Args:
+        path: the file.
+        salt: the key of ``patient_hash`` (see :func:`torchdicom._privacy.resolve_salt`).
+        lean: read a plain file's header with the lean raw-element walk
+            (:mod:`torchdicom.io.rawheader`), which converts only the elements the row
+            uses; every other file, and ``lean=False``, is parsed by pydicom. Both give
+            the same row.
 
     Raises:
         TorchDicomError: any subclass, naming the file and the reason.
     """
     fspath = os.fspath(path)
-    return header_row_stat(fspath, stat_file(fspath), salt)
+    return header_row_stat(fspath, stat_file(fspath), salt, lean)
 
 
-def header_row_stat(fspath: str, st: os.stat_result, salt: str | None = None) -> IndexRow:
+def header_row_stat(
+    fspath: str, st: os.stat_result, salt: str | None = None, lean: bool = True
+) -> IndexRow:
     """:func:`header_row` for a path already stat-ed; size and mtime come from ``st``."""
+    if lean and stat_module.S_ISREG(st.st_mode):
+        row = _lean_row(fspath, st, salt)
+        if row is not None:
+            return row
     ds = _dcmread(fspath, st, defer_size=_DEFER_SIZE)
     try:
         # pydicom checks a value when it is first used: here, not in dcmread.
@@ -492,6 +511,226 @@ def header_row_stat(fspath: str, st: os.stat_result, salt: str | None = None) ->
         raise
     except Exception as exc:  # a damaged element found while reading values
         raise CorruptDicomError(fspath, f"header cannot be interpreted: {_short(exc)}") from None
+
+
+# --------------------------------------------------------------------------- the lean scan
+# The elements a row is built from: keyword -> (tag, VR). Everything else in the header is
+# skipped unread by the lean walk.
+_LEAN_ELEMENTS: dict[str, tuple[int, bytes]] = {
+    "SOPClassUID": (0x00080016, b"UI"),
+    "SOPInstanceUID": (0x00080018, b"UI"),
+    "Modality": (0x00080060, b"CS"),
+    "PatientName": (0x00100010, b"PN"),
+    "PatientID": (0x00100020, b"LO"),
+    "SliceThickness": (0x00180050, b"DS"),
+    "StudyInstanceUID": (0x0020000D, b"UI"),
+    "SeriesInstanceUID": (0x0020000E, b"UI"),
+    "InstanceNumber": (0x00200013, b"IS"),
+    "ImagePositionPatient": (0x00200032, b"DS"),
+    "ImageOrientationPatient": (0x00200037, b"DS"),
+    "SamplesPerPixel": (0x00280002, b"US"),
+    "PhotometricInterpretation": (0x00280004, b"CS"),
+    "PlanarConfiguration": (0x00280006, b"US"),
+    "NumberOfFrames": (0x00280008, b"IS"),
+    "Rows": (0x00280010, b"US"),
+    "Columns": (0x00280011, b"US"),
+    "PixelSpacing": (0x00280030, b"DS"),
+    "BitsAllocated": (0x00280100, b"US"),
+    "BitsStored": (0x00280101, b"US"),
+    "HighBit": (0x00280102, b"US"),
+    "PixelRepresentation": (0x00280103, b"US"),
+    "WindowCenter": (0x00281050, b"DS"),
+    "WindowWidth": (0x00281051, b"DS"),
+    "RescaleIntercept": (0x00281052, b"DS"),
+    "RescaleSlope": (0x00281053, b"DS"),
+}
+_LEAN_WANTED = frozenset(tag for tag, _ in _LEAN_ELEMENTS.values())
+# Functional groups and float pixel data: rows that only pydicom's parse builds.
+_LEAN_REFUSED = frozenset((_SHARED_GROUPS, _PER_FRAME_GROUPS, 0x7FE00008, 0x7FE00009))
+_MODALITY_LUT_SEQUENCE = 0x00283000
+_EXTENDED_OFFSET_TABLE = 0x7FE00001
+
+# Values whose conversion is certain to be pydicom's: printable ASCII text (any character
+# set decodes it alike) and canonical IS / DS strings, trailing NUL padding allowed.
+# Anything else sends the file to pydicom, which converts (and warns) as it always has.
+_ASCII_TEXT = re.compile(rb"[\x20-\x7e]*\x00*")
+_IS_ONE = rb" *[+-]?[0-9]{1,9} *"
+_IS_TEXT = re.compile(_IS_ONE + rb"(?:\\" + _IS_ONE + rb")*\x00*")
+_DS_ONE = rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})? *"
+_DS_TEXT = re.compile(_DS_ONE + rb"(?:\\" + _DS_ONE + rb")*\x00*")
+
+
+class _NotLean(Exception):
+    """A value the lean scan does not convert: parse the file with pydicom."""
+
+
+def _raw(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> bytes | None:
+    """The raw value of an element (``None`` when absent), its VR checked."""
+    tag, vr = _LEAN_ELEMENTS[keyword]
+    found = values.get(tag)
+    if found is None:
+        return None
+    if found[0] is not None and found[0] != vr:
+        raise _NotLean
+    return found[1]
+
+
+def _lean_str(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> str:
+    """:func:`_str` of a raw text value."""
+    value = _raw(values, keyword)
+    if not value:
+        return ""
+    if not _ASCII_TEXT.fullmatch(value):
+        raise _NotLean
+    return value.decode("ascii").rstrip("\x00 ").split("\\", 1)[0].strip()
+
+
+def _lean_int(
+    values: dict[int, tuple[bytes | None, bytes]], keyword: str, default: int = -1
+) -> int:
+    """:func:`_int` of a raw US or IS value."""
+    value = _raw(values, keyword)
+    if not value:
+        return default
+    if _LEAN_ELEMENTS[keyword][1] == b"US":
+        if len(value) % 2:
+            raise _NotLean
+        return value[0] | value[1] << 8
+    if not _IS_TEXT.fullmatch(value):
+        raise _NotLean
+    return int(value.rstrip(b"\x00 ").split(b"\\", 1)[0])
+
+
+def _lean_ds(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> Any:
+    """A raw DS value as ``ds.get`` gives it: ``None``, one float, or a list of floats."""
+    value = _raw(values, keyword)
+    if not value:
+        return None
+    if not _DS_TEXT.fullmatch(value):
+        raise _NotLean
+    parts = value.rstrip(b"\x00 ").split(b"\\")
+    if any(len(part) > 16 for part in parts):
+        raise _NotLean  # pydicom warns about it: let it
+    if len(parts) == 1:
+        return float(parts[0])
+    return [float(part) for part in parts]
+
+
+def _lean_row(fspath: str, st: os.stat_result, salt: str | None) -> IndexRow | None:
+    """:func:`row_from_dataset` for a plain file, from its raw header; ``None``: not plain."""
+    raw = walk_header(fspath, st.st_size, _LEAN_WANTED, _LEAN_REFUSED, _DEFER_SIZE)
+    if raw is None:
+        return None
+    try:
+        return _row_from_raw(raw, fspath, st, salt)
+    except _NotLean:
+        return None
+
+
+def _row_from_raw(raw: RawHeader, path: str, st: os.stat_result, salt: str | None) -> IndexRow:
+    """The row :func:`row_from_dataset` builds, with each step mirrored on raw values.
+
+    Every value is converted before anything is validated, so a value the lean scan
+    leaves to pydicom (:class:`_NotLean`) never hides behind an error of its own.
+    """
+    v = raw.values
+    rows = _lean_int(v, "Rows")
+    columns = _lean_int(v, "Columns")
+    frames = _lean_int(v, "NumberOfFrames", 1)
+    samples = _lean_int(v, "SamplesPerPixel", 1)
+    bits_allocated = _lean_int(v, "BitsAllocated")
+    bits_stored = _lean_int(v, "BitsStored", bits_allocated)
+    high_bit = _lean_int(v, "HighBit", bits_stored - 1)
+    pixel_representation = _lean_int(v, "PixelRepresentation", 0)
+    planar = _lean_int(v, "PlanarConfiguration", 0)
+    instance_number = _lean_int(v, "InstanceNumber")
+    photometric = _lean_str(v, "PhotometricInterpretation")
+    identifier = _lean_str(v, "PatientID") or _lean_str(v, "PatientName")
+    strings = {
+        column: _lean_str(v, keyword)
+        for column, keyword in (
+            ("sop_instance_uid", "SOPInstanceUID"),
+            ("sop_class_uid", "SOPClassUID"),
+            ("series_instance_uid", "SeriesInstanceUID"),
+            ("study_instance_uid", "StudyInstanceUID"),
+        )
+    }
+    modality = _lean_str(v, "Modality")
+    slope = _first_float(_lean_ds(v, "RescaleSlope"))
+    intercept = _first_float(_lean_ds(v, "RescaleIntercept"))
+    center = _first_float(_lean_ds(v, "WindowCenter"))
+    width = _first_float(_lean_ds(v, "WindowWidth"))
+    # No functional groups here: where row_from_dataset falls back to them, NaN.
+    if math.isnan(center) or math.isnan(width):
+        center = width = math.nan
+    px, py, pz = _floats(_lean_ds(v, "ImagePositionPatient") or None, 3)
+    o = _floats(_lean_ds(v, "ImageOrientationPatient") or None, 6)
+    sr, sc = _floats(_lean_ds(v, "PixelSpacing") or None, 2)
+    thickness = _first_float(_lean_ds(v, "SliceThickness") or None)
+
+    _validate_geometry(
+        path, rows, columns, frames, samples, bits_allocated, bits_stored, "PixelData"
+    )
+    frames = frames_held(
+        path,
+        frames if _LEAN_ELEMENTS["NumberOfFrames"][0] in raw.present else None,
+        transfer_syntax=raw.transfer_syntax,
+        encapsulated=False,
+        offset=raw.pixel_offset,
+        length=raw.pixel_length,
+        value=None,
+        rows=rows,
+        columns=columns,
+        samples_per_pixel=samples,
+        bits_allocated=bits_allocated,
+        photometric=photometric,
+    )
+    return {
+        "path": path,
+        "size": int(st.st_size),
+        "mtime_ns": int(st.st_mtime_ns),
+        **strings,  # type: ignore[typeddict-item]
+        "patient_hash": patient_hash(identifier, salt),
+        "modality": modality,
+        "rows": rows,
+        "columns": columns,
+        "frames": frames,
+        "samples_per_pixel": samples,
+        "photometric": photometric,
+        "planar_configuration": planar,
+        "bits_allocated": bits_allocated,
+        "bits_stored": bits_stored,
+        "high_bit": high_bit,
+        "pixel_representation": pixel_representation,
+        "transfer_syntax": raw.transfer_syntax,
+        "pixel_keyword": "PixelData",
+        "pixel_vr": raw.pixel_vr,
+        "pixel_offset": raw.pixel_offset,
+        "pixel_length": raw.pixel_length,
+        "encapsulated": False,
+        "has_extended_offsets": _EXTENDED_OFFSET_TABLE in raw.present,
+        "frame_offsets": _NO_SPANS,
+        "frame_lengths": _NO_SPANS,
+        "rescale_slope": slope,
+        "rescale_intercept": intercept,
+        "has_modality_lut": _MODALITY_LUT_SEQUENCE in raw.present,
+        "window_center": center,
+        "window_width": width,
+        "position_x": px,
+        "position_y": py,
+        "position_z": pz,
+        "orientation_0": o[0],
+        "orientation_1": o[1],
+        "orientation_2": o[2],
+        "orientation_3": o[3],
+        "orientation_4": o[4],
+        "orientation_5": o[5],
+        "spacing_row": sr,
+        "spacing_col": sc,
+        "slice_thickness": thickness,
+        "instance_number": instance_number,
+        **{column: np.empty(0, np.float64) for column in PER_FRAME_COLUMNS},
+    }
 
 
 def as_row(source: Mapping[str, Any] | Any) -> dict[str, Any]:

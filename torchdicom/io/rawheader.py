@@ -1,0 +1,236 @@
+"""A bounded raw-element walk over a plain DICOM header, for the lean scan.
+
+:func:`walk_header` reads a Part 10 file's elements up to its pixel data straight from
+the bytes (``os.pread`` of a few kB), keeps the raw values of the elements asked for and
+skips every other value without reading it: no pydicom data set, no value conversion.
+It only answers for *plain* files, the ones where the answer is certain to be what
+pydicom would parse: a preamble and explicit VR little endian file meta, an uncompressed
+little endian transfer syntax, elements in ascending order with valid VRs, sequences
+well formed, and native pixel data (7FE0,0010) of defined length that ends the file.
+Anything else (raw data sets, big endian, deflate, compressed pixel data, float pixel
+data, trailing elements, truncation, a damaged element) returns ``None``, and the caller
+reads the file with pydicom as before.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import NamedTuple
+
+from pydicom.datadict import DicomDictionary
+
+__all__ = ["RawHeader", "walk_header"]
+
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+# VRs whose explicit length is 32-bit (after two reserved bytes), and the 16-bit ones.
+_VRS_32 = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_VRS_16 = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+_UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_CHUNK = 8192
+_TAG = struct.Struct("<HH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+class RawHeader(NamedTuple):
+    """What :func:`walk_header` found in a plain file."""
+
+    transfer_syntax: str
+    implicit: bool
+    values: dict[int, tuple[bytes | None, bytes]]  # tag -> (VR as in the file or None, value)
+    present: frozenset[int]  # every data set tag seen before the pixel data
+    pixel_vr: str  # "" when implicit VR
+    pixel_offset: int
+    pixel_length: int
+
+
+class _NotPlain(Exception):
+    """The file is not plain: read it with pydicom."""
+
+
+class _Window:
+    """Bytes of an open file at absolute offsets, read a chunk at a time."""
+
+    __slots__ = ("base", "buf", "fd", "size")
+
+    def __init__(self, fd: int, size: int):
+        self.fd = fd
+        self.size = size
+        self.base = 0
+        self.buf = os.pread(fd, _CHUNK, 0)
+
+    def at(self, pos: int, n: int) -> int:
+        """Make ``[pos, pos + n)`` available in ``buf``; its index there."""
+        off = pos - self.base
+        if off < 0 or off + n > len(self.buf):
+            if pos + n > self.size:
+                raise _NotPlain
+            self.buf = os.pread(self.fd, max(n, _CHUNK), pos)
+            self.base = pos
+            off = 0
+            if len(self.buf) < n:
+                raise _NotPlain
+        return off
+
+
+def _element(w: _Window, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR, value length, header length) of the element at ``pos``."""
+    off = w.at(pos, 8)
+    buf = w.buf
+    group, elem = _TAG.unpack_from(buf, off)
+    tag = group << 16 | elem
+    if implicit or group == 0xFFFE:
+        return tag, None, _U32.unpack_from(buf, off + 4)[0], 8
+    vr = buf[off + 4 : off + 6]
+    if vr in _VRS_16:
+        return tag, vr, _U16.unpack_from(buf, off + 6)[0], 8
+    if vr in _VRS_32:
+        off = w.at(pos, 12)
+        return tag, vr, _U32.unpack_from(w.buf, off + 8)[0], 12
+    raise _NotPlain
+
+
+def _check_sequence(tag: int, vr: bytes | None) -> None:
+    """Refuse an undefined-length element that is not a sequence (implicit VR: by the dictionary)."""
+    if vr is None:
+        entry = DicomDictionary.get(tag)
+        if entry is None or entry[0] != "SQ":
+            raise _NotPlain
+    elif vr != b"SQ":
+        raise _NotPlain
+
+
+def _skip_items(w: _Window, pos: int, implicit: bool) -> int:
+    """Past the sequence delimiter of an undefined-length sequence whose items start at ``pos``."""
+    while True:
+        tag, _, length, hdr = _element(w, pos, True)
+        pos += hdr
+        if tag == _SEQUENCE_END:
+            if length != 0:
+                raise _NotPlain
+            return pos
+        if tag != _ITEM:
+            raise _NotPlain
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        last = -1
+        while True:  # an undefined-length item: its elements, to the item delimiter
+            tag, vr, length, hdr = _element(w, pos, implicit)
+            pos += hdr
+            if tag == _ITEM_END:
+                if length != 0:
+                    raise _NotPlain
+                break
+            if tag <= last or tag >> 16 == 0xFFFE:
+                raise _NotPlain
+            last = tag
+            if length == _UNDEFINED:
+                _check_sequence(tag, vr)
+                pos = _skip_items(w, pos, implicit)
+            else:
+                pos += length
+
+
+def walk_header(
+    fspath: str, size: int, wanted: frozenset[int], refused: frozenset[int], defer_size: int
+) -> RawHeader | None:
+    """The raw header of a plain file (see the module docstring), else ``None``.
+
+    Args:
+        fspath: the file.
+        size: its size in bytes (from the caller's ``stat``).
+        wanted: the data set tags whose raw values to keep.
+        refused: data set tags whose presence makes the file not plain (functional
+            groups, float pixel data …: what only pydicom's parse should answer).
+        defer_size: pixel data of at most this many bytes is not plain (pydicom reads
+            it at parse time, as the index's ``defer_size`` asks).
+    """
+    if size < 144:
+        return None
+    try:
+        fd = os.open(fspath, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None
+    try:
+        return _walk(_Window(fd, size), wanted, refused, defer_size)
+    except (_NotPlain, OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _walk(
+    w: _Window, wanted: frozenset[int], refused: frozenset[int], defer_size: int
+) -> RawHeader | None:
+    if w.buf[128:132] != b"DICM":
+        return None
+    # File meta: explicit VR little endian, group 0002 only.
+    pos = 132
+    syntax = b""
+    last = -1
+    while True:
+        off = w.at(pos, 8)
+        if _U16.unpack_from(w.buf, off)[0] != 0x0002:
+            break
+        tag, vr, length, hdr = _element(w, pos, False)
+        if tag <= last or length == _UNDEFINED:
+            return None
+        last = tag
+        if tag == 0x00020010:
+            off = w.at(pos + hdr, length)
+            syntax = w.buf[off : off + length]
+        pos += hdr + length
+    transfer_syntax = syntax.rstrip(b"\x00 ").decode("ascii", "replace")
+    if transfer_syntax == _EXPLICIT_LE:
+        implicit = False
+    elif transfer_syntax == _IMPLICIT_LE:
+        implicit = True
+        off = w.at(pos, 8)
+        first_vr = w.buf[off + 4 : off + 6]
+        if 0x40 < first_vr[0] < 0x5B and 0x40 < first_vr[1] < 0x5B:
+            return None  # pydicom would switch to explicit VR (with a warning)
+    else:
+        return None
+
+    values: dict[int, tuple[bytes | None, bytes]] = {}
+    present: list[int] = []
+    last = -1
+    while True:
+        tag, vr, length, hdr = _element(w, pos, implicit)
+        if tag <= last or tag >> 16 == 0xFFFE or tag in refused:
+            return None
+        last = tag
+        if tag >= _PIXEL_DATA:
+            if tag != _PIXEL_DATA or length == _UNDEFINED or vr not in (None, b"OB", b"OW"):
+                return None
+            # pydicom reads small values at parse time (defer_size): leave them to it, and
+            # anything after the pixel data (padding, a truncated value) too.
+            offset = pos + hdr
+            if length <= defer_size or offset + length != w.size:
+                return None
+            return RawHeader(
+                transfer_syntax,
+                implicit,
+                values,
+                frozenset(present),
+                vr.decode("ascii") if vr is not None else "",
+                offset,
+                length,
+            )
+        present.append(tag)
+        pos += hdr
+        if length == _UNDEFINED:
+            _check_sequence(tag, vr)
+            pos = _skip_items(w, pos, implicit)
+            continue
+        if tag in wanted:
+            off = w.at(pos, length)
+            values[tag] = (vr, w.buf[off : off + length])
+        pos += length
