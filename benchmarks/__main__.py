@@ -50,6 +50,7 @@ SECTIONS = (
     Section("startup", "## Start-up (python -m benchmarks.startup)", "benchmarks.startup"),
     Section("peers", "## Peers (python -m benchmarks.peers)", "benchmarks.peers"),
     Section("io", "## I/O (python -m benchmarks.io)", "benchmarks.io"),
+    Section("scan", "## Scan (python -m benchmarks.scan)", "benchmarks.scan"),
     Section(
         "transforms", "## Transforms (python -m benchmarks.transforms)", "benchmarks.transforms"
     ),
