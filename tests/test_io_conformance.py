@@ -385,3 +385,30 @@ def test_ybr_to_rgb_tables_equal_pydicom() -> None:
     strided = np.empty((3, 61, 74), dtype=np.uint8)[..., ::2]  # not contiguous
     frames_module._ybr_to_rgb(frame, strided)
     np.testing.assert_array_equal(strided, expected.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("PlanarConfiguration", 1), ("PhotometricInterpretation", "PALETTE COLOR")],
+)
+def test_jpeg_layouts_pydicom_lays_out_its_own_way_take_the_pinned_plugin(
+    keyword: str, value: object, tmp_path: Path
+) -> None:
+    # Found by the long fuzz run: a baseline RGB/YBR JPEG whose header says planar
+    # configuration 1 or a palette is laid out by pydicom's rules, not Pillow's.
+    from torchdicom.samples import us_cine_like
+
+    source = us_cine_like(tmp_path / "src", n=1, frames=3, size=32, jpeg=True).files[0]
+    ds = pydicom.dcmread(source)
+    setattr(ds, keyword, value)
+    path = tmp_path / "relabelled.dcm"
+    ds.save_as(path)
+    row = scan([path], workers=0, progress=False).row(0)
+    assert route_for(row).name == "code-streams by span"
+    try:
+        reference = _reference_frames(pydicom.dcmread(path), None)
+    except Exception:
+        with pytest.raises(TorchDicomError):
+            read_frames(row)
+        return
+    np.testing.assert_array_equal(read_frames(row).numpy(), reference)

@@ -902,13 +902,29 @@ def _check_codestream(frame: bytes, row: dict[str, Any], k: int):
 _PILLOW_JPEG = frozenset({pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit})
 
 
+# The layouts this route reproduces pydicom's handling of; others (a planar
+# configuration of 1, a palette or other colour model on a JPEG stream) are laid
+# out by pydicom's own rules, through the pinned plugin.
+_PILLOW_LAYOUTS = frozenset(
+    {
+        (1, "MONOCHROME1", 0),
+        (1, "MONOCHROME2", 0),
+        (3, "RGB", 0),
+        (3, "YBR_FULL", 0),
+        (3, "YBR_FULL_422", 0),
+    }
+)
+
+
 def _pillow_jpeg(row: dict[str, Any]) -> bool:
+    spp = int(row["samples_per_pixel"])
+    planar = int(row["planar_configuration"]) if spp > 1 else 0
     return (
         row["transfer_syntax"] in _PILLOW_JPEG
         and int(row["bits_allocated"]) == 8
         and int(row["bits_stored"]) == 8
         and int(row["pixel_representation"]) == 0
-        and int(row["samples_per_pixel"]) in (1, 3)
+        and (spp, str(row["photometric"]), planar) in _PILLOW_LAYOUTS
         and _by_span(row)
         and decoding_plugin(row["transfer_syntax"], 8) == "pillow"
     )
