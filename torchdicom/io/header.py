@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
@@ -544,7 +545,8 @@ _LEAN_ELEMENTS: dict[str, tuple[int, bytes]] = {
     "RescaleIntercept": (0x00281052, b"DS"),
     "RescaleSlope": (0x00281053, b"DS"),
 }
-_LEAN_WANTED = frozenset(tag for tag, _ in _LEAN_ELEMENTS.values())
+_CHARACTER_SET = 0x00080005
+_LEAN_WANTED = frozenset([_CHARACTER_SET, *(tag for tag, _ in _LEAN_ELEMENTS.values())])
 # Functional groups and float pixel data: rows that only pydicom's parse builds.
 _LEAN_REFUSED = frozenset((_SHARED_GROUPS, _PER_FRAME_GROUPS, 0x7FE00008, 0x7FE00009))
 _MODALITY_LUT_SEQUENCE = 0x00283000
@@ -627,6 +629,22 @@ def _lean_row(fspath: str, st: os.stat_result, salt: str | None) -> IndexRow | N
         return None
 
 
+def _check_character_set(values: dict[int, tuple[bytes | None, bytes]]) -> None:
+    """Refuse a (0008,0005) *Specific Character Set* pydicom would not take as it is.
+
+    pydicom converts it while parsing (a damaged one fails the read there, a misspelt
+    one is corrected with a warning): only exact known terms are lean.
+    """
+    found = values.get(_CHARACTER_SET)
+    if found is None or not found[1]:
+        return
+    if found[0] not in (None, b"CS") or not _ASCII_TEXT.fullmatch(found[1]):
+        raise _NotLean
+    terms = found[1].decode("ascii").rstrip("\x00 ").split("\\")
+    if any(term and term not in python_encoding for term in terms):
+        raise _NotLean
+
+
 def _row_from_raw(raw: RawHeader, path: str, st: os.stat_result, salt: str | None) -> IndexRow:
     """The row :func:`row_from_dataset` builds, with each step mirrored on raw values.
 
@@ -634,6 +652,7 @@ def _row_from_raw(raw: RawHeader, path: str, st: os.stat_result, salt: str | Non
     leaves to pydicom (:class:`_NotLean`) never hides behind an error of its own.
     """
     v = raw.values
+    _check_character_set(v)
     rows = _lean_int(v, "Rows")
     columns = _lean_int(v, "Columns")
     frames = _lean_int(v, "NumberOfFrames", 1)

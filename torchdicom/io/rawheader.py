@@ -29,6 +29,7 @@ _VRS_32 = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _VRS_16 = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
+_CHARACTER_SET = 0x00080005
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
@@ -107,7 +108,11 @@ def _check_sequence(tag: int, vr: bytes | None) -> None:
 
 
 def _skip_items(w: _Window, pos: int, implicit: bool) -> int:
-    """Past the sequence delimiter of an undefined-length sequence whose items start at ``pos``."""
+    """Past the sequence delimiter of an undefined-length sequence whose items start at ``pos``.
+
+    pydicom parses such a sequence at read time, so its items are walked element by
+    element (a damaged one makes the file not plain), though no value is kept.
+    """
     while True:
         tag, _, length, hdr = _element(w, pos, True)
         pos += hdr
@@ -117,18 +122,17 @@ def _skip_items(w: _Window, pos: int, implicit: bool) -> int:
             return pos
         if tag != _ITEM:
             raise _NotPlain
-        if length != _UNDEFINED:
-            pos += length
-            continue
+        end = None if length == _UNDEFINED else pos + length
         last = -1
-        while True:  # an undefined-length item: its elements, to the item delimiter
+        while end is None or pos < end:
             tag, vr, length, hdr = _element(w, pos, implicit)
             pos += hdr
-            if tag == _ITEM_END:
+            if tag == _ITEM_END and end is None:
                 if length != 0:
                     raise _NotPlain
                 break
-            if tag <= last or tag >> 16 == 0xFFFE:
+            # A character set here is converted by pydicom as it reads: leave it to pydicom.
+            if tag <= last or tag >> 16 == 0xFFFE or tag == _CHARACTER_SET:
                 raise _NotPlain
             last = tag
             if length == _UNDEFINED:
@@ -136,6 +140,8 @@ def _skip_items(w: _Window, pos: int, implicit: bool) -> int:
                 pos = _skip_items(w, pos, implicit)
             else:
                 pos += length
+        if end is not None and pos != end:
+            raise _NotPlain
 
 
 def walk_header(
