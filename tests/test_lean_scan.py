@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,67 @@ def test_truncated_and_trailing_left_to_pydicom(tmp_path):
         assert header._lean_row(str(p), os.stat(p), None) is None
     differences, _ = _differences([cut, padded])
     assert not differences, "\n".join(differences)
+
+
+def _sequence_seed(path: Path, implicit: bool) -> Path:
+    """A lean file with nested undefined-length sequences and items of both lengths."""
+    inner = Sequence([_item(CodeValue="2", CodingSchemeDesignator="DCM")])
+    _ct(
+        path,
+        implicit,
+        SpecificCharacterSet="ISO_IR 100",
+        ReferencedImageSequence=Sequence(
+            [_item(ReferencedSOPInstanceUID="1.2", PurposeOfReferenceCodeSequence=inner)] * 2
+        ),
+        ModalityLUTSequence=Sequence([_item(LUTExplanation="x")]),
+        WindowCenter=["40", "400"],
+        WindowWidth=["400", "1500"],
+        ImagePositionPatient=["1", "2", "3"],
+    )
+    ds = pydicom.dcmread(path)
+    for keyword in ("ReferencedImageSequence", "ModalityLUTSequence"):
+        ds[keyword].is_undefined_length = True
+    for k, item in enumerate(ds.ReferencedImageSequence):
+        item.is_undefined_length_sequence_item = bool(k)  # one of each
+        item["PurposeOfReferenceCodeSequence"].is_undefined_length = True
+    ds.save_as(path, implicit_vr=implicit)
+    assert header._lean_row(str(path), os.stat(path), None) is not None
+    return path
+
+
+def test_damaged_copies_same_row_or_error(tmp_path):
+    """Byte mutations of lean files (tests/fuzz/_mutate.py): both scans agree on each."""
+    from tests.fuzz._mutate import ABSURD_VALUES, Mutation, apply
+
+    seeds = [_sequence_seed(tmp_path / "e.dcm", False), _sequence_seed(tmp_path / "i.dcm", True)]
+    seeds += [p for p in real_files() if _went_lean(p)][:10]
+    rng = np.random.default_rng(16)
+    args = {
+        "flip_header": [1, 2, 4, 8, 16, 32, 64, 128, 0],
+        "insert_header": [b"\x00", b"\xff\xff", b"\\", b"ABCD", bytes(8)],
+        "delete_header": [1, 2, 4, 8],
+        "u32_header": [0, 1, 7, 0xFFFF, 100000, 0xFFFFFFFE],
+        "pixel_length": [0, 1, 100, 0xFFFFFFFE, 0xFFFFFFFF],
+        "truncate": [None],
+        "undefined_length": [None],
+        "duplicate_pixels": [None],
+        "set": [(k, v) for k, values in ABSURD_VALUES.items() for v in values],
+    }
+    ops = sorted(args)
+    paths = []
+    for i in range(300):
+        seed = seeds[i % len(seeds)]
+        mutations = []
+        for _ in range(int(rng.integers(1, 3))):
+            op = ops[int(rng.integers(len(ops)))]
+            mutations.append(
+                Mutation(op, float(rng.random()), args[op][int(rng.integers(len(args[op])))])
+            )
+        path = tmp_path / f"m{i:03d}.dcm"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path.write_bytes(apply(seed.read_bytes(), mutations))
+        paths.append(path)
+    differences, lean = _differences(paths)
+    assert not differences, "\n".join(differences[:20])
+    assert lean >= 30
