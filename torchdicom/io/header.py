@@ -694,16 +694,19 @@ def _row_from_raw(raw: RawHeader, path: str, st: os.stat_result, salt: str | Non
         path,
         frames if _LEAN_ELEMENTS["NumberOfFrames"][0] in raw.present else None,
         transfer_syntax=raw.transfer_syntax,
-        encapsulated=False,
+        encapsulated=raw.encapsulated,
         offset=raw.pixel_offset,
         length=raw.pixel_length,
-        value=None,
+        value=raw.pixel_value,
         rows=rows,
         columns=columns,
         samples_per_pixel=samples,
         bits_allocated=bits_allocated,
         photometric=photometric,
     )
+    spans = None
+    if raw.encapsulated and raw.pixel_length < 0 and _EXTENDED_OFFSET_TABLE not in raw.present:
+        spans = _frame_spans(path, raw.pixel_offset, raw.pixel_value, frames)
     return {
         "path": path,
         "size": int(st.st_size),
@@ -726,10 +729,10 @@ def _row_from_raw(raw: RawHeader, path: str, st: os.stat_result, salt: str | Non
         "pixel_vr": raw.pixel_vr,
         "pixel_offset": raw.pixel_offset,
         "pixel_length": raw.pixel_length,
-        "encapsulated": False,
+        "encapsulated": raw.encapsulated,
         "has_extended_offsets": _EXTENDED_OFFSET_TABLE in raw.present,
-        "frame_offsets": _NO_SPANS,
-        "frame_lengths": _NO_SPANS,
+        "frame_offsets": _NO_SPANS if spans is None else np.asarray(spans[0], np.int64),
+        "frame_lengths": _NO_SPANS if spans is None else np.asarray(spans[1], np.int64),
         "rescale_slope": slope,
         "rescale_intercept": intercept,
         "has_modality_lut": _MODALITY_LUT_SEQUENCE in raw.present,

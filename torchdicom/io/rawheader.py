@@ -1,15 +1,17 @@
 """A bounded raw-element walk over a plain DICOM header, for the lean scan.
 
-:func:`walk_header` reads a Part 10 file's elements up to its pixel data straight from
-the bytes (``os.pread`` of a few kB), keeps the raw values of the elements asked for and
-skips every other value without reading it: no pydicom data set, no value conversion.
-It only answers for *plain* files, the ones where the answer is certain to be what
-pydicom would parse: a preamble and explicit VR little endian file meta, an uncompressed
-little endian transfer syntax, elements in ascending order with valid VRs, sequences
-well formed, and native pixel data (7FE0,0010) of defined length that ends the file.
-Anything else (raw data sets, big endian, deflate, compressed pixel data, float pixel
-data, trailing elements, truncation, a damaged element) returns ``None``, and the caller
-reads the file with pydicom as before.
+:func:`walk_header` reads a Part 10 file's elements straight from the bytes (``os.pread``
+of a few kB at a time), keeps the raw values of the elements asked for and skips every
+other value without reading it: no pydicom data set, no value conversion. It only
+answers for *plain* files, the ones where the answer is certain to be what pydicom would
+parse: a preamble and explicit VR little endian file meta; an uncompressed little endian
+or an encapsulated transfer syntax; elements in ascending order with valid VRs; sequences
+of undefined length well formed (pydicom parses them at read time: they are walked, item
+by item); pixel data (7FE0,0010) of defined length (native) or undefined length whose
+fragments lead to the sequence delimiter (encapsulated); and anything after the pixel
+data (trailing padding) well formed to the last byte. Anything else (raw data sets, big
+endian, deflate, float pixel data, truncation, a damaged element …) returns ``None``, and
+the caller reads the file with pydicom as before.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import struct
 from typing import NamedTuple
 
 from pydicom.datadict import DicomDictionary
+from pydicom.uid import AllTransferSyntaxes
 
 __all__ = ["RawHeader", "walk_header"]
 
@@ -34,6 +37,12 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _CHUNK = 8192
+# pydicom's encapsulated (compressed) transfer syntaxes: all explicit VR little endian.
+_ENCAPSULATED = frozenset(
+    str(uid)
+    for uid in AllTransferSyntaxes
+    if uid.is_encapsulated and uid.is_little_endian and not uid.is_implicit_VR
+)
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -46,9 +55,11 @@ class RawHeader(NamedTuple):
     implicit: bool
     values: dict[int, tuple[bytes | None, bytes]]  # tag -> (VR as in the file or None, value)
     present: frozenset[int]  # every data set tag seen before the pixel data
+    encapsulated: bool
     pixel_vr: str  # "" when implicit VR
-    pixel_offset: int
-    pixel_length: int
+    pixel_offset: int  # of the value
+    pixel_length: int  # -1: undefined (encapsulated)
+    pixel_value: bytes | None  # the value when pydicom would hold it (at most defer_size)
 
 
 class _NotPlain(Exception):
@@ -144,6 +155,44 @@ def _skip_items(w: _Window, pos: int, implicit: bool) -> int:
             raise _NotPlain
 
 
+def _skip_fragments(w: _Window, pos: int) -> int:
+    """Past the sequence delimiter of encapsulated pixel data whose items start at ``pos``.
+
+    As pydicom walks them: items skipped by their lengths, up to the delimiter; a
+    length past the end or any other tag is not plain (pydicom would scan bytes).
+    """
+    while True:
+        off = w.at(pos, 8)
+        tag = _U32.unpack_from(w.buf, off)[0]
+        length = _U32.unpack_from(w.buf, off + 4)[0]
+        pos += 8
+        if tag == 0xE0DDFFFE:  # (FFFE,E0DD) as a little endian u32
+            if length != 0:
+                raise _NotPlain
+            return pos
+        if tag != 0xE000FFFE or pos + length > w.size:
+            raise _NotPlain
+        pos += length
+
+
+def _walk_trailing(w: _Window, pos: int, implicit: bool) -> None:
+    """Check the elements after the pixel data (pydicom parses them) end the file cleanly."""
+    last = _PIXEL_DATA
+    while pos < w.size:
+        tag, vr, length, hdr = _element(w, pos, implicit)
+        if tag <= last or tag >> 16 == 0xFFFE:
+            raise _NotPlain
+        last = tag
+        pos += hdr
+        if length == _UNDEFINED:
+            _check_sequence(tag, vr)
+            pos = _skip_items(w, pos, implicit)
+        else:
+            pos += length
+    if pos != w.size:
+        raise _NotPlain
+
+
 def walk_header(
     fspath: str, size: int, wanted: frozenset[int], refused: frozenset[int], defer_size: int
 ) -> RawHeader | None:
@@ -194,8 +243,12 @@ def _walk(
             syntax = w.buf[off : off + length]
         pos += hdr + length
     transfer_syntax = syntax.rstrip(b"\x00 ").decode("ascii", "replace")
+    encapsulated = False
     if transfer_syntax == _EXPLICIT_LE:
         implicit = False
+    elif transfer_syntax in _ENCAPSULATED:
+        implicit = False
+        encapsulated = True
     elif transfer_syntax == _IMPLICIT_LE:
         implicit = True
         off = w.at(pos, 8)
@@ -214,21 +267,35 @@ def _walk(
             return None
         last = tag
         if tag >= _PIXEL_DATA:
-            if tag != _PIXEL_DATA or length == _UNDEFINED or vr not in (None, b"OB", b"OW"):
+            if tag != _PIXEL_DATA or vr not in (None, b"OB", b"OW"):
                 return None
-            # pydicom reads small values at parse time (defer_size): leave them to it, and
-            # anything after the pixel data (padding, a truncated value) too.
             offset = pos + hdr
-            if length <= defer_size or offset + length != w.size:
-                return None
+            value = None
+            if length == _UNDEFINED:
+                if not encapsulated:
+                    return None
+                end = _skip_fragments(w, offset)
+                # pydicom keeps a short value in memory (defer_size counts to the delimiter).
+                if end - 4 - offset < defer_size:
+                    return None
+            else:
+                end = offset + length
+                if encapsulated or end > w.size or length == 0:
+                    return None
+                if length <= defer_size:  # read at parse time, as pydicom does
+                    off = w.at(offset, length)
+                    value = w.buf[off : off + length]
+            _walk_trailing(w, end, implicit)
             return RawHeader(
                 transfer_syntax,
                 implicit,
                 values,
                 frozenset(present),
+                encapsulated,
                 vr.decode("ascii") if vr is not None else "",
                 offset,
-                length,
+                -1 if length == _UNDEFINED else length,
+                value,
             )
         present.append(tag)
         pos += hdr
