@@ -4,11 +4,13 @@ Every real file (pydicom's test files and pydicom-data, the damaged ones include
 the generated sample sets are read both ways: ``header_row(lean=True)`` (the default:
 the raw-element walk for plain files, pydicom for the rest) and ``header_row(lean=False)``
 (pydicom for every file). Rows must be equal column for column (NaN equal to NaN, arrays
-element for element); failures must be the same error type with the same reason.
+element for element); failures must be the same error type with the same reason; and the
+torchdicom.io log (pydicom's warnings, values withheld) must say the same.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -30,11 +32,33 @@ from torchdicom.io.header import header_row
 from torchdicom.samples import ct_like, siim_like, us_cine_like
 
 
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _outcome(path: Path, lean: bool) -> tuple[str, Any]:
     try:
         return "row", header_row(path, lean=lean)
     except TorchDicomError as exc:
         return type(exc).__name__, str(exc)
+
+
+def _logged(path: Path, lean: bool) -> tuple[tuple[str, Any], list[str]]:
+    """The outcome and what torchdicom.io logged meanwhile (pydicom's warnings included)."""
+    logger = logging.getLogger("torchdicom.io")
+    handler, level = _Messages(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        return _outcome(path, lean), handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -65,8 +89,10 @@ def _differences(paths: list[Path]) -> tuple[list[str], int]:
     out = []
     lean = 0
     for path in paths:
-        new, old = _outcome(path, True), _outcome(path, False)
+        (new, new_log), (old, old_log) = _logged(path, True), _logged(path, False)
         lean += _went_lean(path)
+        if new_log != old_log:
+            out.append(f"{path}: logged: lean {new_log!r:.300} vs pydicom {old_log!r:.300}")
         if new[0] != old[0]:
             out.append(f"{path}: lean {new[0]} {new[1]!r:.200} vs pydicom {old[0]} {old[1]!r:.200}")
         elif new[0] != "row":
@@ -155,8 +181,10 @@ def _item(**elements: Any) -> Dataset:
         (False, {"DerivationCodeSequence": Sequence([_item(CodeValue="1"), _item()])}),
         (True, {"DerivationCodeSequence": Sequence([_item(CodeValue="1")])}),
         (False, {"ModalityLUTSequence": Sequence([_item(LUTExplanation="x")])}),
-        # Left to pydicom: odd values, non-ASCII text.
+        # Left to pydicom: odd values, non-ASCII text, values pydicom warns about.
         (False, {"InstanceNumber": "1.5", "RescaleSlope": "1e400"}),
+        (False, {"SOPInstanceUID": "1.02.3", "Modality": "ct"}),
+        (False, {"PatientID": "x" * 65}),
         (False, {"PatientName": "Müller", "SpecificCharacterSet": "ISO_IR 100"}),
         (False, {"WindowCenter": "12345678901234567"}),
     ],
@@ -166,6 +194,8 @@ def test_generated_variants_same_row(tmp_path, implicit, elements):
     path = _ct(tmp_path / "f.dcm", implicit, **elements)
     differences, _ = _differences([path])
     assert not differences, "\n".join(differences)
+    if elements.get("Modality") == "ct" or len(elements.get("PatientID", "")) > 64:
+        assert header._lean_row(str(path), os.stat(path), None) is None
 
 
 def test_undefined_length_sequence_is_skipped(tmp_path):

@@ -27,6 +27,7 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+from pydicom.valuerep import MAX_VALUE_LEN, STR_VR_REGEXES, VALIDATORS
 
 from torchdicom._privacy import patient_hash
 from torchdicom.errors import (
@@ -584,7 +585,7 @@ def _lean_str(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> st
         return ""
     if not _ASCII_TEXT.fullmatch(value):
         raise _NotLean
-    return value.decode("ascii").rstrip("\x00 ").split("\\", 1)[0].strip()
+    return _validated(keyword, value)[0].strip()
 
 
 def _lean_int(
@@ -600,7 +601,7 @@ def _lean_int(
         return value[0] | value[1] << 8
     if not _IS_TEXT.fullmatch(value):
         raise _NotLean
-    return int(value.rstrip(b"\x00 ").split(b"\\", 1)[0])
+    return int(_validated(keyword, value)[0])
 
 
 def _lean_ds(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> Any:
@@ -610,12 +611,35 @@ def _lean_ds(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> Any
         return None
     if not _DS_TEXT.fullmatch(value):
         raise _NotLean
-    parts = value.rstrip(b"\x00 ").split(b"\\")
-    if any(len(part) > 16 for part in parts):
-        raise _NotLean  # pydicom warns about it: let it
+    parts = _validated(keyword, value)
     if len(parts) == 1:
         return float(parts[0])
     return [float(part) for part in parts]
+
+
+def _validated(keyword: str, value: bytes) -> list[str]:
+    """The values of an ASCII element as pydicom splits them, each passing pydicom's check.
+
+    pydicom validates a value when it converts it and warns about a bad one; such a
+    file is left to pydicom (:class:`_NotLean`), so that the warning is still logged.
+    The checks are pydicom's own (its regular expression and maximum length per VR),
+    without its per-call message building.
+    """
+    vr = _LEAN_ELEMENTS[keyword][1].decode()
+    text = value.decode("ascii")
+    parts = text.rstrip("\x00 ").split("\\")
+    if vr == "PN":
+        check = VALIDATORS["PN"]
+        if not all(check(vr, part)[0] for part in (*parts, *text.split("\\"))):
+            raise _NotLean
+        return parts
+    regex = STR_VR_REGEXES.get(vr)
+    limit = MAX_VALUE_LEN.get(vr, 0)
+    # Text VRs are checked before their trailing padding is removed, too.
+    for part in (*parts, *text.split("\\")) if vr == "LO" else parts:
+        if (limit and len(part) > limit) or (regex is not None and part and not regex.match(part)):
+            raise _NotLean
+    return parts
 
 
 def _lean_row(fspath: str, st: os.stat_result, salt: str | None) -> IndexRow | None:
