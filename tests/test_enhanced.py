@@ -414,3 +414,22 @@ class TestRescalePerPart:
 
         out = rescale(torch.zeros(0, 1, 3, 4, 4, dtype=torch.int16), torch.ones(0, 3), 0.0)
         assert out.shape == (0, 1, 3, 4, 4) and out.dtype == torch.float32
+
+
+def test_an_intercept_without_its_slope_is_not_applied_as_pydicom_does(tmp_path: Path) -> None:
+    # DICOM pairs (0028,1052)/(0028,1053); pydicom's apply_modality_lut applies them only
+    # together. scaled_px, Rescale and volumes follow the same rule (io.modality).
+    from pydicom.pixels import apply_modality_lut
+
+    files = write_ct_series(tmp_path / "s", 2)
+    for p in files:
+        ds = pydicom.dcmread(p)
+        del ds.RescaleSlope
+        ds.save_as(p, enforce_file_format=True)
+    ds = pydicom.dcmread(files[0])
+    expected = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    np.testing.assert_array_equal(scaled_px(files[0]).numpy(), expected)
+    item = DicomVolumeDataset(tmp_path / "s")[0]
+    assert item["slope"].tolist() == [1.0] * 2 and item["intercept"].tolist() == [0.0] * 2
+    batch = collate([DicomDataset(tmp_path / "s")[0]])
+    np.testing.assert_array_equal(Rescale()(batch)["image"][0, 0].numpy(), expected)

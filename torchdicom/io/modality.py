@@ -3,7 +3,9 @@
 (0028,1053) *Rescale Slope* and (0028,1052) *Rescale Intercept* (for enhanced objects: each
 frame's Pixel Value Transformation functional group) map stored values linearly; a
 (0028,3000) *Modality LUT Sequence* maps them through a table instead. Index rows and batch
-dicts hold NaN where a file has no slope or intercept: a missing slope means 1 and a missing
+dicts hold NaN where a file has no slope or intercept. The linear rescale applies only when
+a file has both — as pydicom's ``apply_modality_lut`` and fastai's ``scaled_px`` do, and as DICOM
+pairs them (either present makes both Type 1) — so a file missing either is read as slope 1,
 intercept 0. That rule lives here, for :func:`~torchdicom.scaled_px`,
 :func:`torchdicom.transforms.functional.rescale` / :class:`~torchdicom.transforms.Rescale`
 and :class:`~torchdicom.DicomVolumeDataset`.
@@ -31,26 +33,46 @@ Values = TypeVar("Values", float, np.ndarray, "torch.Tensor")
 
 
 def rescale_parameters(slope: Values | None, intercept: Values | None) -> tuple[Values, Values]:
-    """Slope and intercept with the missing ones (NaN, or None) as 1 and 0.
+    """The slope and intercept to apply: the identity (1, 0) wherever either is missing.
+
+    A missing value is NaN (or None). The pair is applied only when both are present, as
+    pydicom's ``apply_modality_lut`` does: an intercept without its slope (a damaged header)
+    is not applied on its own.
 
     Args:
-        slope: a number, a numpy array or a tensor (any shape).
-        intercept: the same kind as ``slope``.
+        slope: a number, a numpy array or a tensor.
+        intercept: the same kind and shape as ``slope``.
 
     Returns:
         ``(slope, intercept)`` of the kinds given (None gives the float 1.0 / 0.0), NaN-free.
 
     Example:
-        >>> rescale_parameters(float("nan"), -1024.0)
+        >>> rescale_parameters(1.0, -1024.0)
         (1.0, -1024.0)
+        >>> rescale_parameters(float("nan"), -1024.0)
+        (1.0, 0.0)
     """
-    return _fill(slope, 1.0), _fill(intercept, 0.0)
+    if slope is None or intercept is None:
+        return 1.0 if slope is None else _fill(slope, 1.0), 0.0 if intercept is None else _fill(
+            intercept, 0.0
+        )
+    torch = sys.modules.get("torch")  # a tensor implies torch is loaded
+    if torch is not None and isinstance(slope, torch.Tensor):
+        missing = torch.isnan(slope) | torch.isnan(intercept)
+        return (
+            torch.where(missing, torch.ones_like(slope), slope),
+            torch.where(missing, torch.zeros_like(intercept), intercept),
+        )
+    if isinstance(slope, np.ndarray):
+        missing = np.isnan(slope) | np.isnan(intercept)
+        return np.where(missing, 1.0, slope), np.where(missing, 0.0, intercept)
+    s, i = float(slope), float(intercept)
+    return (1.0, 0.0) if math.isnan(s) or math.isnan(i) else (s, i)
 
 
 def _fill(value: Any, missing: float) -> Any:
-    if value is None:
-        return missing
-    torch = sys.modules.get("torch")  # a tensor implies torch is loaded
+    """``value`` with NaN as ``missing`` (the other of the pair was not given at all)."""
+    torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         return torch.where(torch.isnan(value), torch.full_like(value, missing), value)
     if isinstance(value, np.ndarray):

@@ -103,9 +103,10 @@ def rescale(x: Tensor, slope: Param = 1.0, intercept: Param = 0.0) -> Tensor:
     r"""Apply the linear modality LUT: ``x * slope + intercept``.
 
     (0028,1053) *Rescale Slope* and (0028,1052) *Rescale Intercept* map stored values to
-    Hounsfield units for CT (modality units otherwise). A NaN slope (the file had none) counts
-    as 1 and a NaN intercept as 0 (:func:`torchdicom.io.modality.rescale_parameters`, the rule
-    ``scaled_px`` and the datasets follow too).
+    Hounsfield units for CT (modality units otherwise). Where the slope or the intercept is NaN
+    (the file lacks it) the pair is not applied (slope 1, intercept 0), as pydicom does
+    (:func:`torchdicom.io.modality.rescale_parameters`, the rule ``scaled_px`` and the
+    datasets follow too).
 
     Args:
         x: stored values, any integer or float dtype.
