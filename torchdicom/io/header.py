@@ -617,6 +617,11 @@ def _lean_ds(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> Any
     return [float(part) for part in parts]
 
 
+# Values already validated, most of them repeated from file to file of a series
+# (study and series UIDs, modality, spacing, rescale, window): (keyword, raw value) -> values.
+_VALIDATED: dict[tuple[str, bytes], list[str]] = {}
+
+
 def _validated(keyword: str, value: bytes) -> list[str]:
     """The values of an ASCII element as pydicom splits them, each passing pydicom's check.
 
@@ -625,6 +630,9 @@ def _validated(keyword: str, value: bytes) -> list[str]:
     The checks are pydicom's own (its regular expression and maximum length per VR),
     without its per-call message building.
     """
+    known = _VALIDATED.get((keyword, value))
+    if known is not None:
+        return known
     vr = _LEAN_ELEMENTS[keyword][1].decode()
     text = value.decode("ascii")
     parts = text.rstrip("\x00 ").split("\\")
@@ -639,6 +647,9 @@ def _validated(keyword: str, value: bytes) -> list[str]:
     for part in (*parts, *text.split("\\")) if vr == "LO" else parts:
         if (limit and len(part) > limit) or (regex is not None and part and not regex.match(part)):
             raise _NotLean
+    if len(_VALIDATED) >= 4096:
+        _VALIDATED.clear()
+    _VALIDATED[keyword, value] = parts
     return parts
 
 

@@ -43,7 +43,8 @@ _ENCAPSULATED = frozenset(
     for uid in AllTransferSyntaxes
     if uid.is_encapsulated and uid.is_little_endian and not uid.is_implicit_VR
 )
-_TAG = struct.Struct("<HH")
+_EXPLICIT = struct.Struct("<HH2sH")
+_IMPLICIT = struct.Struct("<HHI")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
@@ -93,18 +94,22 @@ class _Window:
 
 def _element(w: _Window, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
     """(tag, VR, value length, header length) of the element at ``pos``."""
-    off = w.at(pos, 8)
+    off = pos - w.base
     buf = w.buf
-    group, elem = _TAG.unpack_from(buf, off)
-    tag = group << 16 | elem
-    if implicit or group == 0xFFFE:
-        return tag, None, _U32.unpack_from(buf, off + 4)[0], 8
-    vr = buf[off + 4 : off + 6]
+    if off < 0 or off + 12 > len(buf):  # the usual case, 12 bytes in the window, skips this
+        off = w.at(pos, 8)
+        buf = w.buf
+    if implicit:
+        group, elem, length = _IMPLICIT.unpack_from(buf, off)
+        return group << 16 | elem, None, length, 8
+    group, elem, vr, length = _EXPLICIT.unpack_from(buf, off)
+    if group == 0xFFFE:  # items and delimiters: no VR, a 32-bit length
+        return group << 16 | elem, None, _U32.unpack_from(buf, off + 4)[0], 8
     if vr in _VRS_16:
-        return tag, vr, _U16.unpack_from(buf, off + 6)[0], 8
+        return group << 16 | elem, vr, length, 8
     if vr in _VRS_32:
         off = w.at(pos, 12)
-        return tag, vr, _U32.unpack_from(w.buf, off + 8)[0], 12
+        return group << 16 | elem, vr, _U32.unpack_from(w.buf, off + 8)[0], 12
     raise _NotPlain
 
 
