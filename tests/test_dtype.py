@@ -91,6 +91,17 @@ def test_stored_dtype_prefers_the_dtype_most_files_have() -> None:
     assert stored_dtype([_layout(16, 12, 0)] * 3 + [_layout(8, 8, 0)]) == np.dtype("u2")
 
 
+def test_a_range_no_integer_dtype_holds_names_the_file() -> None:
+    # Found by fuzzing: a 64-bit file whose Pixel Representation and Bits Stored were lost.
+    # An error of the package naming the file, never a plain ValueError or a silent cast.
+    unsigned64 = {**_layout(64, -1, 0), "path": "/d/u64.dcm"}
+    signed16 = {**_layout(16, 16, 1), "path": "/d/ct.dcm"}
+    with pytest.raises(
+        CorruptDicomError, match=r"^/d/u64\.dcm: its stored values need more than 63 bits"
+    ):
+        stored_dtype([signed16, unsigned64])
+
+
 def test_into_dtype_is_exact_or_refuses() -> None:
     wide = np.array([0, 4095, 60000], np.uint16)
     assert _into_dtype(wide[:2], np.dtype("i2"), "f").tolist() == [0, 4095]

@@ -174,16 +174,19 @@ def stored_dtype(rows: Iterable[Mapping[str, Any]]) -> np.dtype:
       (7FE0,0009) *Double Float Pixel Data* or integers beyond 2**24 in magnitude.
     - no files: ``uint8``.
     """
-    layouts = Counter(
-        (
+    layouts: Counter[tuple[str, int, int, int]] = Counter()
+    example: dict[tuple[str, int, int, int], str] = {}  # one file of each layout, for errors
+    for r in rows:
+        layout = (
             str(r["pixel_keyword"]),
             int(r["bits_allocated"]),
             int(r["bits_stored"]),
             int(r["pixel_representation"]),
         )
-        for r in rows
-    )
+        layouts[layout] += 1
+        example.setdefault(layout, str(r.get("path", "?")))
     lo = hi = 0
+    widest: tuple[int, str] = (0, "?")  # the file whose value range needs the most bits
     floats: set[np.dtype] = set()
     files_in: Counter[np.dtype] = Counter()
     for (keyword, allocated, stored, signed), n in layouts.items():
@@ -199,6 +202,7 @@ def stored_dtype(rows: Iterable[Mapping[str, Any]]) -> np.dtype:
             continue
         low, high = _value_bounds(row)
         lo, hi = min(lo, low), max(hi, high)
+        widest = max(widest, (max(-low, high), example[(keyword, allocated, stored, signed)]))
         if own is not None:
             files_in[own] += n
     if floats:
@@ -206,7 +210,15 @@ def stored_dtype(rows: Iterable[Mapping[str, Any]]) -> np.dtype:
         return np.dtype("f8") if np.dtype("f8") in floats or not exact32 else np.dtype("f4")
     fits = [d for d in _INT_DTYPES if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max]
     if not fits:
-        raise ValueError(f"no integer dtype holds stored values {lo}…{hi}")
+        # Only 64-bit data gets here (unsigned 64-bit, or 64-bit beside signed files): no
+        # integer dtype torch batches holds every value exactly, and a cast would be wrong.
+        raise CorruptDicomError(
+            widest[1],
+            f"its stored values need more than 63 bits, and together with the dataset's"
+            f" other files ({lo}…{hi}) no integer dtype holds them all exactly; check its"
+            f" (0028,0100) Bits Allocated / (0028,0101) Bits Stored / (0028,0103) Pixel"
+            f" Representation, or leave it out (exclude=)",
+        )
     width = min(d.itemsize for d in fits)
     return max((d for d in fits if d.itemsize == width), key=lambda d: files_in[d])
 
