@@ -9,6 +9,7 @@ of several passes over all files, each in this one process:
 * **torchdicom lean**: ``header_row(path)`` (the default: the raw-element walk of
   :mod:`torchdicom.io.rawheader`);
 * **torchdicom pydicom path**: ``header_row(path, lean=False)`` (the scan before issue 16);
+* **torchdicom scan**: ``scan(paths, workers=0)``: the rows plus the pandas index;
 * **pydicom**: ``pydicom.dcmread(path, stop_before_pixels=True)`` (a header only, no row);
 * **dicomsdl** (optional, when installed): ``dicomsdl.open(path, 0x7FE00010)`` (header up
   to the pixel data, no row), and the same plus ``getValues`` of the row's elements.
@@ -31,6 +32,7 @@ import numpy as np
 import pydicom
 
 from benchmarks._common import medians_s, warm_page_cache, write_ct
+from torchdicom import scan
 from torchdicom.io import header
 from torchdicom.io.header import header_row
 
@@ -81,6 +83,13 @@ def run(quick: bool = False, n: int = 500) -> str:
             assert _same_row(header_row(p), header_row(p, lean=False)), p
         assert header._lean_row(paths[0], os.stat(paths[0]), None) is not None
 
+        def over_all(read: Callable[[str], object]) -> Callable[[], None]:
+            def go() -> None:
+                for p in paths:
+                    read(p)
+
+            return go
+
         readers: dict[str, Callable[[str], object]] = {
             "torchdicom header_row (lean, default)": header_row,
             "torchdicom header_row(lean=False) (pydicom path, before)": lambda p: header_row(
@@ -91,17 +100,15 @@ def run(quick: bool = False, n: int = 500) -> str:
             ),
             **_dicomsdl_readers(),
         }
+        passes = {name: over_all(read) for name, read in readers.items()}
+        # The whole scan: rows, the pandas index, the errors table (one process).
+        passes["torchdicom scan(paths, workers=0) (index built)"] = lambda: scan(
+            paths, workers=0, progress=False
+        )
 
-        def over_all(read: Callable[[str], object]) -> Callable[[], None]:
-            def go() -> None:
-                for p in paths:
-                    read(p)
+        times = medians_s(list(passes.values()), repeats)
 
-            return go
-
-        times = medians_s([over_all(r) for r in readers.values()], repeats)
-
-    rates = {name: n / t for name, t in zip(readers, times, strict=True)}
+    rates = {name: n / t for name, t in zip(passes, times, strict=True)}
     pydicom_rate = rates["pydicom dcmread(stop_before_pixels=True)"]
     lean_rate = rates["torchdicom header_row (lean, default)"]
     lines = [
