@@ -5,7 +5,10 @@ needed to locate and decode the pixel data later without parsing the file again
 (transfer syntax, geometry, byte offset of the pixel data value) plus the per-sample
 metadata training needs (rescale, window, geometry). Rows are what
 :func:`torchdicom.scan` puts into a :class:`~torchdicom.DicomIndex`, one per file.
-Files are opened with :mod:`torchdicom.io.dicomfile`.
+A plain file's row comes from the lean raw-element walk (:mod:`torchdicom.io.rawheader`:
+only the row's elements are read and converted); every other file is opened with
+:mod:`torchdicom.io.dicomfile` (pydicom) and gives the row pydicom's parse gives. The two
+paths agree row for row (``header_row(..., lean=False)`` forces pydicom; tests/test_lean_scan.py).
 
 Raw patient identifiers never enter a row: ``patient_hash`` is the keyed hash
 (:func:`torchdicom._privacy.patient_hash`) of (0010,0020) *Patient ID* (or
