@@ -29,6 +29,7 @@ from tests.conftest import real_file, real_files
 from tests.dicom_factory import pixel_array_fchw, write_dicom
 from torchdicom import scaled_px, scan
 from torchdicom.errors import MissingPixelDataError, TorchDicomError
+from torchdicom.io import imagecodecs_plugin
 from torchdicom.io.frames import ROUTES, decoding_plugin, native_layout, read_frames, route_for
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -343,7 +344,7 @@ def test_span_routes_equal_the_offset_route(as_rgb: bool, real_rows: dict[str, d
         assert got.dtype == expected.dtype, path
         np.testing.assert_array_equal(got, expected, err_msg=path)
     expected = set(_SPAN_ROUTES)
-    if not frames_module._has_imagecodecs():  # the optional codec (torchdicom[codecs])
+    if not imagecodecs_plugin.register():  # the optional codec (torchdicom[codecs])
         expected.discard("JPEG lossless by span (imagecodecs)")
     assert taken == expected
 
@@ -412,3 +413,28 @@ def test_jpeg_layouts_pydicom_lays_out_its_own_way_take_the_pinned_plugin(
             read_frames(row)
         return
     np.testing.assert_array_equal(read_frames(row).numpy(), reference)
+
+
+def test_jpeg_lossless_plugin_equals_pylibjpeg_on_real_files(real_rows: dict[str, dict]) -> None:
+    # torchdicom's imagecodecs plugin (libjpeg-turbo 3) is pinned for JPEG lossless when
+    # installed; on intact code-streams it must give pylibjpeg-libjpeg's values exactly.
+    if not imagecodecs_plugin.register():
+        pytest.skip("imagecodecs (torchdicom[codecs]) is not installed")
+    lossless = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+    checked = 0
+    for path, row in sorted(real_rows.items()):
+        if row["transfer_syntax"] not in lossless:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = pydicom.pixels.pixel_array(path, decoding_plugin="pylibjpeg")
+        except Exception:
+            continue
+        got = read_frames(row).numpy()
+        spp = int(row["samples_per_pixel"])
+        expected = expected.reshape(got.shape[0], *expected.shape[-(2 if spp == 1 else 3) :])
+        expected = expected[:, None] if spp == 1 else np.moveaxis(expected, -1, 1)
+        np.testing.assert_array_equal(got, expected, err_msg=path)
+        checked += 1
+    assert checked >= 4

@@ -89,6 +89,7 @@ from torchdicom.errors import (
     TorchDicomError,
     UnsupportedTransferSyntaxError,
 )
+from torchdicom.io import imagecodecs_plugin
 from torchdicom.io.codestream import check_frame, join_fragments
 from torchdicom.io.dicomfile import BoundedReader, _short, dcmread, stat_file
 from torchdicom.io.header import as_row, header_row_stat
@@ -614,7 +615,9 @@ def _read_packed_bits(
 #   pydicom's pixel_array with the recommended install; pylibjpeg-libjpeg
 #   differs from both by a few levels (IDCT and chroma upsampling differ).
 #   Pillow cannot decode 12-bit JPEG: those go to pylibjpeg.
-# * JPEG lossless: pylibjpeg (exact, like GDCM).
+# * JPEG lossless: libjpeg-turbo 3 through imagecodecs (torchdicom[codecs]; a plugin
+#   of torchdicom's own, torchdicom.io.imagecodecs_plugin, ~6x pylibjpeg), else
+#   pylibjpeg; all exact on intact streams, like GDCM.
 # * JPEG-LS: pyjpegls (CharLS, the implementation GDCM also uses), then
 #   pylibjpeg; both equal GDCM on the lossless and near-lossless test files.
 # * JPEG 2000: pylibjpeg-openjpeg (also decodes multi-sample data above 8 bits,
@@ -624,8 +627,8 @@ def _read_packed_bits(
 _PLUGIN_PREFERENCE: dict[str, tuple[str, ...]] = {
     pydicom.uid.JPEGBaseline8Bit: ("pillow", "pylibjpeg", "gdcm"),
     pydicom.uid.JPEGExtended12Bit: ("pillow", "pylibjpeg", "gdcm"),
-    pydicom.uid.JPEGLossless: ("pylibjpeg", "gdcm"),
-    pydicom.uid.JPEGLosslessSV1: ("pylibjpeg", "gdcm"),
+    pydicom.uid.JPEGLossless: ("imagecodecs", "pylibjpeg", "gdcm"),
+    pydicom.uid.JPEGLosslessSV1: ("imagecodecs", "pylibjpeg", "gdcm"),
     pydicom.uid.JPEGLSLossless: ("pyjpegls", "pylibjpeg", "gdcm"),
     pydicom.uid.JPEGLSNearLossless: ("pyjpegls", "pylibjpeg", "gdcm"),
     pydicom.uid.JPEG2000Lossless: ("pylibjpeg", "pillow", "gdcm"),
@@ -656,6 +659,8 @@ def decoding_plugin(transfer_syntax: str, bits_stored: int = 8) -> str:
         'pyjpegls'
     """
     uid = UID(transfer_syntax)
+    if uid in (pydicom.uid.JPEGLossless, pydicom.uid.JPEGLosslessSV1):
+        imagecodecs_plugin.register()  # torchdicom's own plugin, when imagecodecs is installed
     try:
         available = get_decoder(uid).available_plugins
     except NotImplementedError:
@@ -1041,8 +1046,9 @@ def _ybr_to_rgb(frame: np.ndarray, dst: np.ndarray) -> None:
 
 
 # JPEG lossless (processes 14 and 14 SV1): libjpeg-turbo 3 decodes them (through
-# imagecodecs, which releases the GIL), about 6x faster than pylibjpeg-libjpeg here and
-# lossless, so equal to it bit for bit.
+# imagecodecs, which releases the GIL), about 6x faster than pylibjpeg-libjpeg here;
+# the same library as the pinned plugin (torchdicom.io.imagecodecs_plugin), called
+# directly.
 _LOSSLESS_JPEG = frozenset({pydicom.uid.JPEGLossless, pydicom.uid.JPEGLosslessSV1})
 
 
@@ -1053,23 +1059,8 @@ def _imagecodecs_jpeg(row: dict[str, Any]) -> bool:
         and int(row["bits_allocated"]) in (8, 16)
         and 1 < int(row["bits_stored"]) <= int(row["bits_allocated"])
         and _by_span(row)
-        and _has_imagecodecs()
+        and decoding_plugin(row["transfer_syntax"]) == imagecodecs_plugin.LABEL
     )
-
-
-def _has_imagecodecs() -> bool:
-    global _IMAGECODECS
-    if _IMAGECODECS is None:
-        try:
-            import imagecodecs
-
-            _IMAGECODECS = bool(imagecodecs.JPEG8.available)
-        except (ImportError, AttributeError):
-            _IMAGECODECS = False
-    return _IMAGECODECS
-
-
-_IMAGECODECS: bool | None = None
 
 
 def _decode_lossless_jpeg(
