@@ -22,7 +22,7 @@ import os
 import re
 import stat as stat_module
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pydicom
@@ -56,6 +56,7 @@ PIXEL_TAGS = {
     0x7FE00008: "FloatPixelData",
     0x7FE00009: "DoubleFloatPixelData",
 }
+_EXTENDED_OFFSET_TABLE = 0x7FE00001
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 # Elements larger than this are not read at parse time (pydicom "deferred"),
 # so scanning never loads pixel data.
@@ -73,6 +74,10 @@ _FUNCTIONAL_GROUP_SOURCES: dict[str, tuple[int, int]] = {
 }
 _SHARED_GROUPS = 0x52009229
 _PER_FRAME_GROUPS = 0x52009230
+
+# Where a row's values come from: a pydicom data set, or the lean scan's values by keyword
+# (:func:`_lean_values`; no functional groups, so their tags are never in it).
+_Values = Dataset | Mapping[str, Any]
 
 
 def _first_float(value: Any) -> float:
@@ -108,7 +113,7 @@ def _floats(value: Any, n: int) -> list[float]:
     return out
 
 
-def _int(ds: Dataset, keyword: str, default: int = -1) -> int:
+def _int(ds: _Values, keyword: str, default: int = -1) -> int:
     value = ds.get(keyword, None)
     if value is None or value == "":
         return default
@@ -120,7 +125,7 @@ def _int(ds: Dataset, keyword: str, default: int = -1) -> int:
         return default
 
 
-def _functional_group_value(ds: Dataset, sequence: str, keyword: str) -> Any:
+def _functional_group_value(ds: _Values, sequence: str, keyword: str) -> Any:
     """A value from the shared functional groups, else from the first frame's.
 
     Enhanced (multi-frame) objects keep rescale, window and geometry inside
@@ -171,7 +176,7 @@ def _group_value(groups: Dataset, sequence: int, element: int) -> Any:
     return None if value is None or value == "" else value
 
 
-def _per_frame_values(ds: Dataset, frames: int) -> dict[str, Any]:
+def _per_frame_values(ds: _Values, frames: int) -> dict[str, Any]:
     """The "floats" columns of a file (see :data:`PER_FRAME_COLUMNS`): empty arrays unless the
     file has functional groups, then ``frames * width`` values per column."""
     shared_items = ds[_SHARED_GROUPS].value if _SHARED_GROUPS in ds else None
@@ -217,7 +222,7 @@ def frame_row(row: Mapping[str, Any], frame: int) -> Mapping[str, Any]:
     return row if out is None else out
 
 
-def _str(ds: Dataset, keyword: str) -> str:
+def _str(ds: _Values, keyword: str) -> str:
     value = ds.get(keyword, "")
     if value is None:
         return ""
@@ -225,6 +230,19 @@ def _str(ds: Dataset, keyword: str) -> str:
         # A multi-valued CS such as ImageType: keep the first value.
         value = value[0] if len(value) else ""
     return str(value).strip()
+
+
+class _PixelData(NamedTuple):
+    """Where a file's pixel data is and how it is stored: what a row needs beyond values."""
+
+    keyword: str  # PixelData, FloatPixelData or DoubleFloatPixelData
+    vr: str  # "" when not known (implicit VR)
+    transfer_syntax: str
+    encapsulated: bool
+    offset: int  # of the value in the file; -1: not addressable (deflated, unknown)
+    length: int  # -1: undefined (encapsulated)
+    value: bytes | None  # the value when already read at parse time
+    has_extended_offsets: bool  # (7FE0,0001) Extended Offset Table present
 
 
 def row_from_dataset(
@@ -236,12 +254,20 @@ def row_from_dataset(
         MissingPixelDataError: no pixel data element.
         CorruptDicomError: the image pixel description is impossible.
     """
+    return _row(ds, _pixel_data(ds, path), path, size, mtime_ns, salt)
+
+
+def _pixel_data(ds: Dataset, path: str) -> _PixelData:
+    """The :class:`_PixelData` of a header parsed by pydicom.
+
+    Raises:
+        MissingPixelDataError: no pixel data element.
+    """
     pixel_tag = next((t for t in PIXEL_TAGS if t in ds), None)
     if pixel_tag is None:
         raise MissingPixelDataError(
             path, "no (7FE0,0010) Pixel Data element: this file holds no image"
         )
-    keyword = PIXEL_TAGS[pixel_tag]
     raw = ds.get_item(pixel_tag, keep_deferred=True)
 
     meta = getattr(ds, "file_meta", None)
@@ -267,10 +293,37 @@ def row_from_dataset(
         value_tell = getattr(raw, "file_tell", None)
         value = raw.value
         length = len(value) if value is not None else 0
-    encapsulated = bool(uid.is_encapsulated) if uid.is_transfer_syntax else False
     # Offsets inside a deflated stream are not file offsets.
     addressable = value_tell is not None and uid != pydicom.uid.DeflatedExplicitVRLittleEndian
+    return _PixelData(
+        keyword=PIXEL_TAGS[pixel_tag],
+        vr=str(getattr(raw, "VR", "") or ""),
+        transfer_syntax=str(uid),
+        encapsulated=bool(uid.is_encapsulated) if uid.is_transfer_syntax else False,
+        offset=int(value_tell) if addressable else -1,
+        length=-1 if length in (None, _UNDEFINED_LENGTH) else int(length),
+        # In memory when pydicom already read it (undefined length, small files).
+        value=raw.value if isinstance(getattr(raw, "value", None), bytes) else None,
+        has_extended_offsets=_EXTENDED_OFFSET_TABLE in ds,
+    )
 
+
+def _row(
+    ds: _Values,
+    pixel: _PixelData,
+    path: str,
+    size: int,
+    mtime_ns: int,
+    salt: str | None,
+) -> IndexRow:
+    """The row of a header: its values by keyword from ``ds`` (a pydicom data set, or the
+    lean scan's :func:`_lean_values`, which has no functional groups), its pixel data
+    from ``pixel``.
+
+    Raises:
+        CorruptDicomError: the image pixel description is impossible.
+    """
+    keyword = pixel.keyword
     rows = _int(ds, "Rows")
     columns = _int(ds, "Columns")
     frames = _int(ds, "NumberOfFrames", 1)
@@ -288,12 +341,11 @@ def row_from_dataset(
     frames = frames_held(
         path,
         frames if "NumberOfFrames" in ds else None,
-        transfer_syntax=str(uid),
-        encapsulated=encapsulated,
-        offset=int(value_tell) if addressable else -1,
-        length=-1 if length in (None, _UNDEFINED_LENGTH) else int(length),
-        # In memory when pydicom already read it (undefined length, small files).
-        value=raw.value if isinstance(getattr(raw, "value", None), bytes) else None,
+        transfer_syntax=pixel.transfer_syntax,
+        encapsulated=pixel.encapsulated,
+        offset=pixel.offset,
+        length=pixel.length,
+        value=pixel.value,
         rows=rows,
         columns=columns,
         samples_per_pixel=samples,
@@ -301,11 +353,14 @@ def row_from_dataset(
         photometric=photometric,
     )
 
-    undefined = length in (None, _UNDEFINED_LENGTH)
     spans = None
-    if encapsulated and addressable and undefined and 0x7FE00001 not in ds:
-        in_memory = raw.value if isinstance(getattr(raw, "value", None), bytes) else None
-        spans = _frame_spans(path, int(value_tell), in_memory, frames)
+    if (
+        pixel.encapsulated
+        and pixel.offset >= 0
+        and pixel.length < 0
+        and not pixel.has_extended_offsets
+    ):
+        spans = _frame_spans(path, pixel.offset, pixel.value, frames)
     frame_offsets, frame_lengths = (
         (np.asarray(spans[0], np.int64), np.asarray(spans[1], np.int64))
         if spans is not None
@@ -352,7 +407,6 @@ def row_from_dataset(
         sr, sc = first["spacing_row"], first["spacing_col"]
 
     identifier = _str(ds, "PatientID") or _str(ds, "PatientName")
-    pixel_vr = str(getattr(raw, "VR", "") or "")
 
     return {
         "path": path,
@@ -374,13 +428,13 @@ def row_from_dataset(
         "bits_stored": bits_stored,
         "high_bit": _int(ds, "HighBit", bits_stored - 1),
         "pixel_representation": pixel_representation,
-        "transfer_syntax": str(uid),
+        "transfer_syntax": pixel.transfer_syntax,
         "pixel_keyword": keyword,
-        "pixel_vr": pixel_vr,
-        "pixel_offset": int(value_tell) if addressable else -1,
-        "pixel_length": -1 if length in (None, _UNDEFINED_LENGTH) else int(length),
-        "encapsulated": encapsulated,
-        "has_extended_offsets": 0x7FE00001 in ds,
+        "pixel_vr": pixel.vr,
+        "pixel_offset": pixel.offset,
+        "pixel_length": pixel.length,
+        "encapsulated": pixel.encapsulated,
+        "has_extended_offsets": pixel.has_extended_offsets,
         "frame_offsets": frame_offsets,
         "frame_lengths": frame_lengths,
         "rescale_slope": slope,
@@ -554,7 +608,6 @@ _LEAN_WANTED = frozenset([_CHARACTER_SET, *(tag for tag, _ in _LEAN_ELEMENTS.val
 # Functional groups and float pixel data: rows that only pydicom's parse builds.
 _LEAN_REFUSED = frozenset((_SHARED_GROUPS, _PER_FRAME_GROUPS, 0x7FE00008, 0x7FE00009))
 _MODALITY_LUT_SEQUENCE = 0x00283000
-_EXTENDED_OFFSET_TABLE = 0x7FE00001
 
 # Values whose conversion is certain to be pydicom's: printable ASCII text (any character
 # set decodes it alike) and canonical IS / DS strings, trailing NUL padding allowed.
@@ -570,62 +623,52 @@ class _NotLean(Exception):
     """A value the lean scan does not convert: parse the file with pydicom."""
 
 
-def _raw(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> bytes | None:
-    """The raw value of an element (``None`` when absent), its VR checked."""
-    tag, vr = _LEAN_ELEMENTS[keyword]
-    found = values.get(tag)
+# Values already converted, most of them repeated from file to file of a series (study and
+# series UIDs, modality, spacing, rescale, window): (keyword, raw value) -> value.
+_CONVERTED: dict[tuple[str, bytes], Any] = {}
+
+
+def _lean_value(keyword: str, vr: bytes, found: tuple[bytes | None, bytes] | None) -> Any:
+    """A raw value as the row reads it from ``ds.get``: ``None`` when absent or empty, else
+    the first int of a US / IS, one float or a tuple of floats of a DS, the text (or a tuple
+    of texts) of a string.
+
+    Raises:
+        _NotLean: a conversion not certain to be pydicom's (another VR, a value that is not
+            printable ASCII or a canonical IS / DS, one pydicom would warn about).
+    """
     if found is None:
         return None
-    if found[0] is not None and found[0] != vr:
+    file_vr, value = found
+    if file_vr is not None and file_vr != vr:
         raise _NotLean
-    return found[1]
-
-
-def _lean_str(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> str:
-    """:func:`_str` of a raw text value."""
-    value = _raw(values, keyword)
     if not value:
-        return ""
-    if not _ASCII_TEXT.fullmatch(value):
-        raise _NotLean
-    return _validated(keyword, value)[0].strip()
-
-
-def _lean_int(
-    values: dict[int, tuple[bytes | None, bytes]], keyword: str, default: int = -1
-) -> int:
-    """:func:`_int` of a raw US or IS value."""
-    value = _raw(values, keyword)
-    if not value:
-        return default
-    if _LEAN_ELEMENTS[keyword][1] == b"US":
+        return None
+    if vr == b"US":
         if len(value) % 2:
             raise _NotLean
         return value[0] | value[1] << 8
-    if not _IS_TEXT.fullmatch(value):
+    known = _CONVERTED.get((keyword, value))
+    if known is not None:
+        return known
+    form = _IS_TEXT if vr == b"IS" else _DS_TEXT if vr == b"DS" else _ASCII_TEXT
+    if not form.fullmatch(value):
         raise _NotLean
-    return int(_validated(keyword, value)[0])
+    parts = _validated(vr.decode(), value)
+    converted: Any
+    if vr == b"IS":
+        converted = int(parts[0])
+    elif vr == b"DS":
+        converted = float(parts[0]) if len(parts) == 1 else tuple(float(p) for p in parts)
+    else:
+        converted = parts[0] if len(parts) == 1 else tuple(parts)
+    if len(_CONVERTED) >= 4096:
+        _CONVERTED.clear()
+    _CONVERTED[keyword, value] = converted
+    return converted
 
 
-def _lean_ds(values: dict[int, tuple[bytes | None, bytes]], keyword: str) -> Any:
-    """A raw DS value as ``ds.get`` gives it: ``None``, one float, or a list of floats."""
-    value = _raw(values, keyword)
-    if not value:
-        return None
-    if not _DS_TEXT.fullmatch(value):
-        raise _NotLean
-    parts = _validated(keyword, value)
-    if len(parts) == 1:
-        return float(parts[0])
-    return [float(part) for part in parts]
-
-
-# Values already validated, most of them repeated from file to file of a series
-# (study and series UIDs, modality, spacing, rescale, window): (keyword, raw value) -> values.
-_VALIDATED: dict[tuple[str, bytes], list[str]] = {}
-
-
-def _validated(keyword: str, value: bytes) -> list[str]:
+def _validated(vr: str, value: bytes) -> list[str]:
     """The values of an ASCII element as pydicom splits them, each passing pydicom's check.
 
     pydicom validates a value when it converts it and warns about a bad one; such a
@@ -633,10 +676,6 @@ def _validated(keyword: str, value: bytes) -> list[str]:
     The checks are pydicom's own (its regular expression and maximum length per VR),
     without its per-call message building.
     """
-    known = _VALIDATED.get((keyword, value))
-    if known is not None:
-        return known
-    vr = _LEAN_ELEMENTS[keyword][1].decode()
     text = value.decode("ascii")
     parts = text.rstrip("\x00 ").split("\\")
     if vr == "PN":
@@ -650,21 +689,57 @@ def _validated(keyword: str, value: bytes) -> list[str]:
     for part in (*parts, *text.split("\\")) if vr == "LO" else parts:
         if (limit and len(part) > limit) or (regex is not None and part and not regex.match(part)):
             raise _NotLean
-    if len(_VALIDATED) >= 4096:
-        _VALIDATED.clear()
-    _VALIDATED[keyword, value] = parts
     return parts
 
 
 def _lean_row(fspath: str, st: os.stat_result, salt: str | None) -> IndexRow | None:
-    """:func:`row_from_dataset` for a plain file, from its raw header; ``None``: not plain."""
+    """:func:`row_from_dataset` for a plain file, from its raw header; ``None``: not plain.
+
+    Every value is converted before the row is built, so a value the lean scan leaves to
+    pydicom (:class:`_NotLean`) never hides behind an error of the row's own.
+    """
     raw = walk_header(fspath, st.st_size, _LEAN_WANTED, _LEAN_REFUSED, _DEFER_SIZE)
     if raw is None:
         return None
     try:
-        return _row_from_raw(raw, fspath, st, salt)
+        values = _lean_values(raw)
     except _NotLean:
         return None
+    pixel = _PixelData(
+        keyword="PixelData",  # float pixel data is refused by the walk
+        vr=raw.pixel_vr,
+        transfer_syntax=raw.transfer_syntax,
+        encapsulated=raw.encapsulated,
+        offset=raw.pixel_offset,
+        length=raw.pixel_length,
+        value=raw.pixel_value,
+        has_extended_offsets=_EXTENDED_OFFSET_TABLE in raw.present,
+    )
+    return _row(values, pixel, fspath, st.st_size, st.st_mtime_ns, salt)
+
+
+def _lean_values(raw: RawHeader) -> dict[str, Any]:
+    """The row's values by keyword, as :func:`_row` reads them from a data set: a keyword
+    is present exactly when its element is; no functional groups (the walk refuses them).
+
+    Raises:
+        _NotLean: a value whose conversion is left to pydicom.
+    """
+    _check_character_set(raw.values)
+    found = raw.values
+    values = {
+        keyword: _lean_value(keyword, vr, found.get(tag))
+        for keyword, (tag, vr) in _LEAN_ELEMENTS.items()
+        if tag in raw.present and keyword != "PatientName"
+    }
+    # The row reads the name only when the ID is empty; so does pydicom's path, which never
+    # converts (or warns about) the name of a file with an ID.
+    name_tag, name_vr = _LEAN_ELEMENTS["PatientName"]
+    if name_tag in raw.present and not _str(values, "PatientID"):
+        values["PatientName"] = _lean_value("PatientName", name_vr, found.get(name_tag))
+    if _MODALITY_LUT_SEQUENCE in raw.present:
+        values["ModalityLUTSequence"] = None
+    return values
 
 
 def _check_character_set(values: dict[int, tuple[bytes | None, bytes]]) -> None:
@@ -681,116 +756,6 @@ def _check_character_set(values: dict[int, tuple[bytes | None, bytes]]) -> None:
     terms = found[1].decode("ascii").rstrip("\x00 ").split("\\")
     if any(term and term not in python_encoding for term in terms):
         raise _NotLean
-
-
-def _row_from_raw(raw: RawHeader, path: str, st: os.stat_result, salt: str | None) -> IndexRow:
-    """The row :func:`row_from_dataset` builds, with each step mirrored on raw values.
-
-    Every value is converted before anything is validated, so a value the lean scan
-    leaves to pydicom (:class:`_NotLean`) never hides behind an error of its own.
-    """
-    v = raw.values
-    _check_character_set(v)
-    rows = _lean_int(v, "Rows")
-    columns = _lean_int(v, "Columns")
-    frames = _lean_int(v, "NumberOfFrames", 1)
-    samples = _lean_int(v, "SamplesPerPixel", 1)
-    bits_allocated = _lean_int(v, "BitsAllocated")
-    bits_stored = _lean_int(v, "BitsStored", bits_allocated)
-    high_bit = _lean_int(v, "HighBit", bits_stored - 1)
-    pixel_representation = _lean_int(v, "PixelRepresentation", 0)
-    planar = _lean_int(v, "PlanarConfiguration", 0)
-    instance_number = _lean_int(v, "InstanceNumber")
-    photometric = _lean_str(v, "PhotometricInterpretation")
-    identifier = _lean_str(v, "PatientID") or _lean_str(v, "PatientName")
-    strings = {
-        column: _lean_str(v, keyword)
-        for column, keyword in (
-            ("sop_instance_uid", "SOPInstanceUID"),
-            ("sop_class_uid", "SOPClassUID"),
-            ("series_instance_uid", "SeriesInstanceUID"),
-            ("study_instance_uid", "StudyInstanceUID"),
-        )
-    }
-    modality = _lean_str(v, "Modality")
-    slope = _first_float(_lean_ds(v, "RescaleSlope"))
-    intercept = _first_float(_lean_ds(v, "RescaleIntercept"))
-    center = _first_float(_lean_ds(v, "WindowCenter"))
-    width = _first_float(_lean_ds(v, "WindowWidth"))
-    # No functional groups here: where row_from_dataset falls back to them, NaN.
-    if math.isnan(center) or math.isnan(width):
-        center = width = math.nan
-    px, py, pz = _floats(_lean_ds(v, "ImagePositionPatient") or None, 3)
-    o = _floats(_lean_ds(v, "ImageOrientationPatient") or None, 6)
-    sr, sc = _floats(_lean_ds(v, "PixelSpacing") or None, 2)
-    thickness = _first_float(_lean_ds(v, "SliceThickness") or None)
-
-    _validate_geometry(
-        path, rows, columns, frames, samples, bits_allocated, bits_stored, "PixelData"
-    )
-    frames = frames_held(
-        path,
-        frames if _LEAN_ELEMENTS["NumberOfFrames"][0] in raw.present else None,
-        transfer_syntax=raw.transfer_syntax,
-        encapsulated=raw.encapsulated,
-        offset=raw.pixel_offset,
-        length=raw.pixel_length,
-        value=raw.pixel_value,
-        rows=rows,
-        columns=columns,
-        samples_per_pixel=samples,
-        bits_allocated=bits_allocated,
-        photometric=photometric,
-    )
-    spans = None
-    if raw.encapsulated and raw.pixel_length < 0 and _EXTENDED_OFFSET_TABLE not in raw.present:
-        spans = _frame_spans(path, raw.pixel_offset, raw.pixel_value, frames)
-    return {
-        "path": path,
-        "size": int(st.st_size),
-        "mtime_ns": int(st.st_mtime_ns),
-        **strings,  # type: ignore[typeddict-item]
-        "patient_hash": patient_hash(identifier, salt),
-        "modality": modality,
-        "rows": rows,
-        "columns": columns,
-        "frames": frames,
-        "samples_per_pixel": samples,
-        "photometric": photometric,
-        "planar_configuration": planar,
-        "bits_allocated": bits_allocated,
-        "bits_stored": bits_stored,
-        "high_bit": high_bit,
-        "pixel_representation": pixel_representation,
-        "transfer_syntax": raw.transfer_syntax,
-        "pixel_keyword": "PixelData",
-        "pixel_vr": raw.pixel_vr,
-        "pixel_offset": raw.pixel_offset,
-        "pixel_length": raw.pixel_length,
-        "encapsulated": raw.encapsulated,
-        "has_extended_offsets": _EXTENDED_OFFSET_TABLE in raw.present,
-        "frame_offsets": _NO_SPANS if spans is None else np.asarray(spans[0], np.int64),
-        "frame_lengths": _NO_SPANS if spans is None else np.asarray(spans[1], np.int64),
-        "rescale_slope": slope,
-        "rescale_intercept": intercept,
-        "has_modality_lut": _MODALITY_LUT_SEQUENCE in raw.present,
-        "window_center": center,
-        "window_width": width,
-        "position_x": px,
-        "position_y": py,
-        "position_z": pz,
-        "orientation_0": o[0],
-        "orientation_1": o[1],
-        "orientation_2": o[2],
-        "orientation_3": o[3],
-        "orientation_4": o[4],
-        "orientation_5": o[5],
-        "spacing_row": sr,
-        "spacing_col": sc,
-        "slice_thickness": thickness,
-        "instance_number": instance_number,
-        **{column: np.empty(0, np.float64) for column in PER_FRAME_COLUMNS},
-    }
 
 
 def as_row(source: Mapping[str, Any] | Any) -> dict[str, Any]:
