@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +12,28 @@ import matplotlib
 matplotlib.use("Agg")  # tests never open windows
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_ddp_script(script: str, *args: str | Path, timeout: float) -> None:
+    """Run ``tests/<script>`` (a two-rank DDP check: Lightning starts the second rank by
+    re-running it) in a fresh interpreter that imports this checkout; fail with the tail of
+    its output unless it exits 0."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / script), *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,10 +15,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from tests.conftest import run_ddp_script
 from torchdicom.datamodule import DicomDataModule, default_index_cache, patient_split
 from torchdicom.samples import siim_like
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -227,27 +224,7 @@ def test_trainer_feeds_raw_integers_to_the_device_hook(siim):
 # --------------------------------------------------------------------------- DDP
 def test_ddp_two_ranks_cover_every_sample_once(siim, tmp_path):
     out = tmp_path / "ddp"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests" / "ddp_check.py"),
-            str(siim.root),
-            str(siim.labels_csv),
-            str(out),
-            "2",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_ddp_script("ddp_check.py", siim.root, siim.labels_csv, out, "2", timeout=120)
     n = json.loads((out / "train_size.json").read_text())
     assert n == 23  # val_fraction=0: every image trains
     train_positions = set(range(23))  # dataset index == position when nothing is held out

@@ -8,9 +8,6 @@ through the DDP sampler.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tests.conftest import real_file
+from tests.conftest import real_file, run_ddp_script
 from tests.dicom_factory import write_dicom
 from torchdicom.data import Collate, DicomClipDataset, DicomDataset
 from torchdicom.data._base import _into_dtype, stored_dtype
@@ -32,8 +29,6 @@ from torchdicom.io import read_frames
 from torchdicom.samples import ct_like, siim_like, us_cine_like
 from torchdicom.transforms import Rescale
 from torchdicom.transforms.functional import invert_monochrome1, rescale
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- the rule
@@ -342,27 +337,7 @@ def test_ct_like_ddp_sampler_path(ct) -> None:
 def test_ct_like_ddp_two_processes(ct, tmp_path: Path) -> None:
     """The real DDP path (tests/ddp_check.py: gloo, 2 ranks) over the mixed-dtype CT folder."""
     out = tmp_path / "ddp"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests" / "ddp_check.py"),
-            str(ct.root),
-            str(ct.labels_csv),
-            str(out),
-            "1",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_ddp_script("ddp_check.py", ct.root, ct.labels_csv, out, "1", timeout=180)
     n = json.loads((out / "train_size.json").read_text())
     assert n == len(ct.files)  # val_fraction=0, masks/ left out
     ranks = [json.loads((out / f"rank{r}_epoch0.json").read_text()) for r in (0, 1)]

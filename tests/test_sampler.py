@@ -17,6 +17,7 @@ from pytorch_lightning.trainer.states import RunningStage
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
+from tests.conftest import run_ddp_script
 from tests.test_resize import MIXED, _write_mixed
 from torchdicom.data import DicomDataset, SizeBucketBatchSampler
 from torchdicom.data.sampler import item_shapes
@@ -244,35 +245,12 @@ def test_ddp_two_ranks_by_size(mixed: Path, tmp_path: Path) -> None:
     """A real two-process DDP run (gloo): equal batch counts, every item once per epoch,
     one size per batch, reshuffled per epoch."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    repo = Path(__file__).resolve().parents[1]
     labels = tmp_path / "labels.csv"
     files = sorted(p.relative_to(mixed) for p in mixed.rglob("*") if p.is_file())
     labels.write_text("file,label\n" + "".join(f"{f},{k % 2}\n" for k, f in enumerate(files)))
     out = tmp_path / "ddp"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(repo / "tests" / "ddp_bucket_check.py"),
-            str(mixed),
-            str(labels),
-            str(out),
-        ],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_ddp_script("ddp_bucket_check.py", mixed, labels, out, timeout=180)
     orders = []
     for epoch in (0, 1):
         ranks = [json.loads((out / f"rank{r}_epoch{epoch}.json").read_text()) for r in (0, 1)]
