@@ -34,6 +34,7 @@ from torchdicom.data import Collate, DicomDataset, MaskSource
 from torchdicom.data.resize import ResizeMode, check_channels
 from torchdicom.data.sampler import SizeBucketBatchSampler, item_shapes
 from torchdicom.index import DicomIndex, scan
+from torchdicom.keys import IMAGE
 
 __all__ = ["DicomDataModule", "default_index_cache", "patient_split"]
 
@@ -650,8 +651,8 @@ def _split_digest(paths: list[str], val: np.ndarray, test: np.ndarray) -> str:
 
 
 def _batch_device(batch: Any) -> torch.device:
-    if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
-        return batch["image"].device
+    if isinstance(batch, dict) and isinstance(batch.get(IMAGE), torch.Tensor):
+        return batch[IMAGE].device
     return torch.device("cpu")
 
 
