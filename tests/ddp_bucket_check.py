@@ -16,11 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ddp_check import _Recorder
+from ddp_check import _Recorder, ddp_trainer
 
 from torchdicom.datamodule import DicomDataModule
 
@@ -46,19 +45,7 @@ def main(argv: list[str]) -> None:
     dm = DicomDataModule(
         data, labels=labels, val_fraction=0.0, batch_size=2, batching="by_size", seed=3
     )
-    trainer = pl.Trainer(
-        strategy="ddp",
-        accelerator="cpu",
-        devices=2,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer.fit(_ShapeRecorder(out), datamodule=dm)
+    ddp_trainer(2).fit(_ShapeRecorder(out), datamodule=dm)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,22 @@ class _Recorder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+def ddp_trainer(epochs: int) -> pl.Trainer:
+    """Two CPU ranks (gloo), training only: no logger, checkpoints, progress or validation."""
+    return pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
 def main(argv: list[str]) -> None:
     data, labels, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
     epochs = int(argv[3]) if len(argv) > 3 else 2
@@ -86,18 +102,7 @@ def main(argv: list[str]) -> None:
         num_workers=0,
         gpu_transforms=Rescale(),
     )
-    trainer = pl.Trainer(
-        strategy="ddp",
-        accelerator="cpu",
-        devices=2,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = ddp_trainer(epochs)
     trainer.fit(_Recorder(out), datamodule=dm)
     if trainer.global_rank == 0:
         assert dm.train_set is not None
