@@ -438,3 +438,14 @@ def test_jpeg_lossless_plugin_equals_pylibjpeg_on_real_files(real_rows: dict[str
         np.testing.assert_array_equal(got, expected, err_msg=path)
         checked += 1
     assert checked >= 4
+
+
+def test_scaled_px_of_double_float_pixel_data_stays_float64(tmp_path: Path) -> None:
+    # float32 cannot hold (7FE0,0009) Double Float Pixel Data's range: rounding it there
+    # would return wrong values (found by fuzzing), so scaled_px keeps float64 for it.
+    meant = write_dicom(tmp_path / "f64.dcm", pixel_keyword="DoubleFloatPixelData")
+    got = scaled_px(tmp_path / "f64.dcm")
+    assert got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), meant[0, 0])
+    write_dicom(tmp_path / "f32.dcm", pixel_keyword="FloatPixelData")
+    assert scaled_px(tmp_path / "f32.dcm").dtype == torch.float32

@@ -1657,7 +1657,8 @@ def scaled_px(source: Any, frame: int | None = None) -> torch.Tensor:
         frame: ``None`` for every frame, or one frame index.
 
     Returns:
-        float32 tensor shaped like ``pixel_array``: (H, W) for a single frame,
+        float32 tensor (float64 for (7FE0,0009) *Double Float Pixel Data*, whose
+        range float32 cannot hold) shaped like ``pixel_array``: (H, W) for a single frame,
         (F, H, W) for a multi-frame file, with a trailing channel axis
         (…, H, W, 3) for colour.
 

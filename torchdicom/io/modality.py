@@ -107,8 +107,9 @@ def modality_values(
         frames: the file's frame number of each of the F frames.
 
     Returns:
-        float32 (F, ...): through the Modality LUT Sequence when the file has one, else
-        ``stored × slope + intercept`` with each frame's own values (float32 arithmetic);
+        float32 (F, ...) (float64 for float64 stored values, i.e. (7FE0,0009) *Double
+        Float Pixel Data*): through the Modality LUT Sequence when the file has one, else
+        ``stored × slope + intercept`` with each frame's own values (in that dtype);
         the stored values unchanged, as float32, when the file has neither.
 
     Raises:
@@ -124,11 +125,14 @@ def modality_values(
             raise CorruptDicomError(
                 row["path"], f"(0028,3000) Modality LUT Sequence cannot be applied: {_short(exc)}"
             ) from None
-    out = stored.astype(np.float32)
+    # float32 like everything downstream, except (7FE0,0009) Double Float Pixel Data:
+    # float32 cannot hold its range, and rounding it there would return wrong values.
+    kind = np.float64 if stored.dtype == np.float64 else np.float32
+    out = stored.astype(kind)
     slopes, intercepts = frame_rescale(row, frames)
     if (slopes == 1).all() and (intercepts == 0).all():
         return out
     shape = (len(frames),) + (1,) * (out.ndim - 1)
-    out *= slopes.astype(np.float32).reshape(shape)
-    out += intercepts.astype(np.float32).reshape(shape)
+    out *= slopes.astype(kind).reshape(shape)
+    out += intercepts.astype(kind).reshape(shape)
     return out
