@@ -59,6 +59,7 @@ SECTIONS = (
     Section(
         "scaling", "## Scaling and memory (python -m benchmarks.scaling)", "benchmarks.scaling"
     ),
+    Section("remote", "## Remote (python -m benchmarks.remote)", "benchmarks.remote"),
 )
 
 _VERSIONS = (

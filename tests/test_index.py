@@ -57,6 +57,7 @@ INT_COLUMNS = {
 BOOL_COLUMNS = {"encapsulated", "has_extended_offsets", "has_modality_lut"}
 STR_COLUMNS = {
     "path",
+    "etag",
     "sop_instance_uid",
     "sop_class_uid",
     "series_instance_uid",

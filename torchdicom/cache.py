@@ -110,9 +110,12 @@ class FrameCache:
     # ----------------------------------------------------------------- internals
     @staticmethod
     def _key(row: IndexRow, frame: int, as_rgb: bool) -> str:
-        # The file's identity includes size and mtime: an edited file never
-        # hits an entry decoded from its old content.
+        # The file's identity includes size and mtime (and a remote object's ETag): an
+        # edited file never hits an entry decoded from its old content.
         text = f"{row['path']}\0{int(row['size'])}\0{int(row['mtime_ns'])}\0{frame}\0{int(as_rgb)}"
+        etag = row.get("etag")
+        if etag and isinstance(etag, str):
+            text += f"\0{etag}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def _path(self, key: str) -> Path:

@@ -35,6 +35,7 @@ from torchdicom.data.resize import ResizeMode, check_channels
 from torchdicom.data.sampler import SizeBucketBatchSampler, item_shapes
 from torchdicom.index import DicomIndex, scan
 from torchdicom.keys import IMAGE
+from torchdicom.sources.remote import is_remote
 
 __all__ = ["DicomDataModule", "default_index_cache", "patient_split"]
 
@@ -270,6 +271,7 @@ class DicomDataModule(_LightningDataModule):
         channels: Literal[1, 3] | None = None,
         batching: Literal["default", "by_size"] = "default",
         exclude: list[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -287,13 +289,16 @@ class DicomDataModule(_LightningDataModule):
             "train_gpu_transforms": train_gpu_transforms,
         }
         self.save_hyperparameters(
-            ignore=[name for name, value in maybe_objects.items() if not _plain(value)],
+            # storage_options hold credentials: never in hparams, checkpoints or logs.
+            ignore=[name for name, value in maybe_objects.items() if not _plain(value)]
+            + ["storage_options"],
             logger=False,
         )
         for name, value in list(self.hparams.items()):
             # Paths as strings: checkpoints load with torch.load(weights_only=True).
             self.hparams[name] = _as_data(value)
         self.data = data
+        self.storage_options = storage_options
         self.labels = labels
         self.masks = masks
         self.frames = frames
@@ -327,7 +332,9 @@ class DicomDataModule(_LightningDataModule):
 
     # ----------------------------------------------------------------- index
     def _root(self) -> Path | None:
-        """The data folder, or ``None`` when ``data`` is an index file."""
+        """The data folder, or ``None`` when ``data`` is an index file or a URL."""
+        if is_remote(self.data):
+            return None
         p = Path(self.data)
         return p if p.is_dir() else None
 
@@ -335,6 +342,14 @@ class DicomDataModule(_LightningDataModule):
         return Path(self.index_cache) if self.index_cache is not None else default_index_cache(root)
 
     def _index(self) -> DicomIndex:
+        if is_remote(self.data):
+            # Listed and header-scanned where the objects are (see torchdicom.sources).
+            return scan(
+                self.data,
+                cache=self.index_cache,
+                progress=True,
+                storage_options=self.storage_options,
+            )
         p = Path(self.data)
         if p.is_file() and p.suffix == ".parquet":
             return DicomIndex.read_parquet(p)
@@ -422,6 +437,7 @@ class DicomDataModule(_LightningDataModule):
             resize=self.resize,
             channels=self.channels,
             exclude=self._excluded(root),
+            storage_options=self.storage_options,
         )
 
     def _split(self) -> None:

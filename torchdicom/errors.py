@@ -22,6 +22,9 @@ __all__ = [
     "FrameIndexError",
     "MissingPixelDataError",
     "NotDicomError",
+    "RemoteError",
+    "RemoteNotFoundError",
+    "RemoteTimeoutError",
     "StaleIndexError",
     "TorchDicomError",
     "UnsupportedTransferSyntaxError",
@@ -104,3 +107,15 @@ class FrameIndexError(TorchDicomError, IndexError):
 
 class StaleIndexError(TorchDicomError, RuntimeError):
     """The file changed on disk (size or mtime) since it was indexed; rescan it."""
+
+
+class RemoteError(TorchDicomError, OSError):
+    """A remote object (fsspec URL) could not be read after the bounded retries."""
+
+
+class RemoteNotFoundError(RemoteError, DicomFileNotFoundError):
+    """The remote object does not exist (404, no such key)."""
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """The remote server did not answer within the configured timeout."""

@@ -20,7 +20,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # 3: patient_hash is HMAC-SHA256 keyed by the salt (was a salted SHA-256): older caches
 #    hold hashes that no longer match, so they are rebuilt.
 # 4: frame_offsets / frame_lengths ("ints"): each compressed frame's code-stream span.
-_SCHEMA_VERSION = 4
+_SCHEMA_VERSION = 5
 _ERROR_COLUMNS = ("path", "error_type", "reason")
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
@@ -277,6 +277,14 @@ def _scan_chunk(
 
 
 def _stat(path: str) -> tuple[int, int]:
+    if "://" in path:
+        from torchdicom.sources.remote import info, is_remote
+
+        if is_remote(path):
+            try:
+                return info(path)[0], -1
+            except TorchDicomError:
+                return -1, -1
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
@@ -284,7 +292,22 @@ def _stat(path: str) -> tuple[int, int]:
         return -1, -1
 
 
-def _collect_paths(source: Any) -> list[str]:
+def _etag(url: str) -> str | None:
+    from torchdicom.sources.remote import info
+
+    try:
+        return info(url)[1]
+    except TorchDicomError:
+        return None
+
+
+def _collect_paths(source: Any, progress: bool = False) -> list[str]:
+    from torchdicom.sources.remote import find, is_remote, local_path, looks_like_dicom
+
+    if isinstance(source, str) and is_remote(source):
+        return looks_like_dicom(find(source, progress=progress))
+    if isinstance(source, str):
+        source = local_path(source)
     if isinstance(source, str | os.PathLike):
         p = Path(source)
         if p.is_dir():
@@ -293,7 +316,7 @@ def _collect_paths(source: Any) -> list[str]:
             raise DicomFileNotFoundError(p, "no such file or directory")
         return [os.path.abspath(p)]
     if isinstance(source, Iterable):
-        return [os.path.abspath(os.fspath(f)) for f in source]
+        return [f if is_remote(f) else os.path.abspath(local_path(os.fspath(f))) for f in source]
     raise TypeError(
         f"scan() takes a directory, a file or a list of files. Got: {type(source).__name__}"
     )
@@ -310,12 +333,17 @@ def scan(
     workers: int | None = None,
     cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> DicomIndex:
     """Index DICOM headers (pixel data is never read).
 
     Args:
         source: a directory (searched with :func:`get_dicom_files`), one file,
-            or a list of files.
+            or a list of files; or an fsspec URL (``s3://bucket/prefix``, ``gs://…``,
+            ``memory://…``): the objects under it are listed where they are
+            (``fs.find``) and only their header bytes are fetched, by range
+            (see :mod:`torchdicom.sources.remote`). Remote rows keep the URL as
+            ``path``, the object's ``size`` and ``etag``; ``mtime_ns`` is -1.
         workers: worker processes (default: CPU count; 0 or 1 parse in this
             process). Small collections are parsed in-process regardless.
         cache: a parquet file. Rows of files whose (size, mtime) are unchanged
@@ -324,6 +352,9 @@ def scan(
             A damaged cache is rebuilt (with a warning); an unwritable cache
             location is skipped with one warning.
         progress: show a tqdm progress bar.
+        storage_options: fsspec options of the URLs' protocol (credentials,
+            ``endpoint_url``, ``client_kwargs`` …), registered for this process
+            (:func:`torchdicom.sources.configure`); never logged.
 
     Returns:
         :class:`DicomIndex` with ``df`` (one row per readable file, sorted by
@@ -337,7 +368,13 @@ def scan(
     """
     from tqdm.auto import tqdm
 
-    paths = _collect_paths(source)
+    from torchdicom.sources.remote import configure, is_remote
+
+    if storage_options is not None:
+        urls = [source] if isinstance(source, str) else [os.fspath(s) for s in source]  # type: ignore[union-attr]
+        for protocol in {u.split("://", 1)[0] for u in urls if is_remote(u)}:
+            configure(protocol, storage_options)
+    paths = _collect_paths(source, progress)
     cached: dict[str, IndexRow] = {}
     cached_errors: dict[str, tuple[str, str, int, int]] = {}
     if cache is not None and Path(cache).exists():
@@ -357,7 +394,12 @@ def scan(
     for p in paths:
         size, mtime = _stat(p)
         hit = cached.get(p)
-        if hit is not None and hit["size"] == size and hit["mtime_ns"] == mtime:
+        if (
+            hit is not None
+            and hit["size"] == size
+            and hit["mtime_ns"] == mtime
+            and (not is_remote(p) or _etag(p) == hit.get("etag"))
+        ):
             rows.append(hit)
             continue
         err = cached_errors.get(p)
@@ -372,7 +414,13 @@ def scan(
         total=len(todo), desc="scanning DICOM headers", unit="file", disable=not (progress and todo)
     )
     try:
-        if n_workers <= 1 or len(todo) < _MIN_FILES_FOR_POOL:
+        if any(is_remote(p) for p in todo):
+            # Remote headers wait on the network, not the CPU: threads, many in flight.
+            with ThreadPoolExecutor(max_workers=max(4, 4 * n_workers)) as threads:
+                for item in threads.map(_scan_one, todo):
+                    _take(item, rows, errors)
+                    bar.update(1)
+        elif n_workers <= 1 or len(todo) < _MIN_FILES_FOR_POOL:
             for p in todo:
                 rows_or_err = _scan_one(p)
                 _take(rows_or_err, rows, errors)

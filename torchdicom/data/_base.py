@@ -56,11 +56,20 @@ _YBR = ("YBR_FULL", "YBR_FULL_422")
 
 
 def _as_index(
-    source: Any, index_cache: str | os.PathLike[str] | None = None
+    source: Any,
+    index_cache: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[DicomIndex, Path | None]:
-    """A DicomIndex and the collection root (for relative label/mask paths)."""
+    """A DicomIndex and the collection root (for relative label/mask paths; None for URLs)."""
+    from torchdicom.sources.remote import configure, is_remote
+
     if isinstance(source, DicomIndex):
         index = source
+        root = None
+        for protocol in {p.split("://", 1)[0] for p in index.df["path"] if is_remote(p)}:
+            configure(protocol, storage_options)
+    elif isinstance(source, str) and is_remote(source):
+        index = scan(source, cache=index_cache, progress=False, storage_options=storage_options)
         root = None
     elif isinstance(source, str | os.PathLike):
         p = Path(source)
@@ -68,13 +77,13 @@ def _as_index(
         root = p.resolve() if p.is_dir() else p.resolve().parent
     elif isinstance(source, Iterable):
         files = [os.fspath(f) for f in source]
-        index = scan(files, cache=index_cache, progress=False)
+        index = scan(files, cache=index_cache, progress=False, storage_options=storage_options)
         root = None
     else:
         raise TypeError(
             f"source must be a directory, a list of files or a DicomIndex. Got: {type(source).__name__}"
         )
-    if root is None and len(index.df):
+    if root is None and len(index.df) and not any(is_remote(p) for p in index.df["path"]):
         root = Path(os.path.commonpath([os.path.dirname(p) for p in index.df["path"]]))
     if len(index.errors):
         log.warning(
@@ -321,17 +330,29 @@ class _Base(Dataset):
         color: Literal["rgb", "ybr"] = "rgb",
         cache: FrameCache | str | os.PathLike[str] | None = None,
         index_cache: str | os.PathLike[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip'. Got: {on_error!r}")
         if color not in ("rgb", "ybr"):
             raise ValueError(f"color must be 'rgb' or 'ybr'. Got: {color!r}")
-        self.index, self.root = _as_index(source, index_cache)
+        self.index, self.root = _as_index(source, index_cache, storage_options)
+        # Kept so that workers started by spawn register them again (__setstate__).
+        self._storage_options = storage_options
         self.rows: list[IndexRow] = _images_only(self.index.rows())
         self.on_error = on_error
         self.color = color
         self.cache = FrameCache(cache) if isinstance(cache, str | os.PathLike) else cache
         self._skips = _SkipCounter()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        options = state.get("_storage_options")
+        if options is not None:  # a worker started by spawn: the registry is empty there
+            from torchdicom.sources.remote import configure
+
+            for protocol in {r["path"].split("://", 1)[0] for r in self.rows if "://" in r["path"]}:
+                configure(protocol, options)
 
     @property
     def skipped(self) -> int:

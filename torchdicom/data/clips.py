@@ -60,6 +60,7 @@ class DicomClipDataset(_Base):
         size: int | tuple[int, int] | None = None,
         resize: ResizeMode = "stretch",
         channels: Literal[1, 3] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ):
         if not isinstance(clip_len, int) or clip_len < 1:
             raise ValueError(f"clip_len must be a positive int. Got: {clip_len!r}")
@@ -67,7 +68,12 @@ class DicomClipDataset(_Base):
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive int. Got: {stride!r}")
         super().__init__(
-            source, on_error=on_error, color=color, cache=cache, index_cache=index_cache
+            source,
+            on_error=on_error,
+            color=color,
+            cache=cache,
+            index_cache=index_cache,
+            storage_options=storage_options,
         )
         self.clip_len, self.stride, self.transform = clip_len, stride, transform
         self._masks = _MaskResolver(masks, self.root)

@@ -23,7 +23,7 @@ from torchdicom.data.sources import (
     _MaskResolver,
 )
 from torchdicom.errors import TorchDicomError
-from torchdicom.io.frames import native_layout, read_frames_numpy, route_for
+from torchdicom.io.frames import native_layout, read_frames_numpy, read_native_batch, route_for
 from torchdicom.io.header import frame_row
 from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, MASK, PATH, YBR
 
@@ -64,6 +64,9 @@ class DicomDataset(_Base):
             decoded compressed frames (shared by workers and ranks).
         index_cache: parquet file for the header index when ``source`` is a
             directory or a file list.
+        storage_options: fsspec options when ``source`` is a URL (``s3://bucket/prefix``,
+            ``gs://…``, ``memory://…``) or a list / index of URLs; see
+            :mod:`torchdicom.sources.remote`. Never logged.
         label_column: the label column of a CSV/DataFrame (default: the first
             column that is not the file column).
         size: output (H, W) (or an int for a square) every item is resized to, per
@@ -130,9 +133,15 @@ class DicomDataset(_Base):
         resize: ResizeMode = "stretch",
         channels: Literal[1, 3] | None = None,
         exclude: Sequence[str | os.PathLike[str]] = (),
+        storage_options: dict[str, Any] | None = None,
     ):
         super().__init__(
-            source, on_error=on_error, color=color, cache=cache, index_cache=index_cache
+            source,
+            on_error=on_error,
+            color=color,
+            cache=cache,
+            index_cache=index_cache,
+            storage_options=storage_options,
         )
         if not (
             frames in ("all", "first") or (isinstance(frames, int) and not isinstance(frames, bool))
@@ -277,7 +286,10 @@ class DicomDataset(_Base):
         item path, which reads it again and raises or substitutes as ``on_error`` says.
         Workers (and single-thread runs) read inside the item path instead.
         """
-        done = [False] * len(located)
+        # Remote objects (fsspec URLs): the batch's frames as byte ranges of one request batch.
+        done = read_native_batch(
+            [self.rows[f] for f, _ in located], [fr for _, fr in located], slots
+        )
         if get_worker_info() is not None or torch.get_num_threads() < 2:
             return done
 
@@ -285,6 +297,8 @@ class DicomDataset(_Base):
 
         def read(k0: int, k1: int) -> None:
             for k in range(k0, k1):
+                if done[k]:
+                    continue
                 f, frame = located[k]
                 layout = native_layout(self.rows[f])
                 if layout is None or layout.dtype != dtype:

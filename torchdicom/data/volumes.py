@@ -99,8 +99,15 @@ class DicomVolumeDataset(_Base):
         on_error: Literal["raise", "skip"] = "raise",
         cache: FrameCache | str | os.PathLike[str] | None = None,
         index_cache: str | os.PathLike[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ):
-        super().__init__(source, on_error=on_error, cache=cache, index_cache=index_cache)
+        super().__init__(
+            source,
+            on_error=on_error,
+            cache=cache,
+            index_cache=index_cache,
+            storage_options=storage_options,
+        )
         self.gap_tolerance = gap_tolerance
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in self.rows:

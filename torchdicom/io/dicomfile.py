@@ -216,11 +216,17 @@ def _dcmread(fspath: str, st: os.stat_result, **kwargs: Any) -> Dataset:
         raise NotDicomError(fspath, "is a directory, not a DICOM file")
     if st.st_size == 0:
         raise NotDicomError(fspath, "file is empty (0 bytes)")
-    try:
-        with open(fspath, "rb") as f:
-            head = f.read(132)
-    except OSError as exc:
-        raise NotDicomError(fspath, f"cannot be read ({exc.strerror})") from None
+    remote = "://" in fspath
+    if remote:  # a remote object (torchdicom.sources): header bytes by range
+        from torchdicom.sources.remote import RemoteHandle, open_file
+
+        head = RemoteHandle(fspath, st.st_size).pread(132, 0)
+    else:
+        try:
+            with open(fspath, "rb") as f:
+                head = f.read(132)
+        except OSError as exc:
+            raise NotDicomError(fspath, f"cannot be read ({exc.strerror})") from None
     force = kwargs.pop("force", None)
     if force is None:
         if head[128:132] == b"DICM":
@@ -235,10 +241,14 @@ def _dcmread(fspath: str, st: os.stat_result, **kwargs: Any) -> Dataset:
     try:
         with pydicom_warnings_logged(fspath):
             # The problems that matter become errors below; the rest is logged.
-            with BoundedReader(fspath) as f:
-                ds = pydicom.dcmread(f, force=force, **kwargs)
-            # Deferred values are read later by reopening the file: bounded too.
-            ds.fileobj_type = _open_bounded
+            if remote:
+                with open_file(fspath) as f:
+                    ds = pydicom.dcmread(f, force=force, **kwargs)
+            else:
+                with BoundedReader(fspath) as f:
+                    ds = pydicom.dcmread(f, force=force, **kwargs)
+                # Deferred values are read later by reopening the file: bounded too.
+                ds.fileobj_type = _open_bounded
     except InvalidDicomError as exc:
         raise NotDicomError(fspath, f"not a valid DICOM file ({exc})") from None
     except TorchDicomError:

@@ -110,6 +110,7 @@ __all__ = [
     "gpu_decodable",
     "native_layout",
     "read_frames",
+    "read_native_batch",
     "resolve_frames",
     "route_for",
     "row_for_path",
@@ -171,7 +172,14 @@ _HEADERS = _HeaderCache()
 
 def row_for_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The index row of one file, parsed once and cached while the file is unchanged."""
-    return _HEADERS.get(os.path.abspath(os.fspath(path)))
+    fspath = os.fspath(path)
+    if "://" in fspath:
+        from torchdicom.sources.remote import cached_row, is_remote, local_path
+
+        if is_remote(fspath):
+            return cached_row(fspath)
+        fspath = local_path(fspath)
+    return _HEADERS.get(os.path.abspath(fspath))
 
 
 def _source_row(source: Any) -> dict[str, Any]:
@@ -391,6 +399,11 @@ def _open_checked(row: dict[str, Any]) -> int:
     :class:`~torchdicom.io.dicomfile.BoundedReader`. The caller closes it.
     """
     path = row["path"]
+    if "://" in path:  # a remote object (fsspec URL): byte ranges, size / ETag checked
+        from torchdicom.sources.remote import is_remote, open_checked
+
+        if is_remote(path):
+            return open_checked(row)  # type: ignore[return-value]
     try:
         fd = os.open(path, _O_RDONLY)
     except FileNotFoundError:
@@ -415,6 +428,9 @@ def _open_checked(row: dict[str, Any]) -> int:
 
 def _pread_exact(fd: int, view: memoryview, offset: int, path: str, frame: int) -> None:
     """Fill ``view`` from ``offset`` of ``fd``; a short file is a :class:`CorruptDicomError`."""
+    if type(fd) is not int:  # a remote handle (torchdicom.sources.remote.RemoteHandle)
+        fd.read_into(view, offset, path, frame)
+        return
     got = 0
     total = len(view)
     while got < total:
@@ -424,6 +440,19 @@ def _pread_exact(fd: int, view: memoryview, offset: int, path: str, frame: int) 
                 path, "pixel data ends early: the file is truncated", frame=frame
             )
         got += n
+
+
+def _close(fd: Any) -> None:
+    if type(fd) is int:
+        os.close(fd)
+
+
+def _bounded(row: dict[str, Any]) -> Any:
+    """The row's file as a bounded binary file; a remote object is fetched whole (rare routes)."""
+    fd = _open_checked(row)
+    if type(fd) is int:
+        return BoundedReader(fd)
+    return io.BytesIO(fd.whole())
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
@@ -484,7 +513,7 @@ def _read_native(
                 view = memoryview(out[pos : pos + count] if len(runs) > 1 else out).cast("B")
                 _pread_exact(fd, view, offset + start * frame_bytes, path, start)
     finally:
-        os.close(fd)
+        _close(fd)
     bits_stored = int(row["bits_stored"])
     if bits_stored < int(row["bits_allocated"]) and row["pixel_keyword"] == "PixelData":
         # Training reads the same unchanged files every epoch: a single-frame
@@ -497,6 +526,73 @@ def _read_native(
             if single and was_clean:
                 _CLEAN_HIGH_BITS.add(key)
     return out
+
+
+def read_native_batch(
+    rows: Sequence[dict[str, Any]], frames: Sequence[int], slots: np.ndarray
+) -> list[bool]:
+    """Read one frame of each remote native row into ``slots[k]`` in one ``cat_ranges`` call.
+
+    The batch path of the datasets for remote objects (fsspec URLs): every item's frame
+    is one byte range, and the ranges of the whole batch go to the store together
+    (concurrently, :attr:`torchdicom.sources.RemotePolicy.max_in_flight` at a time).
+    Local rows, rows the native route does not read, rows of another dtype than
+    ``slots`` and rows that fail (stale, missing, short) are left out (``False``): the
+    item path reads them and raises as it always does.
+
+    Args:
+        rows: index rows, one per slot.
+        frames: the 0-based frame of each row.
+        slots: the (B, C, H, W) batch buffer.
+
+    Returns:
+        Which slots were filled.
+    """
+    done = [False] * len(rows)
+    jobs = [
+        k
+        for k, row in enumerate(rows)
+        if "://" in row["path"] and _is_native(row) and _native_dtype(row) == slots.dtype
+    ]
+    if not jobs:
+        return done
+    from torchdicom.sources.remote import is_remote, open_checked, read_ranges
+
+    urls, starts, ends, keep = [], [], [], []
+    for k in jobs:
+        row = rows[k]
+        if not is_remote(row["path"]):
+            continue
+        try:
+            check_declared_size(row)
+            open_checked(row)  # size / ETag (at most every recheck_s)
+        except TorchDicomError:
+            continue
+        frame_bytes = slots[k].nbytes
+        start = int(row["pixel_offset"]) + int(frames[k]) * frame_bytes
+        urls.append(row["path"])
+        starts.append(start)
+        ends.append(start + frame_bytes)
+        keep.append(k)
+    try:
+        blobs = read_ranges(urls, starts, ends)
+    except TorchDicomError:
+        return done
+    for k, blob in zip(keep, blobs):
+        row, slot = rows[k], slots[k]
+        if len(blob) != slot.nbytes:
+            continue
+        spp, h, w = slot.shape
+        values = np.frombuffer(blob, slot.dtype)
+        if spp > 1 and int(row["planar_configuration"]) == 0:
+            slot[...] = values.reshape(h, w, spp).transpose(2, 0, 1)
+        else:
+            slot[...] = values.reshape(spp, h, w)
+        bits_stored = int(row["bits_stored"])
+        if bits_stored < int(row["bits_allocated"]) and row["pixel_keyword"] == "PixelData":
+            _clear_unused_bits(slots[k : k + 1], bits_stored)
+        done[k] = True
+    return done
 
 
 class _BoundedKeySet:
@@ -597,7 +693,7 @@ def _read_packed_bits(
                 src = src.reshape(count, rows, cols, spp).transpose(0, 3, 1, 2)
             out[pos : pos + count] = src.reshape(count, spp, rows, cols)
     finally:
-        os.close(fd)
+        _close(fd)
     return out
 
 
@@ -823,7 +919,7 @@ def _read_codestreams(
     arrays: list[np.ndarray] = []
     # Bounded: a corrupt fragment length must not make the decoder
     # allocate 4 GiB (see BoundedReader).
-    with BoundedReader(_open_checked(row)) as f:
+    with _bounded(row) as f:
         for k in idx:
             try:
                 f.seek(offset)
@@ -881,7 +977,7 @@ def _read_codestreams_by_span(
             except Exception as exc:
                 raise _decode_error(row, exc, k) from None
     finally:
-        os.close(fd)
+        _close(fd)
     return _fill(out, _stack(arrays, row), row["path"])
 
 
@@ -1177,7 +1273,7 @@ def _read_by_codec(
     except _NotForCodec:
         return _read_codestreams_by_span(row, idx, out, as_rgb)
     finally:
-        os.close(fd)
+        _close(fd)
     return result
 
 
@@ -1215,7 +1311,7 @@ def _read_native_decoded(
     spp = int(row["samples_per_pixel"])
     offset = int(row["pixel_offset"])
     arrays: list[np.ndarray] = []
-    with BoundedReader(_open_checked(row)) as f:
+    with _bounded(row) as f:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -1241,8 +1337,17 @@ def _read_via_dataset(
 ) -> np.ndarray:
     """Anything else (deflated, extended offset table, no recorded offset): read with pydicom."""
     path = row["path"]
-    os.close(_open_checked(row))  # stale check only: pydicom reopens the file itself
-    ds = dcmread(path)
+    fd = _open_checked(row)  # stale check only: pydicom reopens the file itself
+    if type(fd) is int:
+        os.close(fd)
+        ds = dcmread(path)
+    else:  # a remote object these rare files need whole
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(fd.whole()), force=True)
+        except Exception as exc:
+            raise CorruptDicomError(path, f"header cannot be parsed: {_short(exc)}") from None
     decoder = _decoder_for(row)
     spp = int(row["samples_per_pixel"])
     n_frames = int(row["frames"])
@@ -1615,7 +1720,7 @@ def _read_gpu(
             _check_codestream(frame, row, k)  # no decoder sees a frame that disagrees
             streams.append(frame)
     finally:
-        os.close(fd)
+        _close(fd)
     out = torch.empty((len(idx), spp, rows, cols), dtype=dtype, device=device)
     if not idx:
         return out

@@ -412,6 +412,7 @@ def _row(
         "path": path,
         "size": int(size),
         "mtime_ns": int(mtime_ns),
+        "etag": "",
         "sop_instance_uid": _str(ds, "SOPInstanceUID"),
         "sop_class_uid": _str(ds, "SOPClassUID"),
         "series_instance_uid": _str(ds, "SeriesInstanceUID"),
@@ -473,6 +474,11 @@ def _frame_spans(
         if spans is None:
             return None
         return [offset + at for at in spans[0]], spans[1]
+    if "://" in path:  # a remote object: each fragment's item header by range
+        from torchdicom.sources.remote import RemoteHandle, info
+
+        remote = RemoteHandle(path, info(path, refresh=False)[0])
+        return frame_spans(lambda at, n: remote.pread(n, at), offset, remote.size, frames)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError:
@@ -550,6 +556,13 @@ def header_row(
         TorchDicomError: any subclass, naming the file and the reason.
     """
     fspath = os.fspath(path)
+    if "://" in fspath:
+        from torchdicom.sources.remote import header_row as remote_row
+        from torchdicom.sources.remote import is_remote, local_path
+
+        if is_remote(fspath):
+            return remote_row(fspath, salt, lean)  # type: ignore[return-value]
+        fspath = local_path(fspath)
     return header_row_stat(fspath, stat_file(fspath), salt, lean)
 
 

@@ -16,6 +16,7 @@ the caller reads the file with pydicom as before.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import NamedTuple
@@ -70,13 +71,13 @@ class _NotPlain(Exception):
 class _Window:
     """Bytes of an open file at absolute offsets, read a chunk at a time."""
 
-    __slots__ = ("base", "buf", "fd", "size")
+    __slots__ = ("base", "buf", "pread", "size")
 
-    def __init__(self, fd: int, size: int):
-        self.fd = fd
+    def __init__(self, pread, size: int):
+        self.pread = pread  # (n, offset) -> bytes: os.pread of a descriptor, or a remote range
         self.size = size
         self.base = 0
-        self.buf = os.pread(fd, _CHUNK, 0)
+        self.buf = pread(_CHUNK, 0)
 
     def at(self, pos: int, n: int) -> int:
         """Make ``[pos, pos + n)`` available in ``buf``; its index there."""
@@ -84,7 +85,7 @@ class _Window:
         if off < 0 or off + n > len(self.buf):
             if pos + n > self.size:
                 raise _NotPlain
-            self.buf = os.pread(self.fd, max(n, _CHUNK), pos)
+            self.buf = self.pread(max(n, _CHUNK), pos)
             self.base = pos
             off = 0
             if len(self.buf) < n:
@@ -214,12 +215,21 @@ def walk_header(
     """
     if size < 144:
         return None
+    if "://" in fspath:  # a remote object (torchdicom.sources): header bytes by range
+        from torchdicom.sources.remote import RemoteHandle
+
+        try:
+            return _walk(
+                _Window(RemoteHandle(fspath, size).pread, size), wanted, refused, defer_size
+            )
+        except (_NotPlain, struct.error):
+            return None
     try:
         fd = os.open(fspath, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError:
         return None
     try:
-        return _walk(_Window(fd, size), wanted, refused, defer_size)
+        return _walk(_Window(functools.partial(os.pread, fd), size), wanted, refused, defer_size)
     except (_NotPlain, OSError, struct.error):
         return None
     finally:

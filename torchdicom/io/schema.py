@@ -46,6 +46,7 @@ class IndexRow(TypedDict):
     path: str
     size: int
     mtime_ns: int
+    etag: str  # remote objects (fsspec URLs): ETag / version, else "" (see torchdicom.sources)
     sop_instance_uid: str
     sop_class_uid: str
     series_instance_uid: str

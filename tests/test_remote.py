@@ -1,0 +1,413 @@
+"""Object storage through fsspec: ``memory://`` for the units, a real S3 server (moto's
+``ThreadedMotoServer`` on 127.0.0.1) for the rest. Every remote read equals the local read
+of the same file: native, JPEG, JPEG 2000, RLE, multi-frame."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+
+import torchdicom
+from torchdicom import scan
+from torchdicom.errors import (
+    CorruptDicomError,
+    RemoteError,
+    RemoteNotFoundError,
+    RemoteTimeoutError,
+    StaleIndexError,
+)
+from torchdicom.io.frames import native_layout, read_frames_numpy, route_for
+from torchdicom.samples import ct_like, us_cine_like
+from torchdicom.sources import remote
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRETKEY"
+KEY_ID = "AKIATORCHDICOMTEST"
+# Columns that differ between a local and a remote row of the same file by design.
+_WHERE = {"path", "mtime_ns", "etag"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    """One file per read route: native CT, native cine, JPEG cine, JPEG 2000, RLE."""
+    root = tmp_path_factory.mktemp("remote_samples")
+    ct_like(root / "ct", n_series=1, slices=3, size=64)
+    us_cine_like(root / "us", n=1, frames=6, size=48, jpeg=True)
+    us_cine_like(root / "cine", n=1, frames=5, size=40, jpeg=False)
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in ("", ".dcm"))
+    found += [
+        Path(get_testdata_file(name))
+        for name in ("CT_small.dcm", "emri_small_jpeg_2k_lossless.dcm", "MR_small_RLE.dcm")
+    ]
+    return found
+
+
+def _local_index(files):
+    return scan([str(f) for f in files], workers=0, progress=False)
+
+
+def _local_of(names: dict[str, Path], url: str) -> str:
+    """The local file uploaded as ``url`` (keys are unique object names)."""
+    return str(names[url.rsplit("/", 1)[-1]])
+
+
+def _assert_same_rows(local, far, names):
+    """Row for row equal, but for where the file lives (path, mtime, etag)."""
+    assert len(far.errors) == 0, far.errors
+    assert len(far) == len(local)
+    by_local = {_local_of(names, r["path"]): r for r in far.rows()}
+    for row in local.rows():
+        other = by_local[row["path"]]
+        for column, value in row.items():
+            if column in _WHERE:
+                continue
+            got = other[column]
+            if isinstance(value, np.ndarray):
+                assert np.array_equal(value, got, equal_nan=value.dtype.kind == "f"), column
+            elif isinstance(value, float) and np.isnan(value):
+                assert np.isnan(got), column
+            else:
+                assert value == got, (column, value, got)
+
+
+@pytest.fixture
+def policy(monkeypatch):
+    """Fast retries for the tests; restored afterwards."""
+    monkeypatch.setattr(remote.policy, "backoff_s", 0.01)
+    monkeypatch.setattr(remote.policy, "recheck_s", 0.0)
+    return remote.policy
+
+
+# --------------------------------------------------------------------------- memory://
+@pytest.fixture
+def memory(files):
+    fs = fsspec.filesystem("memory")
+    names = {}
+    for k, f in enumerate(files):
+        url = f"memory://td-test/set/{k:02d}_{f.name}"
+        fs.pipe(url, f.read_bytes())
+        names[url.rsplit("/", 1)[-1]] = f
+    yield fs, names
+    fs.rm("/td-test", recursive=True)
+
+
+def test_memory_scan_equals_local_and_keeps_url_size_etag(files, memory):
+    _fs, names = memory
+    far = scan("memory://td-test/set", progress=False)
+    _assert_same_rows(_local_index(files), far, names)
+    assert all(p.startswith("memory://") for p in far.df["path"])
+    assert (far.df["mtime_ns"] == -1).all()
+    assert all(far.df["etag"])  # memory fs: its creation time
+    sizes = [Path(_local_of(names, p)).stat().st_size for p in far.df["path"]]
+    assert sizes == far.df["size"].tolist()
+
+
+def test_memory_reads_equal_local_on_every_route(files, memory):
+    _fs, names = memory
+    far = scan("memory://td-test/set", progress=False)
+    local = {r["path"]: r for r in _local_index(files).rows()}
+    routes = set()
+    for row in far.rows():
+        mine = local[_local_of(names, row["path"])]
+        routes.add(route_for(row).name)
+        np.testing.assert_array_equal(read_frames_numpy(row), read_frames_numpy(mine))
+        # One frame from the middle, and a URL instead of a row.
+        last = int(row["frames"]) - 1
+        np.testing.assert_array_equal(
+            torchdicom.read_frames(row["path"], last).numpy(), read_frames_numpy(mine, last)
+        )
+    assert {"native", "JPEG 8-bit by span (Pillow)", "JPEG 2000 by span (openjpeg)"} <= routes
+
+
+def test_memory_retries_server_errors_then_gives_up(memory, policy, monkeypatch):
+    fs, names = memory
+    url = "memory://td-test/set/" + next(iter(names))
+    real = fs.cat_file
+    calls = []
+
+    def flaky(path, start=None, end=None, **kw):
+        calls.append(path)
+        if len(calls) <= 2:
+            raise OSError("503 Service Unavailable")
+        return real(path, start=start, end=end, **kw)
+
+    monkeypatch.setattr(fs, "cat_file", flaky)
+    assert remote.read_range(url, 128, 132) == b"DICM"
+    assert len(calls) == 3
+
+    def down(path, start=None, end=None, **kw):
+        calls.append(path)
+        raise OSError("500 Internal Server Error")
+
+    calls.clear()
+    monkeypatch.setattr(fs, "cat_file", down)
+    with pytest.raises(RemoteError, match="after 4 attempts") as err:
+        remote.read_range(url, 0, 10)
+    assert url in str(err.value)
+    assert len(calls) == policy.retries + 1  # bounded
+
+
+def test_memory_short_body_and_416_are_corrupt(memory, policy, monkeypatch):
+    fs, names = memory
+    url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")
+    row = scan(url, progress=False).rows()[0]
+    real = fs.cat_file
+    monkeypatch.setattr(
+        fs, "cat_file", lambda p, start=None, end=None, **kw: real(p, start, end)[:-7]
+    )
+    with pytest.raises(CorruptDicomError, match="returned"):
+        read_frames_numpy(row)
+
+    def not_satisfiable(p, start=None, end=None, **kw):
+        raise OSError("416 Requested Range Not Satisfiable")
+
+    monkeypatch.setattr(fs, "cat_file", not_satisfiable)
+    with pytest.raises(CorruptDicomError, match="416"):
+        read_frames_numpy(row)
+
+
+def test_memory_missing_and_changed_objects(memory, policy):
+    fs, names = memory
+    url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")
+    with pytest.raises(RemoteNotFoundError, match=re.escape("memory://td-test/set/nope.dcm")):
+        torchdicom.read_frames("memory://td-test/set/nope.dcm")
+    row = scan(url, progress=False).rows()[0]
+    fs.pipe(url, fs.cat_file(url) + b"\0\0")  # grown: size differs
+    with pytest.raises(StaleIndexError, match="rescan"):
+        read_frames_numpy(row)
+
+
+def test_file_urls_are_local_paths(files):
+    f = files[-3]  # CT_small.dcm
+    np.testing.assert_array_equal(
+        torchdicom.read_frames(f"file://{f}").numpy(), torchdicom.read_frames(f).numpy()
+    )
+    assert not remote.is_remote(f"file://{f}")
+    assert remote.is_remote("s3://bucket/key") and remote.is_remote("memory://x")
+
+
+def test_urls_lose_user_info_and_signatures():
+    shown = remote.display("https://alice:pa55word@host/a.dcm?X-Amz-Signature=abc123&x=1")
+    assert "pa55word" not in shown and "abc123" not in shown and "x=1" in shown
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+@pytest.fixture(scope="module")
+def s3_server():
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # the dev extra installs it
+        pytest.skip(f"moto[server,s3] is not installed ({exc}): pip install -e .[dev]")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"s3fs is not installed ({exc}): pip install -e .[dev]")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    try:
+        server.start()
+    except OSError as exc:
+        pytest.skip(f"cannot start moto's S3 server on 127.0.0.1: {exc}")
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server, files):
+    options = {"key": KEY_ID, "secret": SECRET, "endpoint_url": s3_server}
+    remote.configure("s3", options)
+    fs = remote.filesystem("s3://x")
+    fs.mkdir("td-bucket")
+    names = {}
+    for k, f in enumerate(files):
+        url = f"s3://td-bucket/set/{k:02d}_{f.name}"
+        fs.pipe(url, f.read_bytes())
+        names[url.rsplit("/", 1)[-1]] = f
+    yield fs, options, names
+    remote.configure("s3", {})
+
+
+def test_s3_scan_equals_local_with_etags(files, s3):
+    _fs, options, names = s3
+    far = scan("s3://td-bucket/set", progress=False, storage_options=options)
+    _assert_same_rows(_local_index(files), far, names)
+    assert far.df["path"].tolist() == sorted(f"s3://td-bucket/set/{n}" for n in names)
+    assert all(len(e) >= 32 for e in far.df["etag"])  # S3 ETags (MD5 of the object)
+
+
+def test_s3_reads_equal_local_on_every_route(files, s3):
+    _fs, options, names = s3
+    far = scan("s3://td-bucket/set", progress=False, storage_options=options)
+    local = {r["path"]: r for r in _local_index(files).rows()}
+    for row in far.rows():
+        np.testing.assert_array_equal(
+            read_frames_numpy(row), read_frames_numpy(local[_local_of(names, row["path"])])
+        )
+
+
+def test_s3_batch_is_one_cat_ranges_call(s3, monkeypatch):
+    fs, options, _names = s3
+    ds = torchdicom.DicomDataset("s3://td-bucket/set", storage_options=options, frames="first")
+    layouts = [native_layout(r) for r in ds.rows]
+    native = [i for i, lay in enumerate(layouts) if lay == layouts_of_ct(layouts)]
+    assert len(native) >= 3  # the CT slices
+    calls = {"cat_ranges": 0, "cat_file": 0}
+    for name in calls:
+        real = getattr(fs, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(fs, name, counted)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, native), batch_size=len(native), collate_fn=torchdicom.Collate()
+    )
+    batch = next(iter(loader))
+    assert calls == {"cat_ranges": 1, "cat_file": 0}
+    for k, i in enumerate(native):
+        np.testing.assert_array_equal(
+            batch["image"][k].numpy(), read_frames_numpy(ds.rows[i], 0)[0]
+        )
+
+
+def test_s3_missing_object_names_the_url(s3, policy):
+    with pytest.raises(RemoteNotFoundError, match=re.escape("s3://td-bucket/set/absent.dcm")):
+        torchdicom.read_frames("s3://td-bucket/set/absent.dcm")
+    with pytest.raises(RemoteNotFoundError):
+        scan("s3://td-bucket/no-such-prefix", progress=False)
+
+
+def test_s3_changed_object_is_stale(s3, files, policy):
+    fs, _options, _names = s3
+    url = "s3://td-bucket/changed/one.dcm"
+    ct = files[-3].read_bytes()
+    fs.pipe(url, ct)
+    row = scan(url, progress=False).rows()[0]
+    read_frames_numpy(row)
+    changed = bytearray(ct)
+    changed[-1] ^= 0xFF  # same size, other bytes: only the ETag tells
+    fs.pipe(url, bytes(changed))
+    with pytest.raises(StaleIndexError, match="ETag changed"):
+        read_frames_numpy(row)
+
+
+def test_s3_secret_never_in_errors_or_logs(s3, policy, caplog, monkeypatch):
+    fs, _options, _names = s3
+    caplog.set_level(logging.DEBUG, logger="torchdicom")
+    raised = []
+    with pytest.raises(RemoteNotFoundError) as err:
+        torchdicom.read_frames("s3://td-bucket/set/absent.dcm")
+    raised.append(err.value)
+
+    def leaky(*args, **kwargs):  # a client error that quotes the credentials
+        raise OSError(f"503 SlowDown: signature for {KEY_ID}:{SECRET} rejected")
+
+    monkeypatch.setattr(fs, "cat_file", leaky)
+    with pytest.raises(RemoteError) as err:
+        remote.read_range("s3://td-bucket/set/any.dcm", 0, 10)
+    raised.append(err.value)
+    assert "<redacted>" in str(err.value)
+    for exc in raised:
+        assert SECRET not in str(exc) and KEY_ID not in str(exc)
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("torchdicom")]
+    assert ours  # the retries were logged, scrubbed
+    assert not any(SECRET in m or KEY_ID in m for m in ours)
+
+
+def layouts_of_ct(layouts):
+    """The native layout most rows share (the CT slices)."""
+    found = [lay for lay in layouts if lay is not None]
+    return max(found, key=found.count)
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server on loopback that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+def test_server_that_never_answers_times_out(s3_server, silent_server, policy, monkeypatch):
+    monkeypatch.setattr(policy, "retries", 1)
+    monkeypatch.setattr(policy, "timeout_s", 2.0)
+    options = {
+        "key": KEY_ID,
+        "secret": SECRET,
+        "endpoint_url": silent_server,
+        "config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}},
+    }
+    saved = remote.options("s3")
+    started = time.monotonic()
+    try:
+        with pytest.raises(RemoteTimeoutError) as err:
+            scan("s3://td-silent/x.dcm", progress=False, storage_options=options)
+    finally:
+        remote.configure("s3", saved)
+    assert time.monotonic() - started < 15
+    assert "s3://td-silent/x.dcm" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_datamodule_trains_one_short_epoch_from_s3(s3):
+    import pytorch_lightning as pl
+
+    from torchdicom.demo import DemoClassifier
+    from torchdicom.transforms import Rescale
+
+    _fs, options, _names = s3
+    dm = torchdicom.DicomDataModule(
+        "s3://td-bucket/set",
+        storage_options=options,
+        labels=lambda path: int(path.endswith(".dcm") and "_ct" in path.rsplit("/", 1)[-1]),
+        frames="first",
+        size=(32, 32),
+        channels=1,
+        batch_size=2,
+        val_fraction=0.3,
+        gpu_transforms=Rescale(),
+    )
+    model = DemoClassifier(in_channels=1, n_classes=2, size=32)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert trainer.state.finished
+    assert "storage_options" not in dm.hparams  # credentials stay out of checkpoints
