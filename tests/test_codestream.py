@@ -602,3 +602,29 @@ class TestFrameSpans:
     def test_join_refuses_a_span_that_is_not_items(self) -> None:
         with pytest.raises(ValueError, match="fragment"):
             join_fragments(b"\xfe\xff\x00\xe0\xff\x00\x00\x00abc")
+
+
+def test_lying_rows_is_refused_before_the_output_is_allocated(tmp_path: Path) -> None:
+    # Found by the 10 000-input fuzz run: a 30-frame JPEG cine whose Rows was set to 4097
+    # made the by-span route allocate 118 MB for a 225 kB file before any frame's
+    # code-stream was checked. The first frame is now checked before the allocation.
+    import tracemalloc
+
+    from torchdicom.io.frames import read_frames_numpy
+
+    src = real_file("examples_ybr_color.dcm")
+    ds = pydicom.dcmread(src)
+    ds.Rows = 4097
+    path = tmp_path / "rows4097.dcm"
+    ds.save_as(path)
+    read_frames_numpy(src, [0])  # warm up: modules and colour tables load outside the count
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            CorruptDicomError, match=r"Rows is 4097 but the JPEG code-stream says 240"
+        ):
+            read_frames_numpy(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * path.stat().st_size

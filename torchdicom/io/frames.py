@@ -1246,18 +1246,27 @@ def _read_by_codec(
     """
     rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
     shape, dtype = (len(idx), spp, rows, cols), _np_dtype(row)
-    if out is None:
-        result = np.empty(shape, dtype=dtype)
-    else:
+    if out is not None:
         _check_out(out, shape, dtype, row["path"])
-        result = out
     fd = _open_checked(row)
+    try:
+        # The first frame's code-stream is checked against the header before the output is
+        # allocated: a header lying about Rows/Columns (fuzzing: Rows 240 -> 4097 on a JPEG
+        # cine) must be an error, not a buffer the file cannot fill.
+        first = _read_span(fd, row, idx[0]) if idx else b""
+        if idx:
+            _check_codestream(first, row, idx[0])
+        result = np.empty(shape, dtype=dtype) if out is None else out
+    except BaseException:
+        _close(fd)
+        raise
 
     def decode(start: int, stop: int) -> None:
         for pos in range(start, stop):
             k = idx[pos]
             try:
-                decode_frame(_read_span(fd, row, k), row, k, as_rgb, result[pos])
+                stream = first if pos == 0 else _read_span(fd, row, k)
+                decode_frame(stream, row, k, as_rgb, result[pos])
             except _NotForCodec:
                 raise
             except Exception as exc:
