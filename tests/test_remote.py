@@ -411,3 +411,45 @@ def test_datamodule_trains_one_short_epoch_from_s3(s3):
     trainer.fit(model, datamodule=dm)
     assert trainer.state.finished
     assert "storage_options" not in dm.hparams  # credentials stay out of checkpoints
+
+
+def test_s3_compressed_frames_are_one_request_each(s3, policy, monkeypatch):
+    fs, options, names = s3
+    monkeypatch.setattr(policy, "recheck_s", 3600.0)  # no size / ETag request in the count
+    index = scan("s3://td-bucket/set", progress=False, storage_options=options)
+    cine = next(r for r in index.rows() if route_for(r).name == "JPEG 8-bit by span (Pillow)")
+    read_frames_numpy(cine, 0)  # the size / ETag check, once
+    calls = []
+    real = fs.cat_file
+    monkeypatch.setattr(fs, "cat_file", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    got = read_frames_numpy(cine, [1, 3, 4])
+    assert len(calls) == 3  # one ranged GET per frame, no header, no whole file
+    local = read_frames_numpy(str(names[cine["path"].rsplit("/", 1)[-1]]), [1, 3, 4])
+    np.testing.assert_array_equal(got, local)
+
+
+def test_s3_decoded_frame_cache_serves_remote_files(s3, tmp_path, monkeypatch):
+    fs, options, _ = s3
+    ds = torchdicom.DicomDataset(
+        "s3://td-bucket/set", storage_options=options, frames="first", cache=tmp_path / "frames"
+    )
+    jpeg = next(i for i, r in enumerate(ds.rows) if route_for(r).name.startswith("JPEG 8-bit"))
+    first = ds[jpeg]["image"]
+    calls = []
+    real = fs.cat_file
+    monkeypatch.setattr(fs, "cat_file", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    again = ds[jpeg]["image"]
+    assert calls == []  # decoded once, then from the cache
+    assert torch.equal(first, again)
+
+
+def test_s3_dataloader_workers_read_remote_files(s3):
+    _fs, options, _ = s3
+    ds = torchdicom.DicomDataset("s3://td-bucket/set", storage_options=options, frames="first")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=1, num_workers=2, collate_fn=torchdicom.Collate()
+    )
+    seen = {b["path"][0]: b["image"][0] for b in loader}
+    assert len(seen) == len(ds)
+    for i, row in enumerate(ds.rows):
+        assert torch.equal(seen[row["path"]], ds[i]["image"])

@@ -371,7 +371,9 @@ def scan(
     from torchdicom.sources.remote import configure, is_remote
 
     if storage_options is not None:
-        urls = [source] if isinstance(source, str) else [os.fspath(s) for s in source]  # type: ignore[union-attr]
+        if not isinstance(source, str | os.PathLike):
+            source = [os.fspath(s) for s in source]  # a generator is read once, here
+        urls = [os.fspath(source)] if isinstance(source, str | os.PathLike) else source
         for protocol in {u.split("://", 1)[0] for u in urls if is_remote(u)}:
             configure(protocol, storage_options)
     paths = _collect_paths(source, progress)
