@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.remote [--quick] [--n N] [--latency-ms MS]``
 
-Writes ``N`` 512x512 int16 CT files, uploads them to moto's ``ThreadedMotoServer`` on
-127.0.0.1, and reads every file's frame through ``DicomDataset`` + ``DataLoader``
+Writes ``N`` 512x512 int16 CT files, uploads them to moto's S3 server (started in its own
+process on 127.0.0.1), and reads every file's frame through ``DicomDataset`` + ``DataLoader``
 (batch 32, 0 workers) from the local folder and from ``s3://``; median of several
 epochs after a warm-up epoch. It counts the requests per batch (the batch path merges
 a batch's frames into one ``cat_ranges`` call) and repeats the remote read with an
@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -55,9 +58,6 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0) -> str:
         n: number of CT files.
         latency_ms: added latency of every S3 request in the latency runs.
     """
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
 
     import torchdicom
     from torchdicom.sources import remote
@@ -65,9 +65,7 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0) -> str:
     if quick:
         n = min(n, 64)
     repeats = 3 if quick else 7
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server, host, port = _start_moto()
     options = {"key": "bench", "secret": "bench-secret", "endpoint_url": f"http://{host}:{port}"}
     try:
         with tempfile.TemporaryDirectory(prefix="torchdicom-bench-remote-") as tmp:
@@ -120,7 +118,8 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0) -> str:
                 fs._cat_file = real_get
     finally:
         remote.configure("s3", {})
-        server.stop()
+        server.terminate()
+        server.wait(10)
 
     fps = {
         "local folder": n / t_local,
@@ -131,7 +130,7 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0) -> str:
     lines = [
         f"{n} files of 512x512 int16 CT (Explicit VR LE), every file's frame through"
         f" DicomDataset + DataLoader (batch {BATCH}, 0 workers); median of {repeats} epochs"
-        f" after a warm-up epoch. S3 = moto {_version('moto')} ThreadedMotoServer on 127.0.0.1,"
+        f" after a warm-up epoch. S3 = moto {_version('moto')} server (its own process) on 127.0.0.1,"
         f" s3fs {_version('s3fs')}. {platform.machine()}, {os.cpu_count()} CPUs,"
         f" Python {platform.python_version()}, torch {torch.__version__}.",
         "",
@@ -154,6 +153,28 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0) -> str:
         " No local block cache is implemented yet.",
     ]
     return "\n".join(lines)
+
+
+def _start_moto() -> tuple[subprocess.Popen, str, int]:
+    """moto's S3 server in its own process on 127.0.0.1 (not a thread of this one: a
+    threaded server would share the client's GIL and measure the two together)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return server, "127.0.0.1", port
+        except OSError:
+            time.sleep(0.1)
+    server.terminate()
+    raise RuntimeError("moto's server did not start within 30 s")
 
 
 def _version(name: str) -> str:
