@@ -77,9 +77,15 @@ def test_file_rewritten_after_scan_is_stale_never_wrong_pixels(indexed, same_siz
     _root, index = indexed
     row = index.row(0)
     path = Path(row["path"])
-    # A rewrite by another tool: same geometry (so same size) or a larger image.
-    size = 16 if same_size else 32
-    write_dicom(path, rows=size, columns=size, seed=99)
+    # A rewrite by another tool: new pixels in place (same size) or a larger image.
+    if same_size:
+        # Not a fresh write_dicom: its random UIDs vary in length, so the size would too.
+        data = bytearray(path.read_bytes())
+        pixels = slice(len(data) - 16 * 16 * 2, len(data))
+        data[pixels] = bytes(255 - b for b in data[pixels])
+        path.write_bytes(bytes(data))
+    else:
+        write_dicom(path, rows=32, columns=32, seed=99)
     # Filesystem timestamps are coarse (a few ms on some kernels): make sure the
     # rewrite is visible in mtime as it is for any rewrite that is not
     # within one clock tick of the scan (documented limit in RELIABILITY.md).
