@@ -273,6 +273,28 @@ def _judge_pixels(
 
 
 # --------------------------------------------------------------------------- worker process
+# One real file per decode route with a one-time cost per process: the JPEG YCbCr tables
+# and their numba kernel (compiled on first use: seconds in a fresh install, before numba's
+# on-disk cache exists), the codec imports. Paid before the first input, the CPU-second
+# hang limit measures each input's own work, not the process's start-up.
+_WARM_UP_FILES = (
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "JPEG-lossy.dcm",
+    "JPEG2000.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+)
+
+
+def _warm_up() -> None:
+    from pydicom.data import get_testdata_file
+
+    from torchdicom import read_frames
+
+    for name in _WARM_UP_FILES:
+        with contextlib.suppress(Exception):
+            read_frames(get_testdata_file(name))
+
+
 def _worker_main(conn: Any) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     import logging
@@ -280,6 +302,7 @@ def _worker_main(conn: Any) -> None:
     logging.disable(logging.CRITICAL)  # datasets log skipped files; not under test here
     import torchdicom  # noqa: F401 - import before tracing starts
 
+    _warm_up()
     tracemalloc.start()
     while True:
         path = conn.recv()
