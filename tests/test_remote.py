@@ -453,3 +453,34 @@ def test_s3_dataloader_workers_read_remote_files(s3):
     assert len(seen) == len(ds)
     for i, row in enumerate(ds.rows):
         assert torch.equal(seen[row["path"]], ds[i]["image"])
+
+
+def test_scan_fetches_header_bytes_not_pixel_data(tmp_path, monkeypatch):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    us_cine_like(tmp_path / "us", n=1, frames=40, size=128, jpeg=True)
+    ct_like(tmp_path / "ct", n_series=1, slices=1, size=256)
+    fs = fsspec.filesystem("memory")
+    sizes = {}
+    for f in sorted(p for p in tmp_path.rglob("*") if p.is_file() and "masks" not in p.parts):
+        url = f"memory://td-scan-bytes/{f.parent.name}_{f.name}"
+        fs.pipe(url, f.read_bytes())
+        sizes[url] = f.stat().st_size
+    fetched = []
+    real = MemoryFileSystem.cat_file
+
+    def counted(self, path, start=None, end=None, **kwargs):  # every thread's instance
+        data = real(self, path, start=start, end=end, **kwargs)
+        fetched.append(len(data))
+        return data
+
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", counted)
+    try:
+        index = scan("memory://td-scan-bytes", progress=False)
+    finally:
+        fs.rm("/td-scan-bytes", recursive=True)
+    dicom = [u for u in sizes if not u.endswith(".csv")]  # labels.csv: no DICM, not scanned
+    assert len(index) == len(dicom) == 2 and len(index.errors) == 0
+    assert 40 in index.df["frames"].tolist()
+    # Headers and fragment item headers only: a few kB per object, not the pixel data.
+    assert sum(fetched) < 0.05 * sum(sizes.values()), (sum(fetched), sum(sizes.values()))

@@ -582,6 +582,15 @@ def encapsulated_frames_held(
     return max(declared, images), max(declared, images)
 
 
+def _file_size(path: str) -> int:
+    if "://" in path:
+        from torchdicom.sources.remote import info, is_remote
+
+        if is_remote(path):
+            return info(path, refresh=False)[0]
+    return os.stat(path).st_size
+
+
 def frames_held(
     path: str,
     declared: int | None,
@@ -630,7 +639,7 @@ def frames_held(
         elif offset >= 0 and length > 0:
             # pydicom counts the bytes it reads, never past the end of the file.
             try:
-                length = max(0, min(length, os.stat(path).st_size - offset))
+                length = max(0, min(length, _file_size(path) - offset))
             except OSError:
                 return count  # the read reports the file
         held = native_frames_held(
@@ -647,6 +656,21 @@ def frames_held(
         held, images = encapsulated_frames_held(
             lambda at, n: value[at : at + n], 0, len(value), count, one_fragment_per_frame=rle
         )
+    elif offset >= 0 and length < 0 and "://" in path:
+        # A remote object (torchdicom.sources): item headers (and fragment tails) by range.
+        from torchdicom.sources.remote import RemoteHandle, info
+
+        try:
+            remote = RemoteHandle(path, info(path, refresh=False)[0])
+            held, images = encapsulated_frames_held(
+                lambda at, n: remote.pread(n, at),
+                offset,
+                remote.size,
+                count,
+                one_fragment_per_frame=rle,
+            )
+        except OSError:
+            return count  # the read reports the object
     elif offset >= 0 and length < 0:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))

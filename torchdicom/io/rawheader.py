@@ -71,11 +71,15 @@ class _NotPlain(Exception):
 class _Window:
     """Bytes of an open file at absolute offsets, read a chunk at a time."""
 
-    __slots__ = ("base", "buf", "pread", "size")
+    __slots__ = ("base", "buf", "chunk", "pread", "size", "skip_chunk")
 
-    def __init__(self, pread, size: int):
+    def __init__(self, pread, size: int, skip_chunk: int = _CHUNK):
         self.pread = pread  # (n, offset) -> bytes: os.pread of a descriptor, or a remote range
         self.size = size
+        self.chunk = _CHUNK
+        # Read size while skipping fragment items: a remote object reads the 8-byte item
+        # headers only, never the compressed pixel data between them.
+        self.skip_chunk = skip_chunk
         self.base = 0
         self.buf = pread(_CHUNK, 0)
 
@@ -85,7 +89,7 @@ class _Window:
         if off < 0 or off + n > len(self.buf):
             if pos + n > self.size:
                 raise _NotPlain
-            self.buf = self.pread(max(n, _CHUNK), pos)
+            self.buf = self.pread(max(n, self.chunk), pos)
             self.base = pos
             off = 0
             if len(self.buf) < n:
@@ -167,6 +171,14 @@ def _skip_fragments(w: _Window, pos: int) -> int:
     As pydicom walks them: items skipped by their lengths, up to the delimiter; a
     length past the end or any other tag is not plain (pydicom would scan bytes).
     """
+    w.chunk = w.skip_chunk
+    try:
+        return _skip_items_to_delimiter(w, pos)
+    finally:
+        w.chunk = _CHUNK
+
+
+def _skip_items_to_delimiter(w: _Window, pos: int) -> int:
     while True:
         off = w.at(pos, 8)
         tag = _U32.unpack_from(w.buf, off)[0]
@@ -220,7 +232,10 @@ def walk_header(
 
         try:
             return _walk(
-                _Window(RemoteHandle(fspath, size).pread, size), wanted, refused, defer_size
+                _Window(RemoteHandle(fspath, size).pread, size, skip_chunk=8),
+                wanted,
+                refused,
+                defer_size,
             )
         except (_NotPlain, struct.error):
             return None

@@ -358,13 +358,23 @@ class RemoteHandle:
     def pread(self, n: int, at: int) -> bytes:
         if at >= self.size:
             return b""
-        return read_range(self.url, at, min(at + n, self.size))
+        memo = getattr(_SCAN_MEMO, "reads", None)
+        if memo is None or getattr(_SCAN_MEMO, "url", None) != self.url:
+            return read_range(self.url, at, min(at + n, self.size))
+        # One header parse walks the fragment items up to three times (the lean walk,
+        # the frame count, the frame spans): each item header is fetched once.
+        data = memo.get((at, n))
+        if data is None:
+            data = memo[(at, n)] = read_range(self.url, at, min(at + n, self.size))
+        return data
 
     def whole(self) -> bytes:
         return self.pread(self.size, 0)
 
 
 _CHECKED: dict[str, tuple[float, int, str]] = {}
+# The reads of the header parse running in this thread (see RemoteHandle.pread).
+_SCAN_MEMO = threading.local()
 
 
 def open_checked(row: dict[str, Any]) -> RemoteHandle:
@@ -413,7 +423,11 @@ def header_row(url: str, salt: str | None = None, lean: bool = True) -> dict[str
     from torchdicom.io.header import header_row_stat
 
     size, etag = info(url)
-    row = dict(header_row_stat(url, _Stat(size), salt, lean))
+    _SCAN_MEMO.url, _SCAN_MEMO.reads = url, {}
+    try:
+        row = dict(header_row_stat(url, _Stat(size), salt, lean))
+    finally:
+        _SCAN_MEMO.url = _SCAN_MEMO.reads = None
     row["etag"] = etag
     _CHECKED[url] = (time.monotonic(), size, etag)
     return row
