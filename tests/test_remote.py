@@ -200,6 +200,28 @@ def test_urls_lose_user_info_and_signatures():
     assert "pa55word" not in shown and "abc123" not in shown and "x=1" in shown
 
 
+def test_signed_url_tokens_of_every_store_are_scrubbed():
+    url = (
+        "https://h/a.dcm?X-Goog-Signature=g00gsig&X-Goog-Credential=cred&GoogleAccessId=gid"
+        "&Policy=pol1&Key-Pair-Id=kp1&access_token=tok1&sig=sas1&x=1"
+    )
+    shown = remote.display(url)
+    for secret in ("g00gsig", "cred", "gid", "pol1", "kp1", "tok1", "sas1"):
+        assert secret not in shown
+    assert "x=1" in shown
+
+
+def test_errors_about_urls_never_show_tokens_or_user_info():
+    from torchdicom.errors import CorruptDicomError
+
+    err = CorruptDicomError(
+        "https://bob:hunter22@h/a.dcm?X-Amz-Signature=s1gned", "bad frame", frame=2
+    )
+    assert "hunter22" not in str(err) and "s1gned" not in str(err)
+    assert "hunter22" not in err.path and "s1gned" not in err.path
+    assert "h/a.dcm" in str(err) and "bad frame" in str(err)
+
+
 # --------------------------------------------------------------------------- S3 (moto)
 @pytest.fixture(scope="module")
 def s3_server():

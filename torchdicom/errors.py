@@ -60,6 +60,13 @@ class TorchDicomError(Exception):
             super().__init__(self.reason)
             return
         self.path = None if path is None else os.fspath(path)
+        if self.path is not None and "://" in self.path:
+            # A remote object's URL (torchdicom.sources): user info, signed-URL tokens and
+            # registered credentials never reach a message, a log line or a worker's pickle.
+            from torchdicom.sources.remote import display
+
+            self.path = display(self.path)
+            reason = display(reason)
         self.reason = reason
         self.frame = frame
         super().__init__(self._format())

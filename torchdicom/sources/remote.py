@@ -169,8 +169,12 @@ def _secrets() -> list[str]:
 
 
 _USERINFO = re.compile(r"(://)[^/@\s]*@")
-# Query parameters that carry signatures or tokens (presigned URLs, SAS tokens).
-_TOKEN_QUERY = re.compile(r"(?i)([?&](?:x-amz-[a-z-]*|sig|signature|token|sv|se|sp|code)=)[^&\s]*")
+# S3 (X-Amz-*), GCS (X-Goog-*, GoogleAccessId), Azure SAS (sig …), CloudFront (Policy,
+# Key-Pair-Id), OAuth / API keys.
+_TOKEN_QUERY = re.compile(
+    r"(?i)([?&](?:x-amz-[a-z-]*|x-goog-[a-z-]*|googleaccessid|sig|signature|token|sv|se|sp"
+    r"|code|policy|key-pair-id|access_token|api_?key|key)=)[^&#\s]*"
+)
 
 
 def _scrub(text: str) -> str:
