@@ -222,6 +222,32 @@ def test_errors_about_urls_never_show_tokens_or_user_info():
     assert "h/a.dcm" in str(err) and "bad frame" in str(err)
 
 
+def test_memory_pydicom_header_parse_reads_by_range(files, memory, monkeypatch):
+    """The full (non-lean) header parse reads through read_range (retries, timeout),
+    not an fsspec file object, and gives the local row."""
+    from torchdicom.io.header import header_row
+
+    fs, names = memory
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("fsspec file object opened")
+
+    monkeypatch.setattr(type(fs), "open", no_open)
+    calls = []
+    real = remote.read_range
+    monkeypatch.setattr(
+        remote, "read_range", lambda url, a, b: calls.append((a, b)) or real(url, a, b)
+    )
+    for url in sorted(names):
+        url = "memory://td-test/set/" + url
+        mine = header_row(_local_of(names, url), lean=False)
+        far = header_row(url, lean=False)
+        assert {k: str(v) for k, v in far.items() if k not in _WHERE} == {
+            k: str(v) for k, v in mine.items() if k not in _WHERE
+        }
+    assert calls and all(0 <= a <= b for a, b in calls)
+
+
 # --------------------------------------------------------------------------- S3 (moto)
 @pytest.fixture(scope="module")
 def s3_server():

@@ -242,7 +242,7 @@ def _dcmread(fspath: str, st: os.stat_result, **kwargs: Any) -> Dataset:
         with pydicom_warnings_logged(fspath):
             # The problems that matter become errors below; the rest is logged.
             if remote:
-                with open_file(fspath) as f:
+                with open_file(fspath, st.st_size) as f:
                     ds = pydicom.dcmread(f, force=force, **kwargs)
             else:
                 with BoundedReader(fspath) as f:

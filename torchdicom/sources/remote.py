@@ -30,6 +30,7 @@ process, re-created after a fork (fsspec's own instance cache is keyed by proces
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import threading
@@ -169,6 +170,7 @@ def _secrets() -> list[str]:
 
 
 _USERINFO = re.compile(r"(://)[^/@\s]*@")
+# Query parameters that carry signatures or tokens (presigned URLs, SAS tokens).
 # S3 (X-Amz-*), GCS (X-Goog-*, GoogleAccessId), Azure SAS (sig …), CloudFront (Policy,
 # Key-Pair-Id), OAuth / API keys.
 _TOKEN_QUERY = re.compile(
@@ -453,9 +455,49 @@ def cached_row(url: str) -> dict[str, Any]:
     return row
 
 
-def open_file(url: str):
-    """A read-ahead file object of a remote object (for pydicom's header parse)."""
-    fs = filesystem(url)
-    return _call(
-        url, "open", fs.open, url, "rb", block_size=policy.block_size, cache_type="readahead"
-    )
+class _RangeReader(io.RawIOBase):
+    """A remote object as a raw binary file: every read one :func:`read_range` (retried,
+    under ``timeout_s``, errors mapped), never past the object's size."""
+
+    def __init__(self, url: str, size: int):
+        super().__init__()
+        self.url, self.size, self.pos = url, size, 0
+
+    @property
+    def name(self) -> str:
+        return self.url
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self.pos + len(view), self.size)
+        if end <= self.pos:
+            return 0
+        data = read_range(self.url, self.pos, end)
+        view[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def open_file(url: str, size: int | None = None):
+    """A buffered file object of a remote object (for pydicom's header parse).
+
+    Reads go through :func:`read_range` (the fsspec file objects' own reads have no
+    overall timeout), ``block_size`` bytes of read-ahead at a time.
+    """
+    if size is None:
+        size = info(url, refresh=False)[0]
+    return io.BufferedReader(_RangeReader(url, size), buffer_size=policy.block_size)
