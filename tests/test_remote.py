@@ -248,6 +248,24 @@ def test_memory_pydicom_header_parse_reads_by_range(files, memory, monkeypatch):
     assert calls and all(0 <= a <= b for a, b in calls)
 
 
+def test_memory_batch_leaves_other_shapes_and_missing_frames_to_the_item_path(files, memory):
+    """read_native_batch never fills a slot whose shape differs from the row's (same byte
+    count, other layout) nor reads a frame the row does not hold."""
+    from torchdicom.io.frames import read_native_batch
+
+    _fs, _names = memory
+    far = scan("memory://td-test/set", progress=False)
+    row = next(r for r in far.rows() if native_layout(r) is not None and int(r["frames"]) > 1)
+    c, h, w = native_layout(row).shape
+    dtype = native_layout(row).dtype
+    assert read_native_batch([row], [0], np.zeros((1, c, h, w), dtype)) == [True]
+    other = np.zeros((1, c, h * w // 2, 2), dtype)  # the frame's byte count, another shape
+    assert read_native_batch([row], [0], other) == [False] and not other.any()
+    for frame in (int(row["frames"]), -1):
+        slot = np.zeros((1, c, h, w), dtype)
+        assert read_native_batch([row], [frame], slot) == [False] and not slot.any()
+
+
 # --------------------------------------------------------------------------- S3 (moto)
 @pytest.fixture(scope="module")
 def s3_server():

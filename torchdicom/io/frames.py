@@ -563,6 +563,9 @@ def read_native_batch(
         row = rows[k]
         if not is_remote(row["path"]):
             continue
+        layout = (int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"]))
+        if slots[k].shape != layout or not 0 <= int(frames[k]) < int(row["frames"]):
+            continue  # another shape, or no such frame: the item path reads (or refuses) it
         try:
             check_declared_size(row)
             open_checked(row)  # size / ETag (at most every recheck_s)
