@@ -266,6 +266,27 @@ def test_memory_batch_leaves_other_shapes_and_missing_frames_to_the_item_path(fi
         assert read_native_batch([row], [frame], slot) == [False] and not slot.any()
 
 
+def test_uid_named_objects_are_probed_in_one_batch(files, monkeypatch):
+    """Objects with a dot in the name (UID file names) are probed for DICM together."""
+    fs = fsspec.filesystem("memory")
+    data = files[-3].read_bytes()  # CT_small.dcm
+    uids = [f"memory://td-uids/1.2.840.10008.{k}" for k in range(5)]
+    for url in uids:
+        fs.pipe(url, data)
+    fs.pipe("memory://td-uids/notes.txt", b"tiny")
+    fs.pipe("memory://td-uids/img.png", b"\x89PNG" + bytes(300))
+    one_by_one, batches = [], []
+    real_range, real_batch = remote.read_range, remote._cat_ranges
+    monkeypatch.setattr(remote, "read_range", lambda *a: one_by_one.append(a) or real_range(*a))
+    monkeypatch.setattr(remote, "_cat_ranges", lambda *a: batches.append(a) or real_batch(*a))
+    try:
+        found = remote.looks_like_dicom(remote.find("memory://td-uids", progress=False))
+    finally:
+        fs.rm("/td-uids", recursive=True)
+    assert [u.rsplit("/", 1)[-1] for u in found] == [u.rsplit("/", 1)[-1] for u in uids]
+    assert len(batches) == 1 and not one_by_one
+
+
 # --------------------------------------------------------------------------- S3 (moto)
 @pytest.fixture(scope="module")
 def s3_server():

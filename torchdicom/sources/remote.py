@@ -277,15 +277,13 @@ def read_range(url: str, start: int, end: int) -> bytes:
     return _call(url, f"read of bytes {start}-{end}", fs.cat_file, url, start=start, end=end, fs=fs)
 
 
-def read_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
-    """Many ranges in one ``cat_ranges`` call (concurrent on async filesystems); each checked."""
-    if not urls:
-        return []
+def _cat_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[Any]:
+    """One ``cat_ranges`` call: each range's bytes, or the exception its request ended in."""
     fs = filesystem(urls[0])
     kwargs: dict[str, Any] = {"on_error": "return"}
     if getattr(fs, "async_impl", False):
         kwargs["batch_size"] = policy.max_in_flight
-    results = _call(
+    return _call(
         urls[0],
         f"batch read of {len(urls)} ranges",
         fs.cat_ranges,
@@ -295,8 +293,14 @@ def read_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int])
         fs=fs,
         **kwargs,
     )
+
+
+def read_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+    """Many ranges in one ``cat_ranges`` call (concurrent on async filesystems); each checked."""
+    if not urls:
+        return []
     out: list[bytes] = []
-    for url, start, end, data in zip(urls, starts, ends, results):
+    for url, start, end, data in zip(urls, starts, ends, _cat_ranges(urls, starts, ends)):
         if isinstance(data, BaseException):
             data = read_range(url, start, end)  # retried and mapped one by one
         out.append(data)
@@ -326,19 +330,35 @@ def find(url: str, progress: bool = True) -> list[str]:
 
 
 def looks_like_dicom(urls: Iterable[str]) -> list[str]:
-    """The URLs worth a header parse: ``.dcm`` / no extension, or ``DICM`` at byte 128."""
-    keep = []
+    """The URLs worth a header parse: ``.dcm`` / no extension, or ``DICM`` at byte 128.
+
+    The others (UID-named files such as ``1.2.840….5`` among them) are probed together,
+    ``max_in_flight`` requests at a time, not one request after another.
+    """
+    urls = list(urls)
+    probe = []
     for url in urls:
         name = url.rsplit("/", 1)[-1].lower()
-        if name.endswith((".dcm", ".dicom")) or "." not in name:
-            keep.append(url)
-            continue
+        if not (name.endswith((".dcm", ".dicom")) or "." not in name):
+            probe.append(url)
+    dicm: set[str] = set()
+    step = max(1, 16 * policy.max_in_flight)
+    for k in range(0, len(probe), step):
+        chunk = probe[k : k + step]
         try:
-            if read_range(url, 128, 132) == b"DICM":
-                keep.append(url)
+            heads = _cat_ranges(chunk, [128] * len(chunk), [132] * len(chunk))
         except TorchDicomError:
-            continue
-    return keep
+            heads = [None] * len(chunk)
+        for url, head in zip(chunk, heads):
+            if not isinstance(head, bytes):  # failed (or shorter than 132 bytes): once more
+                try:
+                    head = read_range(url, 128, 132)
+                except TorchDicomError:
+                    continue
+            if head == b"DICM":
+                dicm.add(url)
+    probed = set(probe)
+    return [url for url in urls if url not in probed or url in dicm]
 
 
 # --------------------------------------------------------------------------- reads for the index
