@@ -76,7 +76,10 @@ class RemotePolicy:
             apply beneath it.
         max_in_flight: concurrent requests of one :func:`read_ranges` call (a batch).
         recheck_s: an object's size / ETag is checked against its index row at most
-            once per this many seconds per process (0: before every read).
+            once per this many seconds per process (0: before every read). Within that
+            window an object rewritten in place is not noticed: a read may return the
+            new version's bytes at the old row's offsets (a short body still raises).
+            Set 0 where objects are rewritten under the same key while training.
         block_size: read-ahead block of the file object used for headers pydicom
             parses (the lean header walk reads exact ranges).
     """
