@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, Subset
 from torchdicom._privacy import resolve_salt
 from torchdicom.cache import FrameCache
 from torchdicom.data import Collate, DicomDataset, MaskSource
+from torchdicom.data._base import decode_target
 from torchdicom.data.resize import ResizeMode, check_channels
 from torchdicom.data.sampler import SizeBucketBatchSampler, item_shapes
 from torchdicom.index import DicomIndex, scan
-from torchdicom.keys import IMAGE
+from torchdicom.keys import IMAGE, PENDING
 from torchdicom.sources.remote import is_remote
 
 __all__ = ["DicomDataModule", "default_index_cache", "patient_split"]
@@ -236,6 +237,12 @@ class DicomDataModule(_LightningDataModule):
             what ``masks="masks"`` names — holds masks, never training images,
             whether or not ``masks`` is given. ``[]`` keeps every file. Folders
             that do not exist are ignored.
+        decode_device, decode_fallback: GPU decoding (see :class:`DicomDataset`): with
+            ``"cuda"`` the workers read, but do not decode, the frames the GPU decodes, and
+            :meth:`transfer_batch_to_device` decodes them in the main process straight into
+            the batch tensor on the device (``DicomDataset.decode_batch``) before moving the
+            rest; ``image`` arrives decoded, as without it. Checked here: a CUDA device
+            without CUDA raises ValueError. Not with ``cpu_transform`` or ``size``.
 
     Batches are dicts (see :class:`Collate`); ``image`` arrives on the device
     in the dataset's one stored dtype (:attr:`DicomDataset.dtype`: e.g. int32
@@ -272,8 +279,11 @@ class DicomDataModule(_LightningDataModule):
         batching: Literal["default", "by_size"] = "default",
         exclude: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
+        decode_device: str | None = None,
+        decode_fallback: Literal["cpu"] | None = "cpu",
     ):
         super().__init__()
+        decode_target(decode_device, decode_fallback)  # a clear error now, not at setup()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1. Got: {batch_size}")
         if num_workers < 0:
@@ -299,6 +309,7 @@ class DicomDataModule(_LightningDataModule):
             self.hparams[name] = _as_data(value)
         self.data = data
         self.storage_options = storage_options
+        self.decode_device, self.decode_fallback = decode_device, decode_fallback
         self.labels = labels
         self.masks = masks
         self.frames = frames
@@ -438,6 +449,8 @@ class DicomDataModule(_LightningDataModule):
             channels=self.channels,
             exclude=self._excluded(root),
             storage_options=self.storage_options,
+            decode_device=self.decode_device,
+            decode_fallback=self.decode_fallback,
         )
 
     def _split(self) -> None:
@@ -539,6 +552,10 @@ class DicomDataModule(_LightningDataModule):
         self, batch: Any, device: torch.device, dataloader_idx: int
     ) -> Any:
         # Only tensors move; paths stay on the host. Stored integers move as they are.
+        if isinstance(batch, dict) and PENDING in batch and self.dataset is not None:
+            # decode_device: frames left undecoded by the workers are decoded here, in the
+            # main process, straight into the batch tensor on the device.
+            batch = self.dataset.decode_batch(batch)
         if isinstance(batch, dict):
             return {
                 k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v

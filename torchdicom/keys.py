@@ -32,6 +32,7 @@ __all__ = [
     "PAD",
     "PATH",
     "PATHS",
+    "PENDING",
     "PIXEL_KEYS",
     "POSITIONS",
     "SCALE",
@@ -80,6 +81,9 @@ FRAME: Final = "frame"
 INDEX: Final = "index"
 #: Another item stood in for this one, whose file failed (``on_error="skip"``).
 SUBSTITUTED: Final = "substituted"
+#: The item's image is decoded on the device in the main process (``decode_device="cuda"``):
+#: until the dataset's ``decode_batch`` runs, its slot of the batch ``image`` holds no values.
+PENDING: Final = "pending"
 #: The item's label, from the dataset's ``labels``.
 LABEL: Final = "label"
 
@@ -111,6 +115,6 @@ PIXEL_KEYS: Final = (IMAGE, MASK)
 #: Batched as float32 (B,) (or (B, D) for volumes' per-slice values).
 FLOAT_KEYS: Final = (SLOPE, INTERCEPT, WINDOW_CENTER, WINDOW_WIDTH)
 #: Batched as bool (B,).
-BOOL_KEYS: Final = (MONOCHROME1, SIGNED, YBR, SUBSTITUTED)
+BOOL_KEYS: Final = (MONOCHROME1, SIGNED, YBR, SUBSTITUTED, PENDING)
 #: Batched as int64 (B,).
 INT_KEYS: Final = (BITS_STORED, FRAME, INDEX)

@@ -6,6 +6,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,9 +26,11 @@ from torchdicom.io.schema import IndexRow
 from torchdicom.keys import (
     AFFINE,
     BITS_STORED,
+    IMAGE,
     INDEX,
     INTERCEPT,
     MONOCHROME1,
+    PENDING,
     SIGNED,
     SLOPE,
     SUBSTITUTED,
@@ -36,6 +39,8 @@ from torchdicom.keys import (
 )
 
 log = logging.getLogger("torchdicom.data")
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 _TORCH_DTYPES = {
     np.dtype(t): getattr(torch, name)
@@ -321,6 +326,32 @@ def _images_only(rows: list[IndexRow]) -> list[IndexRow]:
     return keep
 
 
+def decode_target(decode_device: Any, decode_fallback: Any) -> torch.device | None:
+    """The CUDA device of a ``decode_device`` setting (None: decode on the CPU), checked.
+
+    Raises:
+        ValueError: ``decode_device`` not None, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a
+            CUDA device without CUDA; ``decode_fallback`` not ``"cpu"`` or None.
+    """
+    from torchdicom.io.frames import _resolve_device
+
+    if decode_fallback not in ("cpu", None):
+        raise ValueError(f"decode_fallback must be 'cpu' or None. Got: {decode_fallback!r}")
+    if decode_device is None:
+        return None
+    if not isinstance(decode_device, str | torch.device) or not _DEVICE.fullmatch(
+        str(decode_device)
+    ):
+        raise ValueError(
+            f"decode_device must be None, 'cpu', 'cuda' or 'cuda:N'. Got: {decode_device!r}"
+        )
+    try:
+        target = _resolve_device(decode_device)
+    except ValueError as exc:
+        raise ValueError(f"decode_device={str(decode_device)!r}: {exc}") from None
+    return None if target.type == "cpu" else target
+
+
 class _Base(Dataset):
     def __init__(
         self,
@@ -401,6 +432,118 @@ class _Base(Dataset):
     ) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- GPU decode
+    def _init_decode(
+        self, decode_device: Any, decode_fallback: str | None, transform: Any, size: Any
+    ) -> None:
+        """Check and keep ``decode_device`` / ``decode_fallback`` (see :meth:`decode_batch`)."""
+        target = decode_target(decode_device, decode_fallback)
+        if target is not None and (transform is not None or size is not None):
+            given = "transform" if transform is not None else "size"
+            raise ValueError(
+                f"decode_device={str(decode_device)!r} decodes frames after the batch is"
+                f" collated, so a per-item {given}= never sees their pixels; resize or"
+                " transform the decoded batch on the device instead (gpu_transforms)"
+            )
+        self.decode_device, self.decode_fallback = decode_device, decode_fallback
+        self._decode_target = target
+
+    def _defers(self, row: IndexRow) -> bool:
+        """Whether this file's frames are left for :meth:`decode_batch` (decoded on the GPU).
+
+        Files the GPU decodes (:func:`~torchdicom.io.frames.gpu_decodable`) and stored in
+        the dataset's own dtype; any other file is read in the worker as without
+        ``decode_device``.
+        """
+        if self.__dict__.get("_decode_target") is None:
+            return False
+        from torchdicom.io.frames import gpu_decodable
+
+        return gpu_decodable(row) and _file_dtype(row) == self._stored_dtype()
+
+    def _placeholder(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The ``image`` of a deferred item: one element expanded to ``shape`` (no pixels
+        are allocated, copied or sent from the worker; :class:`Collate` skips it)."""
+        return torch.empty((), dtype=self.dtype).expand(shape)
+
+    def _item_frames(self, i: int) -> tuple[IndexRow, list[int]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def decode_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Decode a collated batch's deferred images on :attr:`decode_device`.
+
+        With ``decode_device="cuda"`` the DataLoader workers do not decode the frames the GPU
+        decodes (:func:`~torchdicom.io.frames.gpu_decodable`): their items carry no pixels
+        and the collated batch marks them in ``batch["pending"]`` (bool (B,)); their slots of
+        ``batch["image"]`` (a CPU tensor, (B, C, H, W) or (B, T, C, H, W) for clips, in
+        :attr:`dtype`) hold no values yet. This step, run in the main process (CUDA cannot
+        run in forked workers), reads those frames' code-streams and decodes them with
+        nvImageCodec (one batch call per file, all its pending frames) straight into the batch tensor on the
+        device; the rows read on the CPU are copied over. :class:`~torchdicom.DicomDataModule`
+        runs it in ``transfer_batch_to_device``.
+
+        Returns:
+            The batch with ``image`` on the device, every row filled, in :attr:`dtype`
+            (the same values as the CPU read: lossless syntaxes equal pydicom's, lossy JPEG
+            within a few levels), and no ``pending`` key. Other keys are returned as they
+            are. A batch without ``pending`` comes back unchanged.
+
+        Raises:
+            CorruptDicomError: a frame the GPU decoder fails on, naming file and frame,
+                with ``decode_fallback=None`` (with ``"cpu"`` it is read on the CPU).
+        """
+        flags = batch.get(PENDING)
+        if flags is None:
+            return batch
+        target = self._decode_target
+        if target is None:  # pragma: no cover - only a dataset that defers marks items
+            raise ValueError("this dataset has no decode_device; its batches have no pending rows")
+        if target.type == "cuda" and target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+        out = dict(batch)
+        del out[PENDING]
+        image = batch[IMAGE]
+        pending = [k for k, flag in enumerate(flags.tolist()) if flag]
+        if image.device == target:
+            into = image
+        else:
+            into = torch.empty(image.shape, dtype=image.dtype, device=target)
+            ready = sorted(set(range(image.shape[0])) - set(pending))
+            if ready:
+                index = torch.tensor(ready)
+                into[index.to(target)] = image[index].to(target, non_blocking=True)
+        # One decoder call per file: every pending frame of the file in this batch.
+        by_file: dict[str, tuple[IndexRow, list[int], list[int]]] = {}
+        indices = batch[INDEX].tolist()
+        for k in pending:
+            row, frames = self._item_frames(int(indices[k]))
+            _, slots, wanted = by_file.setdefault(row["path"], (row, [], []))
+            slots.append(k)
+            wanted.extend(frames)
+        for row, slots, wanted in by_file.values():
+            decoded = self._decode_frames(row, wanted, target)
+            per_item = decoded.reshape(len(slots), *into.shape[1:])
+            for k, values in zip(slots, per_item, strict=True):
+                into[k] = values
+        out[IMAGE] = into
+        return out
+
+    def _decode_frames(
+        self, row: IndexRow, frames: list[int], device: torch.device
+    ) -> torch.Tensor:
+        from torchdicom.io import frames as io_frames
+
+        check = io_frames.check_declared_size
+        check(row)
+        decoded = io_frames._read_gpu(
+            row,
+            frames,
+            not self._keeps_ybr(row),
+            device,
+            self.decode_fallback == "cpu",
+        )
+        return decoded.to(self.dtype)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self._fetch(i)
 
@@ -419,6 +562,13 @@ class _Base(Dataset):
             try:
                 # A substitute is read on its own: it may not fit the batch slot.
                 item = self._get(j, into if attempt == 0 else None)
+                if attempt > 0 and item.get(PENDING):
+                    # decode_batch finds an item's frames by its index, which will name the
+                    # failed item: the substitute is read here, on the CPU.
+                    row, frames = self._item_frames(j)
+                    shape = item[IMAGE].shape
+                    item[IMAGE] = torch.from_numpy(self._read(row, frames)).reshape(shape)
+                    item[PENDING] = False
             except TorchDicomError as exc:
                 self._skips.add(exc.path or "?", exc)
                 last = exc

@@ -13,7 +13,7 @@ from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
 from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
 from torchdicom.data.sources import MaskSource, _MaskResolver
 from torchdicom.io.header import frame_row
-from torchdicom.keys import FRAME, IMAGE, INDEX, MASK, PATH, YBR
+from torchdicom.keys import FRAME, IMAGE, INDEX, MASK, PATH, PENDING, YBR
 
 __all__ = ["DicomClipDataset"]
 
@@ -33,6 +33,9 @@ class DicomClipDataset(_Base):
         transform: CPU-side callable on the item dict.
         size, resize, channels: the size policy, as for :class:`DicomDataset`; every
             frame of a clip goes through the same geometry (masks too).
+        decode_device, decode_fallback: GPU decoding of the clip's frames, as for
+            :class:`DicomDataset` (a pending clip is decoded by :meth:`decode_batch` into
+            its (T, C, H, W) slot of the (B, T, C, H, W) batch).
 
     Item (dict):
         ``image`` (T, C, H, W) in the dataset's one stored dtype :attr:`dtype`
@@ -61,6 +64,8 @@ class DicomClipDataset(_Base):
         resize: ResizeMode = "stretch",
         channels: Literal[1, 3] | None = None,
         storage_options: dict[str, Any] | None = None,
+        decode_device: str | torch.device | None = None,
+        decode_fallback: Literal["cpu"] | None = "cpu",
     ):
         if not isinstance(clip_len, int) or clip_len < 1:
             raise ValueError(f"clip_len must be a positive int. Got: {clip_len!r}")
@@ -85,6 +90,7 @@ class DicomClipDataset(_Base):
         if size is not None:  # a size promises items that batch: grey and colour must agree
             check_channels([r["samples_per_pixel"] for r in self.rows], channels)
         self._stored_dtype()  # decided now, from the final rows, and pickled to workers
+        self._init_decode(decode_device, decode_fallback, transform, size)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -99,19 +105,29 @@ class DicomClipDataset(_Base):
         f, k = _locate(self._starts, i)
         return f, k * self.stride
 
+    def _item_frames(self, i: int) -> tuple[dict[str, Any], list[int]]:
+        f, start = self.locate(i)
+        return self.rows[f], list(range(start, start + self.clip_len))
+
     def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, start = self.locate(i)
         row = self.rows[f]
-        frames = slice(start, start + self.clip_len)
-        clip = self._read(row, frames)
+        defer = self._defers(row)
+        if defer:  # decoded on the device by decode_batch, in the main process
+            spp, h, w = (int(row[k]) for k in ("samples_per_pixel", "rows", "columns"))
+            image = self._placeholder((self.clip_len, spp, h, w))
+        else:
+            image = torch.from_numpy(self._read(row, slice(start, start + self.clip_len)))
         # Metadata of the clip's first frame (for enhanced files with per-frame values).
-        item: dict[str, Any] = {IMAGE: torch.from_numpy(clip), **_meta(frame_row(row, start))}
+        item: dict[str, Any] = {IMAGE: image, **_meta(frame_row(row, start))}
         item[YBR] = self._keeps_ybr(row)
         if self._masks:
             item[MASK] = self._masks.read(
-                row, list(range(start, start + self.clip_len)), clip.shape[-2:]
+                row, list(range(start, start + self.clip_len)), image.shape[-2:]
             )
         item.update({PATH: row["path"], FRAME: start, INDEX: i})
+        if self._decode_target is not None:
+            item[PENDING] = defer
         if self.size_policy:
             item = self.size_policy(item)
         if self.transform is not None:

@@ -9,7 +9,17 @@ import numpy as np
 import torch
 
 from torchdicom._runtime import batch_buffer, whole_buffer
-from torchdicom.keys import BOOL_KEYS, FLOAT_KEYS, INT_KEYS, LABEL, MASK, PATH, PIXEL_KEYS
+from torchdicom.keys import (
+    BOOL_KEYS,
+    FLOAT_KEYS,
+    IMAGE,
+    INT_KEYS,
+    LABEL,
+    MASK,
+    PATH,
+    PENDING,
+    PIXEL_KEYS,
+)
 
 __all__ = ["Collate", "collate"]
 
@@ -41,6 +51,11 @@ class Collate:
         ``monochrome1``, ``signed``, ``ybr`` bool (B,); ``bits_stored``, ``frame``,
         ``index`` int64 (B,); ``label`` int64 / float32 (B,); ``mask`` uint8
         (B, S, H, W) (one channel per segment; (B, T, S, H, W) for clips); ``path`` list[str].
+
+        Items of a dataset with a CUDA ``decode_device`` carry ``pending``: the batch's
+        ``pending`` bool (B,) marks the rows whose ``image`` slots are left unfilled (their
+        items hold no pixels); the dataset's ``decode_batch`` fills them on the device.
+        Their images must all have one shape (no ``pad``).
     """
 
     def __init__(self, pad: bool = False):
@@ -52,7 +67,9 @@ class Collate:
         out: dict[str, Any] = {}
         for key in items[0]:
             values = [it[key] for it in items]
-            if key in PIXEL_KEYS:
+            if key == IMAGE and any(it.get(PENDING) for it in items):
+                out[key] = self._stack_pending(values, items)
+            elif key in PIXEL_KEYS:
                 out[key] = self._stack(values, items, key)
             elif key in FLOAT_KEYS and isinstance(values[0], torch.Tensor):
                 # Per-slice values of volumes (D,) (or per-frame values of clips): (B, D).
@@ -71,6 +88,28 @@ class Collate:
                 out[key] = self._stack(values, items, key)
             else:
                 out[key] = list(values)
+        return out
+
+    def _stack_pending(
+        self, values: list[torch.Tensor], items: Sequence[Mapping[str, Any]]
+    ) -> torch.Tensor:
+        """The (B, ...) image batch with only the rows read on the CPU filled."""
+        shapes = {tuple(v.shape) for v in values}
+        dtypes = {v.dtype for v in values}
+        if len(shapes) > 1 or len(dtypes) > 1:
+            detail = ", ".join(
+                f"{tuple(v.shape)} {v.dtype} {it.get(PATH, '?')}"
+                for v, it in list(zip(values, items))[:4]
+            )
+            raise ValueError(
+                f"cannot batch images of different sizes or dtypes: {detail}; with"
+                f" decode_device the images of a batch must agree (batch by size:"
+                f" DicomDataModule(batching='by_size'), or batch_size=1)"
+            )
+        out = batch_buffer(values[0], len(values))
+        for slot, v, it in zip(out, values, items):
+            if not it.get(PENDING):
+                slot.copy_(v)
         return out
 
     def _stack(

@@ -25,7 +25,7 @@ from torchdicom.data.sources import (
 from torchdicom.errors import TorchDicomError
 from torchdicom.io.frames import native_layout, read_frames_numpy, read_native_batch, route_for
 from torchdicom.io.header import frame_row
-from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, MASK, PATH, YBR
+from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, MASK, PATH, PENDING, YBR
 
 __all__ = ["DicomDataset"]
 
@@ -82,6 +82,22 @@ class DicomDataset(_Base):
         exclude: folders whose files are not items (absolute, or relative to
             the collection root), e.g. a mask folder inside the image folder
             that is not given as ``masks`` (one that is, is left out anyway).
+        decode_device: ``None`` / ``"cpu"`` (decode in the DataLoader workers), or
+            ``"cuda"`` / ``"cuda:N"``: frames the GPU decodes
+            (:func:`~torchdicom.io.frames.gpu_decodable`: unsigned JPEG .50/.51/.57/.70,
+            JPEG 2000 / HTJ2K .90/.91/.201-.203, stored in :attr:`dtype`) are not decoded in
+            the workers; their items carry ``pending`` True and no pixels, and
+            :meth:`decode_batch`, run on the collated batch in the main process, decodes
+            them with nvImageCodec (``pip install torchdicom[gpu]``) straight into the batch
+            tensor on the device (:class:`~torchdicom.DicomDataModule` does this in
+            ``transfer_batch_to_device``). Other files (native, JPEG-LS, RLE, signed…) are
+            read in the workers as before. Any ``num_workers`` works. A CUDA device
+            without CUDA raises ValueError here; with ``transform`` or ``size`` too (a
+            per-item step cannot see pixels decoded later).
+        decode_fallback: ``"cpu"`` (default) reads a frame the GPU decoder fails on with
+            the CPU routes; ``None`` raises :class:`~torchdicom.errors.CorruptDicomError`
+            naming the file and frame (in :meth:`decode_batch`; ``on_error`` does not
+            apply there).
 
     Item (dict):
         ``image`` (C, H, W) in the dataset's one stored dtype :attr:`dtype`;
@@ -96,7 +112,10 @@ class DicomDataset(_Base):
         in YCbCr); ``label`` (when labels given); ``mask`` (S, H, W) uint8
         (when masks given: S segments of the SEGs, in :attr:`mask_segments`
         order, 0/1, zeros for frames no segment covers; S = 1 for mask
-        files); ``path`` str; ``frame`` int; ``index`` int.
+        files); ``path`` str; ``frame`` int; ``index`` int. With a CUDA
+        ``decode_device``: ``pending`` bool, and for pending items ``image`` is a
+        placeholder of the right shape and dtype holding no pixels (one element,
+        expanded) until :meth:`decode_batch`.
 
     Stored dtype:
         Every ``image`` of a dataset has one dtype, :attr:`dtype`, so any two items
@@ -134,6 +153,8 @@ class DicomDataset(_Base):
         channels: Literal[1, 3] | None = None,
         exclude: Sequence[str | os.PathLike[str]] = (),
         storage_options: dict[str, Any] | None = None,
+        decode_device: str | torch.device | None = None,
+        decode_fallback: Literal["cpu"] | None = "cpu",
     ):
         super().__init__(
             source,
@@ -182,6 +203,7 @@ class DicomDataset(_Base):
                 )
             self._labels, self.classes = _encode_labels(values)
         self._stored_dtype()  # decided now, from the final rows, and pickled to workers
+        self._init_decode(decode_device, decode_fallback, transform, size)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -207,6 +229,10 @@ class DicomDataset(_Base):
         if not 0 <= i < len(self.rows):
             raise IndexError(f"index {i} out of range for a dataset of {len(self.rows)} items")
         return int(i), 0 if self.frames == "first" else int(self.frames)
+
+    def _item_frames(self, i: int) -> tuple[dict[str, Any], list[int]]:
+        f, frame = self.locate(i)
+        return self.rows[f], [frame]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The items of one DataLoader batch (the DataLoader calls this instead of ``[i]``).
@@ -258,7 +284,7 @@ class DicomDataset(_Base):
             if isinstance(i, int | np.integer) and -n <= i < n:
                 f, frame = self.locate(int(i) % n)
                 row = self.rows[f]
-                if route_for(row).parallel:
+                if route_for(row).parallel and not self._defers(row):
                     jobs.append((k, row, frame))
         if len(jobs) < 2:
             return done
@@ -339,7 +365,11 @@ class DicomDataset(_Base):
     def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:
         f, frame = self.locate(i)
         row = self.rows[f]
-        if into is not None:
+        defer = self._defers(row)
+        if defer:  # decoded on the device by decode_batch, in the main process
+            shape = (int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"]))
+            image = self._placeholder(shape)
+        elif into is not None:
             # A slot _batch_slots made for this very file's shape, in the dataset's dtype
             # (read_frames_numpy checks shape and dtype again); the image is a view of the
             # batch buffer. No numpy slot: _prefill has read it already.
@@ -361,6 +391,8 @@ class DicomDataset(_Base):
         if self._masks:
             item[MASK] = self._masks.read(row, frame, image.shape[-2:])
         item.update({PATH: row["path"], FRAME: frame, INDEX: i})
+        if self._decode_target is not None:
+            item[PENDING] = defer
         if self.size_policy:
             item = self.size_policy(item)
         if self.transform is not None:
