@@ -175,6 +175,30 @@ def test_memory_short_body_and_416_are_corrupt(memory, policy, monkeypatch):
         read_frames_numpy(row)
 
 
+def test_416_inside_a_key_name_is_not_a_range_error(memory, policy, monkeypatch):
+    """A transient failure whose message names a key with '416' in it is retried, not
+    reported as a range past the end of the object."""
+    fs, names = memory
+    url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")
+    row = scan(url, progress=False).rows()[0]
+    real = fs.cat_file
+    calls = []
+
+    def flaky(p, start=None, end=None, **kw):
+        calls.append(p)
+        if len(calls) == 1:
+            raise ConnectionResetError("reset reading /bucket/1.2.840.416.5/scan_416.dcm")
+        return real(p, start, end)
+
+    monkeypatch.setattr(fs, "cat_file", flaky)
+    np.testing.assert_array_equal(
+        read_frames_numpy(row), read_frames_numpy(str(names[url.rsplit("/", 1)[-1]]))
+    )
+    assert len(calls) == 2
+    assert remote._is_range_error(OSError("416 Requested Range Not Satisfiable"))
+    assert remote._is_range_error(OSError("HTTP status=416, InvalidRange"))
+
+
 def test_memory_missing_and_changed_objects(memory, policy):
     fs, names = memory
     url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")

@@ -199,9 +199,19 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower()
 
 
+# 416 as a status, not inside a key or UID in the message ("1.2.840.416…", "scan_416.dcm").
+_STATUS_416 = re.compile(r"(?<![\w./-])416(?![\w./-])")
+
+
 def _is_range_error(exc: BaseException) -> bool:
+    if any(getattr(exc, name, None) == 416 for name in ("status", "status_code", "code")):
+        return True
     text = str(exc)
-    return "416" in text or "InvalidRange" in text or "Range Not Satisfiable" in text
+    return (
+        "InvalidRange" in text
+        or "Range Not Satisfiable" in text
+        or _STATUS_416.search(text) is not None
+    )
 
 
 def _short(exc: BaseException) -> str:
