@@ -199,6 +199,21 @@ def test_416_inside_a_key_name_is_not_a_range_error(memory, policy, monkeypatch)
     assert remote._is_range_error(OSError("HTTP status=416, InvalidRange"))
 
 
+def test_header_parse_stats_each_object_once(memory, monkeypatch):
+    """The frame count and the frame spans of an encapsulated object reuse the size the
+    header parse stat'ed: one info request per object."""
+    _fs, names = memory
+    calls = []
+    real = remote.info
+    monkeypatch.setattr(remote, "info", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for name, f in names.items():
+        calls.clear()
+        row = remote.header_row("memory://td-test/set/" + name)
+        assert len(calls) == 1, (f.name, len(calls))
+        if row["encapsulated"]:
+            assert len(row["frame_offsets"]) == int(row["frames"])
+
+
 def test_memory_missing_and_changed_objects(memory, policy):
     fs, names = memory
     url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")

@@ -584,10 +584,10 @@ def encapsulated_frames_held(
 
 def _file_size(path: str) -> int:
     if "://" in path:
-        from torchdicom.sources.remote import info, is_remote
+        from torchdicom.sources.remote import handle, is_remote
 
         if is_remote(path):
-            return info(path, refresh=False)[0]
+            return handle(path).size
     return os.stat(path).st_size
 
 
@@ -658,10 +658,10 @@ def frames_held(
         )
     elif offset >= 0 and length < 0 and "://" in path:
         # A remote object (torchdicom.sources): item headers (and fragment tails) by range.
-        from torchdicom.sources.remote import RemoteHandle, info
+        from torchdicom.sources.remote import handle
 
         try:
-            remote = RemoteHandle(path, info(path, refresh=False)[0])
+            remote = handle(path)
             held, images = encapsulated_frames_held(
                 lambda at, n: remote.pread(n, at),
                 offset,

@@ -475,9 +475,9 @@ def _frame_spans(
             return None
         return [offset + at for at in spans[0]], spans[1]
     if "://" in path:  # a remote object: each fragment's item header by range
-        from torchdicom.sources.remote import RemoteHandle, info
+        from torchdicom.sources.remote import handle
 
-        remote = RemoteHandle(path, info(path, refresh=False)[0])
+        remote = handle(path)
         return frame_spans(lambda at, n: remote.pread(n, at), offset, remote.size, frames)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))

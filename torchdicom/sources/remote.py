@@ -411,6 +411,14 @@ class RemoteHandle:
         return self.pread(self.size, 0)
 
 
+def handle(url: str) -> RemoteHandle:
+    """A handle on ``url`` for the header code: the size the running header parse stat'ed
+    (no request), else the store's (fsspec's listing cache may answer)."""
+    if getattr(_SCAN_MEMO, "url", None) == url:
+        return RemoteHandle(url, _SCAN_MEMO.size)
+    return RemoteHandle(url, info(url, refresh=False)[0])
+
+
 _CHECKED: dict[str, tuple[float, int, str]] = {}
 # The reads of the header parse running in this thread (see RemoteHandle.pread).
 _SCAN_MEMO = threading.local()
@@ -462,11 +470,11 @@ def header_row(url: str, salt: str | None = None, lean: bool = True) -> dict[str
     from torchdicom.io.header import header_row_stat
 
     size, etag = info(url)
-    _SCAN_MEMO.url, _SCAN_MEMO.reads = url, {}
+    _SCAN_MEMO.url, _SCAN_MEMO.reads, _SCAN_MEMO.size = url, {}, size
     try:
         row = dict(header_row_stat(url, _Stat(size), salt, lean))
     finally:
-        _SCAN_MEMO.url = _SCAN_MEMO.reads = None
+        _SCAN_MEMO.url = _SCAN_MEMO.reads = _SCAN_MEMO.size = None
     row["etag"] = etag
     _CHECKED[url] = (time.monotonic(), size, etag)
     return row
@@ -532,5 +540,5 @@ def open_file(url: str, size: int | None = None):
     overall timeout), ``block_size`` bytes of read-ahead at a time.
     """
     if size is None:
-        size = info(url, refresh=False)[0]
+        size = handle(url).size
     return io.BufferedReader(_RangeReader(url, size), buffer_size=policy.block_size)
