@@ -214,6 +214,26 @@ def test_header_parse_stats_each_object_once(memory, monkeypatch):
             assert len(row["frame_offsets"]) == int(row["frames"])
 
 
+def test_cached_remote_rescan_stats_each_object_once(memory, tmp_path, monkeypatch):
+    """A rescan against an index cache: one info request per cached object (not two, not
+    one per object never cached); an object rewritten since is parsed again."""
+    fs, _names = memory
+    cache = tmp_path / "index.parquet"
+    first = scan("memory://td-test/set", cache=cache, progress=False)
+    calls = []
+    real = remote.info
+    monkeypatch.setattr(remote, "info", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    again = scan("memory://td-test/set", cache=cache, progress=False)
+    assert sorted(calls) == sorted(first.df["path"]) and len(again) == len(first)
+    url = first.df["path"][0]
+    fs.pipe(url, fs.cat_file(url))  # same bytes and size, a new version (etag)
+    parsed = []
+    real_row = remote.header_row
+    monkeypatch.setattr(remote, "header_row", lambda u, *a: parsed.append(u) or real_row(u, *a))
+    third = scan("memory://td-test/set", cache=cache, progress=False)
+    assert parsed == [url] and third.df["etag"][0] != first.df["etag"][0]
+
+
 def test_memory_missing_and_changed_objects(memory, policy):
     fs, names = memory
     url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")

@@ -292,13 +292,20 @@ def _stat(path: str) -> tuple[int, int]:
         return -1, -1
 
 
-def _etag(url: str) -> str | None:
+def _remote_meta(urls: list[str], n_workers: int) -> dict[str, tuple[int, str | None]]:
+    """``(size, etag)`` of each remote object, ``(-1, None)`` when it cannot be stat'ed."""
     from torchdicom.sources.remote import info
 
-    try:
-        return info(url)[1]
-    except TorchDicomError:
-        return None
+    def one(url: str) -> tuple[int, str | None]:
+        try:
+            return info(url)
+        except TorchDicomError:
+            return -1, None
+
+    if not urls:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(4, 4 * n_workers)) as threads:
+        return dict(zip(urls, threads.map(one, urls)))
 
 
 def _collect_paths(source: Any, progress: bool = False) -> list[str]:
@@ -393,14 +400,28 @@ def scan(
     rows: list[IndexRow] = []
     errors: list[tuple[str, str, str, int, int]] = []
     todo: list[str] = []
+    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    # A remote object's (size, etag): one info request each, many in flight, and only for
+    # the objects the cache holds (the others are parsed anyway).
+    remote_meta = _remote_meta(
+        [p for p in paths if is_remote(p) and (p in cached or p in cached_errors)], n_workers
+    )
     for p in paths:
-        size, mtime = _stat(p)
+        if p not in cached and p not in cached_errors:
+            todo.append(p)
+            continue
+        if p in remote_meta:
+            size, etag = remote_meta[p]
+            mtime = -1
+        else:
+            size, mtime = _stat(p)
+            etag = None
         hit = cached.get(p)
         if (
             hit is not None
             and hit["size"] == size
             and hit["mtime_ns"] == mtime
-            and (not is_remote(p) or _etag(p) == hit.get("etag"))
+            and (not is_remote(p) or etag == hit.get("etag"))
         ):
             rows.append(hit)
             continue
@@ -410,7 +431,6 @@ def scan(
             continue
         todo.append(p)
 
-    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
     # No bar when every header is in the cache: an empty bar on every run is noise.
     bar = tqdm(
         total=len(todo), desc="scanning DICOM headers", unit="file", disable=not (progress and todo)
