@@ -234,6 +234,18 @@ def test_cached_remote_rescan_stats_each_object_once(memory, tmp_path, monkeypat
     assert parsed == [url] and third.df["etag"][0] != first.df["etag"][0]
 
 
+def test_a_server_ignoring_ranges_is_an_error_not_wrong_bytes(memory, policy, monkeypatch):
+    fs, names = memory
+    url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")
+    row = scan(url, progress=False).rows()[0]
+    real = fs.cat_file
+    monkeypatch.setattr(fs, "cat_file", lambda p, start=None, end=None, **kw: real(p))
+    with pytest.raises(RemoteError, match="ignores range"):
+        read_frames_numpy(row)
+    with pytest.raises(RemoteError, match="ignores range"):
+        remote.read_ranges([url], [128], [132])
+
+
 def test_memory_missing_and_changed_objects(memory, policy):
     fs, names = memory
     url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")

@@ -287,7 +287,20 @@ def read_range(url: str, start: int, end: int) -> bytes:
     if end <= start:
         return b""
     fs = filesystem(url)
-    return _call(url, f"read of bytes {start}-{end}", fs.cat_file, url, start=start, end=end, fs=fs)
+    data = _call(url, f"read of bytes {start}-{end}", fs.cat_file, url, start=start, end=end, fs=fs)
+    return _within(url, start, end, data)
+
+
+def _within(url: str, start: int, end: int, data: bytes) -> bytes:
+    # A server that ignores the Range header answers with the whole object: its bytes
+    # would be taken for the range's (a header parsed at wrong offsets, wrong pixels).
+    if len(data) > end - start:
+        raise RemoteError(
+            display(url),
+            f"read of bytes {start}-{end}: {len(data)} bytes came back, more than asked"
+            " (the server ignores range requests)",
+        )
+    return data
 
 
 def _cat_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[Any]:
@@ -316,7 +329,7 @@ def read_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int])
     for url, start, end, data in zip(urls, starts, ends, _cat_ranges(urls, starts, ends)):
         if isinstance(data, BaseException):
             data = read_range(url, start, end)  # retried and mapped one by one
-        out.append(data)
+        out.append(_within(url, start, end, data))
     return out
 
 
@@ -363,7 +376,7 @@ def looks_like_dicom(urls: Iterable[str]) -> list[str]:
         except TorchDicomError:
             heads = [None] * len(chunk)
         for url, head in zip(chunk, heads):
-            if not isinstance(head, bytes):  # failed (or shorter than 132 bytes): once more
+            if not isinstance(head, bytes) or len(head) > 4:  # failed: once more, checked
                 try:
                     head = read_range(url, 128, 132)
                 except TorchDicomError:
