@@ -402,6 +402,24 @@ def test_s3_scan_equals_local_with_etags(files, s3):
     assert all(len(e) >= 32 for e in far.df["etag"])  # S3 ETags (MD5 of the object)
 
 
+def test_s3_listing_has_its_own_time_limit(s3, policy, monkeypatch):
+    """A listing of a prefix (all its pages) runs under list_timeout_s, requests under
+    timeout_s: a large bucket is not cut off at one request's limit."""
+    fs, _options, _names = s3
+    monkeypatch.setattr(policy, "list_timeout_s", 123.0)
+    seen = {}
+    for name in ("find", "isfile"):
+        real = getattr(fs, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen[_name] = kwargs.get("timeout")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(fs, name, spy)
+    assert len(remote.find("s3://td-bucket/set", progress=False)) == len(_names)
+    assert seen == {"find": 123.0, "isfile": policy.timeout_s}
+
+
 def test_s3_reads_equal_local_on_every_route(files, s3):
     _fs, options, names = s3
     far = scan("s3://td-bucket/set", progress=False, storage_options=options)

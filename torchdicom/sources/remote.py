@@ -80,6 +80,8 @@ class RemotePolicy:
             window an object rewritten in place is not noticed: a read may return the
             new version's bytes at the old row's offsets (a short body still raises).
             Set 0 where objects are rewritten under the same key while training.
+        list_timeout_s: overall limit of one listing (``fs.find`` of a prefix: every
+            page of it, so a large bucket needs longer than one request).
         block_size: read-ahead block of the file object used for headers pydicom
             parses (the lean header walk reads exact ranges).
     """
@@ -89,6 +91,7 @@ class RemotePolicy:
     timeout_s: float = 60.0
     max_in_flight: int = 32
     recheck_s: float = 300.0
+    list_timeout_s: float = 900.0
     block_size: int = 64 * 1024
 
 
@@ -222,8 +225,10 @@ def _short(exc: BaseException) -> str:
 def _call(url: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args)`` with bounded retries; failures as torchdicom errors naming the URL."""
     fs = kwargs.pop("fs", None)
+    limit = kwargs.pop("timeout_s", None)
     if fs is not None and getattr(fs, "async_impl", False):
-        kwargs["timeout"] = policy.timeout_s  # fsspec's sync(): never a hang
+        # fsspec's sync(): never a hang
+        kwargs["timeout"] = policy.timeout_s if limit is None else limit
     attempt = 0
     while True:
         try:
@@ -345,7 +350,7 @@ def find(url: str, progress: bool = True) -> list[str]:
     try:
         if _call(url, "stat", fs.isfile, url, fs=fs):
             return [url]
-        found = _call(url, "listing", fs.find, url, fs=fs)
+        found = _call(url, "listing", fs.find, url, fs=fs, timeout_s=policy.list_timeout_s)
         bar.update(len(found))
     finally:
         bar.close()
