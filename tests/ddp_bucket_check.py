@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ddp_check import _Recorder, ddp_trainer
+from ddp_check import _Recorder, ddp_trainer, leave_process_group
 
 from torchdicom.datamodule import DicomDataModule
 
@@ -46,6 +46,7 @@ def main(argv: list[str]) -> None:
         data, labels=labels, val_fraction=0.0, batch_size=2, batching="by_size", seed=3
     )
     ddp_trainer(2).fit(_ShapeRecorder(out), datamodule=dm)
+    leave_process_group()
 
 
 if __name__ == "__main__":

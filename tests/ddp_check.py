@@ -88,6 +88,20 @@ def ddp_trainer(epochs: int) -> pl.Trainer:
     )
 
 
+def leave_process_group() -> None:
+    """Tear the gloo group down before the interpreter exits.
+
+    Left alive, its C++ threads are destroyed at exit while still joinable, and now and
+    then a rank aborts ("terminate called without an active exception", SIGABRT) after
+    fit has finished; the other rank then sees its peer crash.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str]) -> None:
     data, labels, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
     epochs = int(argv[3]) if len(argv) > 3 else 2
@@ -108,6 +122,7 @@ def main(argv: list[str]) -> None:
         assert dm.train_set is not None
         (out / "train_size.json").write_text(json.dumps(len(dm.train_set)))
         print(f"ddp_check: rank 0 done, world size {trainer.world_size}, pid {os.getpid()}")
+    leave_process_group()
 
 
 if __name__ == "__main__":
