@@ -339,18 +339,13 @@ def test_volume_with_modality_lut_names_the_file() -> None:
     assert str(path) in str(info.value)
 
 
-def test_scan_cost_of_per_frame_groups(tmp_path: Path) -> None:
-    """A 500-frame enhanced header parses in well under a second (per-frame groups included)."""
-    import time
-
+def test_scan_indexes_every_frame_of_a_500_frame_enhanced_header(tmp_path: Path) -> None:
+    # (Its cost, ~50 ms here, is a benchmark figure, not asserted in a unit test.)
     path = tmp_path / "big.dcm"
     write_enhanced_ct(path, frames=500)
-    start = time.perf_counter()
     row = scan([path], workers=0, progress=False).row(0)
-    elapsed = time.perf_counter() - start
     assert row["frame_position"].shape == (1500,)
     assert not math.isnan(row["frame_rescale_slope"][-1])
-    assert elapsed < 5.0, elapsed
 
 
 # --------------------------------------------------------------------------- rescale (B, K)
