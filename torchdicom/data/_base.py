@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from torchdicom.cache import FrameCache
+from torchdicom.data.resize import SizePolicy, check_channels
 from torchdicom.data.seg import SEG_SOP_CLASSES
 from torchdicom.errors import CorruptDicomError, TorchDicomError
 from torchdicom.index import DicomIndex, scan
@@ -578,3 +579,37 @@ class _Base(Dataset):
             return item
         assert last is not None
         raise last
+
+
+class _ItemDataset(_Base):
+    """What the frame and clip datasets share: items counted by ``_starts``, masks, a size policy.
+
+    Subclasses set ``self._starts`` and ``self._masks`` and then call :meth:`_settle`.
+    """
+
+    _starts: np.ndarray
+    _masks: Any
+
+    def _settle(
+        self,
+        size: int | tuple[int, int] | None,
+        resize: str,
+        channels: Literal[1, 3] | None,
+        transform: Any,
+        decode_device: str | torch.device | None,
+        decode_fallback: Literal["cpu"] | None,
+    ) -> None:
+        """Fix what depends on the final rows: size policy, dtype, device decoding."""
+        self.size_policy = SizePolicy(size, resize, channels)  # type: ignore[arg-type]
+        if size is not None:  # a size promises items that batch: grey and colour must agree
+            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
+        self._stored_dtype()  # decided now, from the final rows, and pickled to workers
+        self._init_decode(decode_device, decode_fallback, transform, size)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def mask_segments(self) -> list[str] | None:
+        """The segment label of each ``mask`` channel with SEG masks (None for mask files)."""
+        return self._masks.segments

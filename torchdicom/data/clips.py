@@ -9,8 +9,8 @@ from typing import Any, Literal
 import torch
 
 from torchdicom.cache import FrameCache
-from torchdicom.data._base import _Base, _item_starts, _locate, _meta, _Slot
-from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
+from torchdicom.data._base import _item_starts, _ItemDataset, _locate, _meta, _Slot
+from torchdicom.data.resize import ResizeMode
 from torchdicom.data.sources import MaskSource, _MaskResolver
 from torchdicom.io.header import frame_row
 from torchdicom.keys import FRAME, IMAGE, INDEX, MASK, PATH, PENDING, YBR
@@ -18,7 +18,7 @@ from torchdicom.keys import FRAME, IMAGE, INDEX, MASK, PATH, PENDING, YBR
 __all__ = ["DicomClipDataset"]
 
 
-class DicomClipDataset(_Base):
+class DicomClipDataset(_ItemDataset):
     """Cine clips from multi-frame files (ultrasound, fluoroscopy, cardiac MR).
 
     Items are windows of ``clip_len`` consecutive frames starting every
@@ -86,19 +86,7 @@ class DicomClipDataset(_Base):
         self._starts = _item_starts(
             [(int(r["frames"]) - clip_len) // stride + 1 for r in self.rows]
         )
-        self.size_policy = SizePolicy(size, resize, channels)
-        if size is not None:  # a size promises items that batch: grey and colour must agree
-            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
-        self._stored_dtype()  # decided now, from the final rows, and pickled to workers
-        self._init_decode(decode_device, decode_fallback, transform, size)
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    @property
-    def mask_segments(self) -> list[str] | None:
-        """The segment label of each ``mask`` channel with SEG masks (None for mask files)."""
-        return self._masks.segments
+        self._settle(size, resize, channels, transform, decode_device, decode_fallback)
 
     def locate(self, i: int) -> tuple[int, int]:
         """(file position, first frame) of clip ``i``."""

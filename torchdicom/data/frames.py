@@ -13,8 +13,8 @@ from torch.utils.data import get_worker_info
 
 from torchdicom._runtime import batch_buffer, run_in_slices
 from torchdicom.cache import FrameCache
-from torchdicom.data._base import _Base, _item_starts, _leave_out, _locate, _meta, _Slot
-from torchdicom.data.resize import ResizeMode, SizePolicy, check_channels
+from torchdicom.data._base import _item_starts, _ItemDataset, _leave_out, _locate, _meta, _Slot
+from torchdicom.data.resize import ResizeMode
 from torchdicom.data.sources import (
     LabelSource,
     MaskSource,
@@ -32,7 +32,7 @@ __all__ = ["DicomDataset"]
 log = logging.getLogger("torchdicom.data")
 
 
-class DicomDataset(_Base):
+class DicomDataset(_ItemDataset):
     """One item per frame (or per file) of a DICOM collection.
 
     Args:
@@ -182,9 +182,7 @@ class DicomDataset(_Base):
                 )
             self.rows = keep
         self._starts = _item_starts([int(r["frames"]) if frames == "all" else 1 for r in self.rows])
-        self.size_policy = SizePolicy(size, resize, channels)
-        if size is not None:  # a size promises items that batch: grey and colour must agree
-            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
+        self._settle(size, resize, channels, transform, decode_device, decode_fallback)
 
         self._labeler = _Labeler(labels, label_column)
         self.classes: list[str] | None = None
@@ -202,16 +200,6 @@ class DicomDataset(_Base):
                     f" {next(iter(self._labeler.mapping))!r}"
                 )
             self._labels, self.classes = _encode_labels(values)
-        self._stored_dtype()  # decided now, from the final rows, and pickled to workers
-        self._init_decode(decode_device, decode_fallback, transform, size)
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    @property
-    def mask_segments(self) -> list[str] | None:
-        """The segment label of each ``mask`` channel with SEG masks (None for mask files)."""
-        return self._masks.segments
 
     def items_per_file(self) -> np.ndarray:
         """Number of items each file of :attr:`rows` contributes, (len(rows),) int64."""
