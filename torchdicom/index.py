@@ -377,6 +377,14 @@ def scan(
 
     from torchdicom.sources.remote import configure, is_remote
 
+    index_rows = getattr(source, "index_rows", None)
+    if callable(index_rows):
+        # A source that indexes itself (a DICOMweb server: QIDO-RS + WADO-RS metadata):
+        # there are no files to list or stat; it returns rows and (path, error_type,
+        # reason, size, mtime_ns) error tuples.
+        rows, errors = index_rows(progress=progress, workers=workers)
+        return _index_of(list(rows), list(errors))
+
     if storage_options is not None:
         if not isinstance(source, str | os.PathLike):
             source = [os.fspath(s) for s in source]  # a generator is read once, here
@@ -459,11 +467,7 @@ def scan(
     finally:
         bar.close()
 
-    df = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)) if rows else _empty_frame()
-    df = _typed(df).sort_values("path").reset_index(drop=True)
-    err_df = pd.DataFrame(errors, columns=["path", "error_type", "reason", "size", "mtime_ns"])
-    err_df = err_df.sort_values("path").reset_index(drop=True)
-    index = DicomIndex(df, err_df)
+    index = _index_of(rows, errors)
     for e in errors:
         log.debug("not indexed: %s", e[2])
     if cache is not None and (todo or len(cached) + len(cached_errors) != len(paths)):
@@ -475,6 +479,15 @@ def scan(
                 stacklevel=2,
             )
     return index
+
+
+def _index_of(rows: list[IndexRow], errors: list[tuple[str, str, str, int, int]]) -> DicomIndex:
+    """Rows and error tuples as a :class:`DicomIndex`, both sorted by path (one typed frame)."""
+    df = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)) if rows else _empty_frame()
+    df = _typed(df).sort_values("path").reset_index(drop=True)
+    err_df = pd.DataFrame(errors, columns=["path", "error_type", "reason", "size", "mtime_ns"])
+    err_df = err_df.sort_values("path").reset_index(drop=True)
+    return DicomIndex(df, err_df)
 
 
 def _take(item, rows: list[IndexRow], errors: list[tuple[str, str, str, int, int]]) -> None:
