@@ -408,16 +408,16 @@ def test_s3_listing_has_its_own_time_limit(s3, policy, monkeypatch):
     fs, _options, _names = s3
     monkeypatch.setattr(policy, "list_timeout_s", 123.0)
     seen = {}
-    for name in ("find", "isfile"):
-        real = getattr(fs, name)
+    for owner, name in ((fs, "isfile"), (remote, "_listing")):
+        real = getattr(owner, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
             seen[_name] = kwargs.get("timeout")
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(fs, name, spy)
+        monkeypatch.setattr(owner, name, spy)
     assert len(remote.find("s3://td-bucket/set", progress=False)) == len(_names)
-    assert seen == {"find": 123.0, "isfile": policy.timeout_s}
+    assert seen == {"_listing": 123.0, "isfile": policy.timeout_s}
 
 
 def test_s3_reads_equal_local_on_every_route(files, s3):

@@ -30,16 +30,21 @@ process, re-created after a fork (fsspec's own instance cache is keyed by proces
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from torchdicom._atomic import atomic_write
 from torchdicom.errors import (
     CorruptDicomError,
     RemoteError,
@@ -50,7 +55,9 @@ from torchdicom.errors import (
 )
 
 __all__ = [
+    "BlockCache",
     "RemotePolicy",
+    "block_cache",
     "configure",
     "find",
     "info",
@@ -84,6 +91,24 @@ class RemotePolicy:
             page of it, so a large bucket needs longer than one request).
         block_size: read-ahead block of the file object used for headers pydicom
             parses (the lean header walk reads exact ranges).
+        list_page_size: objects per listing request where the store pages its listings
+            (S3: ``MaxKeys``, at most 1000); the listing's progress bar advances per page.
+        block_cache_dir: a local directory for a cache of remote bytes (``None``: no
+            cache). Pixel reads of indexed objects (native frames, compressed frames by
+            span) go through it in blocks of ``block_cache_block_bytes``: a block
+            read once is read from local disk afterwards, in every process of the
+            machine (DataLoader workers, DDP ranks) that uses the directory. Blocks are
+            keyed by (URL, size, ETag): an object whose ETag changed never serves its
+            old blocks (its rows are stale; a rescan's rows key new blocks). Objects
+            without an ETag (``""``) are not cached. Defaults to the environment
+            variable ``TORCHDICOM_BLOCK_CACHE`` (so that spawn-started workers see it).
+            An unwritable directory turns the cache off with one warning.
+        block_cache_block_bytes: bytes per cached block; the first read of a frame
+            fetches the whole blocks it touches (adjacent missing blocks in one
+            request), so a larger block over-reads more for small frames picked at
+            random and makes fewer files for large ones.
+        block_cache_max_bytes: size bound of the cache directory; beyond it the least
+            recently written blocks are evicted.
     """
 
     retries: int = 3
@@ -93,6 +118,12 @@ class RemotePolicy:
     recheck_s: float = 300.0
     list_timeout_s: float = 900.0
     block_size: int = 64 * 1024
+    list_page_size: int = 1000
+    block_cache_dir: str | None = field(
+        default_factory=lambda: os.environ.get("TORCHDICOM_BLOCK_CACHE") or None
+    )
+    block_cache_block_bytes: int = 2**20
+    block_cache_max_bytes: int = 20 * 2**30
 
 
 policy = RemotePolicy()
@@ -287,10 +318,21 @@ def _etag(meta: dict[str, Any]) -> str:
     return etag
 
 
-def read_range(url: str, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of a remote object (fewer when the object is shorter)."""
+# (size, ETag) of an object as its index row records it: the key of its cached blocks.
+Version = tuple[int, str]
+
+
+def read_range(url: str, start: int, end: int, *, version: Version | None = None) -> bytes:
+    """Bytes ``[start, end)`` of a remote object (fewer when the object is shorter).
+
+    With ``version`` (the row's size and ETag, checked against the store by the caller)
+    the read goes through the local block cache when one is configured
+    (:attr:`RemotePolicy.block_cache_dir`).
+    """
     if end <= start:
         return b""
+    if version is not None and _block_cache() is not None:
+        return read_ranges([url], [start], [end], versions=[version])[0]
     fs = filesystem(url)
     data = _call(url, f"read of bytes {start}-{end}", fs.cat_file, url, start=start, end=end, fs=fs)
     return _within(url, start, end, data)
@@ -326,22 +368,259 @@ def _cat_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int])
     )
 
 
-def read_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
-    """Many ranges in one ``cat_ranges`` call (concurrent on async filesystems); each checked."""
+def read_ranges(
+    urls: Sequence[str],
+    starts: Sequence[int],
+    ends: Sequence[int],
+    *,
+    versions: Sequence[Version | None] | None = None,
+) -> list[bytes]:
+    """Many ranges in one ``cat_ranges`` call (concurrent on async filesystems); each checked.
+
+    ``policy.max_in_flight`` requests are in flight at a time. With ``versions`` (each
+    range's object as its row records it, ``None`` for an unversioned read) and a block
+    cache configured, cached blocks are read from local disk and only the missing ones
+    are fetched, adjacent missing blocks of an object in one request, all in one call.
+    """
     if not urls:
         return []
+    cache = _block_cache() if versions is not None else None
+    if cache is not None:
+        return cache.read_ranges(urls, starts, ends, versions)  # type: ignore[arg-type]
+    return _fetch_ranges(urls, starts, ends)
+
+
+def _fetch_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+    """The ranges from the store: one batch call; a failed range once more on its own
+    (retried and mapped one by one)."""
+    if not urls:
+        return []
+    if len(urls) == 1:
+        return [read_range(urls[0], starts[0], ends[0])]
     out: list[bytes] = []
     for url, start, end, data in zip(urls, starts, ends, _cat_ranges(urls, starts, ends)):
         if isinstance(data, BaseException):
-            data = read_range(url, start, end)  # retried and mapped one by one
+            data = read_range(url, start, end)
         out.append(_within(url, start, end, data))
     return out
 
 
-def find(url: str, progress: bool = True) -> list[str]:
-    """The objects under a remote prefix (``fs.find``, listed by the store), as URLs, sorted.
+# --------------------------------------------------------------------------- block cache
+# Written blocks between two size checks of the cache directory (per process).
+_EVICT_EVERY_BYTES = 256 * 2**20
 
-    A URL naming one object gives that object.
+
+class BlockCache:
+    """Remote bytes cached on local disk in fixed blocks (see :attr:`RemotePolicy.block_cache_dir`).
+
+    Why not fsspec's ``blockcache`` / ``simplecache``: they cache through fsspec file
+    objects, whose reads bypass :func:`read_range`'s overall timeout, retries and error
+    mapping; ``blockcache`` keeps one sparse file plus a metadata file per object that
+    every process rewrites (DataLoader workers would race on it), and ``simplecache``
+    copies whole objects (a 2 GB cine for one frame).
+
+    Layout: ``<dir>/<key[:2]>/<key>.<block>``, ``key`` a SHA-256 of (URL, size, ETag,
+    block size), so neither URLs nor their tokens appear on disk. A block file holds
+    the object's bytes ``[block * B, min((block + 1) * B, size))``; it is written
+    atomically (:func:`torchdicom._atomic.atomic_write`), so a reader in any process
+    sees a whole block or none, and a file of another length is discarded.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], block_bytes: int, max_bytes: int):
+        if block_bytes < 1:
+            raise ValueError(f"block_cache_block_bytes must be >= 1. Got: {block_bytes}")
+        self.directory = Path(directory)
+        self.block_bytes = int(block_bytes)
+        self.max_bytes = int(max_bytes)
+        self.enabled = True
+        self.hits = 0  # blocks read from disk (this process)
+        self.misses = 0  # blocks fetched from the store (this process)
+        self._written = 0
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._disable(exc)
+
+    def _key(self, url: str, version: Version) -> str:
+        text = f"{url}\0{int(version[0])}\0{version[1]}\0{self.block_bytes}"
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _path(self, key: str, block: int) -> Path:
+        return self.directory / key[:2] / f"{key}.{block}"
+
+    def _length(self, size: int, block: int) -> int:
+        return max(0, min(self.block_bytes, size - block * self.block_bytes))
+
+    def _get(self, key: str, block: int, length: int) -> bytes | None:
+        path = self._path(key, block)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(length + 1)
+        except OSError:  # absent, or evicted by another process meanwhile
+            return None
+        if len(data) != length:  # not a block of this object: fetch it again
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def _put(self, key: str, block: int, data: bytes) -> None:
+        if not self.enabled:
+            return
+        path = self._path(key, block)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            # No fsync: the rename is atomic; a block lost to a power loss is fetched again.
+            with atomic_write(path, durable=False, mode=0o600) as f:
+                f.write(data)
+        except OSError as exc:
+            self._disable(exc)
+            return
+        self._written += len(data)
+        if self._written >= min(_EVICT_EVERY_BYTES, max(self.max_bytes // 8, 1)):
+            self._written = 0
+            self._evict()
+
+    def _evict(self) -> None:
+        entries = []
+        for path in self.directory.glob("*/*"):
+            try:
+                st = path.stat()
+            except OSError:  # evicted by another process meanwhile
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, path))
+        total = sum(e[1] for e in entries)
+        if total <= self.max_bytes:
+            return
+        entries.sort()
+        target = int(self.max_bytes * 0.9)
+        for _, size, path in entries:
+            if total <= target:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+
+    def _disable(self, exc: OSError) -> None:
+        if self.enabled:
+            self.enabled = False
+            warnings.warn(
+                f"remote block cache at {self.directory} disabled ({exc.strerror or exc});"
+                " remote bytes will be fetched without a cache",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def read_ranges(
+        self,
+        urls: Sequence[str],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        versions: Sequence[Version | None],
+    ) -> list[bytes]:
+        """The ranges, cached blocks from disk, the missing blocks in one batch of requests."""
+        bsize = self.block_bytes
+        # Per object version: its blocks (from disk or fetched).
+        blocks: dict[tuple[str, Version], dict[int, bytes]] = {}
+        wanted: dict[tuple[str, Version], set[int]] = {}
+        plain: list[int] = []  # ranges read without the cache (no version, no ETag)
+        for i, (url, start, end, version) in enumerate(zip(urls, starts, ends, versions)):
+            if end <= start:
+                continue  # b"" below
+            if version is None or not version[1]:
+                plain.append(i)
+                continue
+            size = int(version[0])
+            last = (min(end, size) - 1) // bsize
+            need = wanted.setdefault((url, version), set())
+            need.update(range(start // bsize, max(last, start // bsize) + 1))
+        runs: list[tuple[str, Version, int, int]] = []  # (url, version, first, last block)
+        for (url, version), need in wanted.items():
+            key = self._key(url, version)
+            have = blocks.setdefault((url, version), {})
+            missing = []
+            for block in sorted(need):
+                length = self._length(int(version[0]), block)
+                data = self._get(key, block, length) if length else b""
+                if data is None:
+                    missing.append(block)
+                else:
+                    have[block] = data
+            self.hits += len(need) - len(missing)
+            self.misses += len(missing)
+            for block in missing:  # adjacent missing blocks: one request
+                if runs and runs[-1][:2] == (url, version) and runs[-1][3] == block - 1:
+                    runs[-1] = (url, version, runs[-1][2], block)
+                else:
+                    runs.append((url, version, block, block))
+        # The missing runs and the uncached ranges: one batch, max_in_flight at a time.
+        requests = [
+            (url, first * bsize, min((last + 1) * bsize, int(version[0])))
+            for url, version, first, last in runs
+        ]
+        requests += [(urls[i], starts[i], ends[i]) for i in plain]
+        fetched = _fetch_ranges(*zip(*requests)) if requests else []
+        for (url, version, first, last), data in zip(runs, fetched):
+            key, have = self._key(url, version), blocks[(url, version)]
+            for block in range(first, last + 1):
+                piece = data[(block - first) * bsize : (block - first + 1) * bsize]
+                if len(piece) != self._length(int(version[0]), block):
+                    break  # the object is shorter than its row: never cached; the caller sees it
+                have[block] = piece
+                self._put(key, block, piece)
+        direct = dict(zip(plain, fetched[len(runs) :]))
+        out: list[bytes] = []
+        for i, (url, start, end, version) in enumerate(zip(urls, starts, ends, versions)):
+            if i in direct or end <= start:
+                out.append(direct.get(i, b""))
+                continue
+            have = blocks[(url, version)]  # type: ignore[index]
+            pieces = []
+            for block in range(start // bsize, (end - 1) // bsize + 1):
+                data = have.get(block)
+                if data is None:
+                    break  # a short fetch: a short result, which the caller reports
+                pieces.append(data[max(start - block * bsize, 0) : end - block * bsize])
+                if len(data) < bsize:
+                    break  # the object's last block
+            out.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        return out
+
+
+_CACHE: BlockCache | None = None
+_CACHE_LOCK = threading.Lock()
+
+
+def _block_cache() -> BlockCache | None:
+    """The process's block cache as the policy configures it; ``None`` when off."""
+    global _CACHE
+    directory = policy.block_cache_dir
+    if not directory:
+        return None
+    cache = _CACHE
+    wanted = (
+        Path(directory),
+        int(policy.block_cache_block_bytes),
+        int(policy.block_cache_max_bytes),
+    )
+    if cache is None or (cache.directory, cache.block_bytes, cache.max_bytes) != wanted:
+        with _CACHE_LOCK:
+            cache = _CACHE
+            if cache is None or (cache.directory, cache.block_bytes, cache.max_bytes) != wanted:
+                cache = _CACHE = BlockCache(*wanted)
+    return cache if cache.enabled else None
+
+
+def block_cache() -> BlockCache | None:
+    """The block cache reads go through in this process (hit / miss counters), if any."""
+    return _block_cache()
+
+
+def find(url: str, progress: bool = True) -> list[str]:
+    """The objects under a remote prefix (listed by the store), as URLs, sorted.
+
+    A URL naming one object gives that object. On S3 the listing is read page by page
+    (``policy.list_page_size`` objects a request) and the progress bar advances as each
+    page arrives; other stores list with ``fs.find`` (one update when it returns).
+    The whole listing runs under ``policy.list_timeout_s``.
     """
     from tqdm.auto import tqdm
 
@@ -350,14 +629,58 @@ def find(url: str, progress: bool = True) -> list[str]:
     try:
         if _call(url, "stat", fs.isfile, url, fs=fs):
             return [url]
-        found = _call(url, "listing", fs.find, url, fs=fs, timeout_s=policy.list_timeout_s)
-        bar.update(len(found))
+        found = _call(
+            url, "listing", _listing, fs, url, bar, fs=fs, timeout_s=policy.list_timeout_s
+        )
     finally:
         bar.close()
     urls = [name if "://" in name else fs.unstrip_protocol(name) for name in found]
     if not urls and not _call(url, "stat", fs.exists, url, fs=fs):
         raise RemoteNotFoundError(display(url), "no such object or prefix")
     return sorted(urls)
+
+
+def _pages_by_request(fs: Any) -> bool:
+    """Whether ``fs`` is s3fs with the page-by-page listing :func:`_s3_pages` relies on."""
+    return (
+        type(fs).__name__ == "S3FileSystem"
+        and hasattr(fs, "_list_pages")
+        and not getattr(fs, "version_aware", False)
+    )
+
+
+def _listing(fs: Any, url: str, bar: Any, timeout: float | None = None) -> list[str]:
+    """Every object under ``url``; ``bar`` counts them as they arrive."""
+    bar.reset()  # a retried listing starts over
+    if _pages_by_request(fs):
+        from fsspec.asyn import sync
+
+        return sync(fs.loop, _s3_pages, fs, url, bar, timeout=timeout)
+    found = fs.find(url) if timeout is None else fs.find(url, timeout=timeout)
+    bar.update(len(found))
+    return found
+
+
+async def _s3_pages(fs: Any, url: str, bar: Any) -> list[str]:
+    """``ListObjectsV2`` of the prefix page by page (s3fs's ``_list_pages``: each page
+    retried like any request). ``fs.find`` returns only after the last page: on a prefix
+    of 10^6 objects that is a thousand requests with no sign of progress."""
+    bucket, key, _ = fs.split_path(url)
+    prefix = key.strip("/") + "/" if key else ""
+    names: list[str] = []
+    async for page in fs._list_pages(
+        "list_objects_v2",
+        Bucket=bucket,
+        Prefix=prefix,
+        Delimiter="",
+        MaxKeys=max(1, int(policy.list_page_size)),
+        **fs.req_kw,
+    ):
+        # Keys ending in "/" are folder placeholders some tools write, not objects.
+        keys = [c["Key"] for c in page.get("Contents", []) if not c["Key"].endswith("/")]
+        names += [f"{bucket}/{k}" for k in keys]
+        bar.update(len(keys))
+    return names
 
 
 def looks_like_dicom(urls: Iterable[str]) -> list[str]:
@@ -394,16 +717,22 @@ def looks_like_dicom(urls: Iterable[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- reads for the index
 class RemoteHandle:
-    """What the read routes use in place of a file descriptor for a remote object."""
+    """What the read routes use in place of a file descriptor for a remote object.
 
-    __slots__ = ("size", "url")
+    ``etag`` is set when the handle comes from :func:`open_checked` (the object was
+    checked against its row): pixel reads then go through the block cache, if any.
+    """
 
-    def __init__(self, url: str, size: int):
+    __slots__ = ("etag", "size", "url")
+
+    def __init__(self, url: str, size: int, etag: str | None = None):
         self.url = url
         self.size = size
+        self.etag = etag
 
     def read_into(self, view: memoryview, offset: int, path: str, frame: int | None) -> None:
-        data = read_range(self.url, offset, offset + len(view))
+        version = None if self.etag is None else (self.size, self.etag)
+        data = read_range(self.url, offset, offset + len(view), version=version)
         if len(data) < len(view):
             raise CorruptDicomError(
                 display(path),
@@ -458,7 +787,7 @@ def open_checked(row: dict[str, Any]) -> RemoteHandle:
                 f"{'' if got_etag == etag else ', ETag changed'}): rescan it",
             )
         _CHECKED[url] = (now, size, etag)
-    return RemoteHandle(url, size)
+    return RemoteHandle(url, size, etag)
 
 
 def forget_checks() -> None:
