@@ -269,15 +269,6 @@ def _describe(row: dict[str, Any]) -> str:
     )
 
 
-def _data_end(row: dict[str, Any]) -> int:
-    """Where the file's bytes end: its size, or for a member of a shard (a tar written by
-    :func:`torchdicom.export.to_webdataset`, whose rows carry ``member_offset`` /
-    ``member_size`` and offsets in tar coordinates) the member's end, not the tar's."""
-    if "member_size" in row:
-        return int(row["member_offset"]) + int(row["member_size"])
-    return int(row["size"])
-
-
 def _check_native_size(row: dict[str, Any]) -> None:
     """Refuse a native file whose header claims more pixels than the file holds."""
     path = row["path"]
@@ -285,7 +276,7 @@ def _check_native_size(row: dict[str, Any]) -> None:
     offset = int(row["pixel_offset"])
     length = int(row["pixel_length"])
     if offset >= 0:
-        available = _data_end(row) - offset
+        available = int(row["size"]) - offset
         if length >= 0:
             available = min(available, length)
     else:
@@ -300,7 +291,7 @@ def _check_native_size(row: dict[str, Any]) -> None:
 
 def _check_encapsulated_size(row: dict[str, Any]) -> None:
     path = row["path"]
-    size = int(row.get("member_size", row["size"]))
+    size = int(row["size"])
     # Each frame needs at least one 8-byte item header.
     if int(row["frames"]) > max(size // 8, 1):
         raise CorruptDicomError(
@@ -308,8 +299,7 @@ def _check_encapsulated_size(row: dict[str, Any]) -> None:
             f"header declares {row['frames']} compressed frames but a file of {size} bytes can hold at most {size // 8}",
         )
     frame_bytes = _frame_nbits(row) // 8
-    start = max(int(row["pixel_offset"]), int(row.get("member_offset", 0)))
-    per_frame = max(_data_end(row) - start, 0) / int(row["frames"])
+    per_frame = max(size - max(int(row["pixel_offset"]), 0), 0) / int(row["frames"])
     if frame_bytes > max(_DECODE_FLOOR_BYTES, _MAX_DECODE_RATIO * per_frame):
         raise CorruptDicomError(
             path,
@@ -529,8 +519,7 @@ def _read_native(
         # Training reads the same unchanged files every epoch: a single-frame
         # file found clean once (same size and mtime, checked on open above)
         # needs no second range check.
-        # The pixel offset tells apart the members of one shard (same path, size, mtime).
-        key = (path, int(row["size"]), int(row["mtime_ns"]), offset)
+        key = (path, int(row["size"]), int(row["mtime_ns"]))
         single = int(row["frames"]) == 1
         if not (single and key in _CLEAN_HIGH_BITS):
             was_clean = _clear_unused_bits(out, bits_stored)
@@ -959,7 +948,7 @@ def _by_span(row: dict[str, Any]) -> bool:
 def _read_span(fd: int, row: dict[str, Any], k: int) -> bytes:
     """Frame ``k``'s code-stream: one ``pread`` of its recorded span, its fragments joined."""
     offset, length = int(row["frame_offsets"][k]), int(row["frame_lengths"][k])
-    if offset < 0 or length < 8 or offset + length > _data_end(row):
+    if offset < 0 or length < 8 or offset + length > int(row["size"]):
         raise CorruptDicomError(
             row["path"], f"frame span {offset}+{length} lies outside the file", frame=k
         )
