@@ -28,7 +28,12 @@ import numpy as np
 import pandas as pd
 
 from torchdicom._atomic import atomic_write
-from torchdicom._privacy import IDENTIFYING_ELEMENTS, patient_hash, salt_fingerprint
+from torchdicom._privacy import (
+    IDENTIFYING_ELEMENTS,
+    patient_hash,
+    resolve_salt,
+    salt_fingerprint,
+)
 from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
 from torchdicom.io.dicomfile import _short, dcmread
 from torchdicom.io.files import get_dicom_files
@@ -179,6 +184,24 @@ class DicomIndex:
         df, errors = _read_parquet(Path(path))
         return cls(df, errors)
 
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> DicomIndex:
+        """Read an index: one parquet file (:meth:`to_parquet`, ``scan(cache=file)``) or a
+        partitioned index directory (``scan(executor="dask", cache=directory)``).
+
+        Both give the dtypes of a local :func:`scan`, rows and errors sorted by path.
+
+        Raises:
+            TorchDicomError: not a torchdicom index, damaged, of another schema version,
+                or a directory whose manifest is missing or names a missing part.
+        """
+        p = Path(path)
+        if p.is_dir():
+            from torchdicom._dask_scan import read_partitioned
+
+            return read_partitioned(p)
+        return cls.read_parquet(p)
+
 
 def _counts(series: pd.Series) -> str:
     vc = series.value_counts()
@@ -186,7 +209,12 @@ def _counts(series: pd.Series) -> str:
 
 
 # --------------------------------------------------------------------------- parquet I/O
-def _combined_table(df: pd.DataFrame, errors: pd.DataFrame):
+def _combined_table(
+    df: pd.DataFrame,
+    errors: pd.DataFrame,
+    salt: str | None = None,
+    extra: dict[str, Any] | None = None,
+):
     import pyarrow as pa
 
     good = df.copy()
@@ -208,15 +236,23 @@ def _combined_table(df: pd.DataFrame, errors: pd.DataFrame):
     both = pd.concat(frames, ignore_index=True) if frames else good
     table = pa.Table.from_pandas(both, preserve_index=False)
     meta = dict(table.schema.metadata or {})
-    info = {"schema_version": _SCHEMA_VERSION, "salt": salt_fingerprint()}
+    info = {"schema_version": _SCHEMA_VERSION, "salt": salt_fingerprint(salt), **(extra or {})}
     meta[b"torchdicom"] = json.dumps(info).encode()
     return table.replace_schema_metadata(meta)
 
 
-def _write_parquet_atomic(df: pd.DataFrame, errors: pd.DataFrame, path: Path) -> None:
+def _write_parquet_atomic(
+    df: pd.DataFrame,
+    errors: pd.DataFrame,
+    path: Path,
+    salt: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Rows and errors as one parquet file; ``salt`` is the one the patient hashes were made
+    with (its fingerprint is stored), ``extra`` more entries of the torchdicom metadata."""
     import pyarrow.parquet as pq
 
-    table = _combined_table(df, errors)
+    table = _combined_table(df, errors, salt, extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Owner-only, as the index has always been written.
     with atomic_write(path, mode=0o600) as f:
@@ -236,32 +272,47 @@ def _read_parquet(path: Path, salt: str | None = None) -> tuple[pd.DataFrame, pd
         raise TorchDicomError(
             path, f"index file is damaged or not parquet: {_short(exc)}"
         ) from None
-    meta = table.schema.metadata or {}
-    info = meta.get(b"torchdicom")
+    info = _index_info(path, table.schema.metadata)
+    if salt is not None and info.get("salt") != salt:
+        raise TorchDicomError(path, "patient hashes made with another TORCHDICOM_SALT: rescan")
+    return _split_table(table)
+
+
+def _index_info(path: Path, metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
+    """The torchdicom entry of a parquet file's metadata, checked for the schema version."""
+    info = (metadata or {}).get(b"torchdicom")
     if info is None:
         raise TorchDicomError(path, "not a torchdicom index (no torchdicom metadata)")
-    version = json.loads(info).get("schema_version")
+    parsed = json.loads(info)
+    version = parsed.get("schema_version")
     if version != _SCHEMA_VERSION:
         raise TorchDicomError(
             path, f"index schema version {version} is not {_SCHEMA_VERSION}: rescan"
         )
-    if salt is not None and json.loads(info).get("salt") != salt:
-        raise TorchDicomError(path, "patient hashes made with another TORCHDICOM_SALT: rescan")
+    return parsed
+
+
+def _split_table(table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An index table (rows and errors in one, see :func:`_combined_table`) as typed rows
+    and errors, both sorted by path."""
     both = table.to_pandas()
     failed = both["error"].notna() & (both["error"] != "")
     df = _typed(both.loc[~failed, list(INDEX_COLUMNS)].copy())
     err = both.loc[failed, ["path", "error_type", "error", "size", "mtime_ns"]].rename(
         columns={"error": "reason"}
     )
+    err = err.sort_values("path") if len(err) else err
     return df.sort_values("path").reset_index(drop=True), err.reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- scanning
-def _scan_one(path: str) -> tuple[str, IndexRow | None, tuple[str, str, int, int] | None]:
-    """Worker: parse one header. Never raises for a bad file."""
+def _scan_one(
+    path: str, salt: str | None = None
+) -> tuple[str, IndexRow | None, tuple[str, str, int, int] | None]:
+    """Worker: parse one header, patient hashes keyed by ``salt``. Never raises for a bad file."""
     try:
         # pydicom's warnings reach torchdicom's logger, values withheld (header_row).
-        return path, header_row(path), None
+        return path, header_row(path, salt), None
     except TorchDicomError as exc:
         size, mtime = _stat(path)
         return path, None, (type(exc).__name__, str(exc), size, mtime)
@@ -271,9 +322,9 @@ def _scan_one(path: str) -> tuple[str, IndexRow | None, tuple[str, str, int, int
 
 
 def _scan_chunk(
-    paths: list[str],
+    paths: list[str], salt: str | None = None
 ) -> list[tuple[str, IndexRow | None, tuple[str, str, int, int] | None]]:
-    return [_scan_one(p) for p in paths]
+    return [_scan_one(p, salt) for p in paths]
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -341,6 +392,11 @@ def scan(
     cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
+    salt: str | None = None,
+    executor: str | Any | None = None,
+    partition_depth: int = 1,
+    partition_files: int = 4096,
+    retries: int = 2,
 ) -> DicomIndex:
     """Index DICOM headers (pixel data is never read).
 
@@ -352,16 +408,34 @@ def scan(
             (see :mod:`torchdicom.sources.remote`). Remote rows keep the URL as
             ``path``, the object's ``size`` and ``etag``; ``mtime_ns`` is -1.
         workers: worker processes (default: CPU count; 0 or 1 parse in this
-            process). Small collections are parsed in-process regardless.
+            process). Small collections are parsed in-process regardless. With
+            ``executor="dask"`` and no client running: the size of the LocalCluster
+            started for this call.
         cache: a parquet file. Rows of files whose (size, mtime) are unchanged
             are reused; the rest are parsed; the file is rewritten atomically.
             A cache whose patient hashes were made with another salt is rebuilt.
             A damaged cache is rebuilt (with a warning); an unwritable cache
-            location is skipped with one warning.
+            location is skipped with one warning. With an ``executor``: a directory,
+            the partitioned index (one parquet part per partition and a manifest,
+            see :mod:`torchdicom._dask_scan`); it must be reachable by every worker.
         progress: show a tqdm progress bar.
         storage_options: fsspec options of the URLs' protocol (credentials,
             ``endpoint_url``, ``client_kwargs`` …), registered for this process
-            (:func:`torchdicom.sources.configure`); never logged.
+            (:func:`torchdicom.sources.configure`), and for each Dask task; never logged.
+        salt: the key of ``patient_hash`` (default: ``TORCHDICOM_SALT``, see
+            :func:`torchdicom._privacy.resolve_salt`), resolved here and handed to every
+            worker, so hashes are the same on every node.
+        executor: ``None`` (this machine's processes), ``"dask"`` (the current
+            ``distributed`` client, else the scheduler set by ``dask.config``, else a
+            LocalCluster of ``workers`` processes for this call) or a
+            ``distributed.Client``. Partitions are listed by the workers, parsed there
+            and written as parquet parts; the client holds only their names.
+        partition_depth: Dask only: directory levels the client lists to form
+            partitions (each folder at that depth is one partition, walked whole by a
+            worker; the files directly in a shallower folder are one partition of it).
+        partition_files: Dask only: files per partition when ``source`` is a list.
+        retries: Dask only: how often a partition whose task raised is run again (a
+            worker that dies is replaced and its partition rescheduled by the scheduler).
 
     Returns:
         :class:`DicomIndex` with ``df`` (one row per readable file, sorted by
@@ -373,17 +447,36 @@ def scan(
         >>> len(index), index.df.loc[0, "modality"]
         (1, 'CT')
     """
-    from tqdm.auto import tqdm
-
     from torchdicom.sources.remote import configure, is_remote
 
     index_rows = getattr(source, "index_rows", None)
     if callable(index_rows):
+        if executor is not None:
+            raise ValueError(
+                "a source with index_rows() (DICOMweb) indexes itself; executor= does not"
+                f" apply to it. Got: executor={executor!r}"
+            )
         # A source that indexes itself (a DICOMweb server: QIDO-RS + WADO-RS metadata):
         # there are no files to list or stat; it returns rows and (path, error_type,
         # reason, size, mtime_ns) error tuples.
         rows, errors = index_rows(progress=progress, workers=workers)
         return _index_of(list(rows), list(errors))
+
+    if executor is not None:
+        from torchdicom._dask_scan import dask_scan
+
+        return dask_scan(
+            source,
+            executor=executor,
+            out=cache,
+            workers=workers,
+            progress=progress,
+            storage_options=storage_options,
+            salt=resolve_salt(salt),
+            partition_depth=partition_depth,
+            partition_files=partition_files,
+            retries=retries,
+        )
 
     if storage_options is not None:
         if not isinstance(source, str | os.PathLike):
@@ -392,27 +485,72 @@ def scan(
         for protocol in {u.split("://", 1)[0] for u in urls if is_remote(u)}:
             configure(protocol, storage_options)
     paths = _collect_paths(source, progress)
+    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    index, changed = _scan_paths(
+        paths,
+        workers=n_workers,
+        cached_from=None if cache is None else Path(cache),
+        progress=progress,
+        salt=resolve_salt(salt),
+    )
+    if cache is not None and changed:
+        try:
+            _write_parquet_atomic(index.df, index.errors, Path(cache), resolve_salt(salt))
+        except OSError as exc:
+            warnings.warn(
+                f"index cache {cache} not written ({exc.strerror}); continuing without cache",
+                stacklevel=2,
+            )
+    return index
+
+
+def _scan_paths(
+    paths: list[str],
+    *,
+    workers: int,
+    cached_from: Path | None,
+    progress: bool,
+    salt: str,
+) -> tuple[DicomIndex, bool]:
+    """Index ``paths``, reusing the rows of an earlier index file whose (size, mtime) — or,
+    remote, (size, ETag) — still hold.
+
+    Args:
+        paths: the files (absolute paths or URLs), listed already.
+        workers: processes (threads for URLs); 0 or 1: parse in this process.
+        cached_from: an index file (may be missing) whose unchanged rows are reused;
+            ignored, with a warning, when damaged or made with another salt.
+        progress: show a tqdm bar.
+        salt: the key of the patient hashes.
+
+    Returns:
+        The index, and whether it differs from ``cached_from`` (a file was parsed, or
+        one it held is gone), i.e. whether a cache should be rewritten.
+    """
+    from tqdm.auto import tqdm
+
+    from torchdicom.sources.remote import is_remote
+
     cached: dict[str, IndexRow] = {}
     cached_errors: dict[str, tuple[str, str, int, int]] = {}
-    if cache is not None and Path(cache).exists():
+    if cached_from is not None and cached_from.exists():
         try:
-            old, old_err = _read_parquet(Path(cache), salt=salt_fingerprint())
+            old, old_err = _read_parquet(cached_from, salt=salt_fingerprint(salt))
             cached = {r["path"]: cast(IndexRow, r) for r in old.to_dict("records")}
             cached_errors = {
                 r["path"]: (r["error_type"], r["reason"], int(r["size"]), int(r["mtime_ns"]))
                 for r in old_err.to_dict("records")
             }
         except TorchDicomError as exc:
-            warnings.warn(f"index cache ignored and rebuilt: {exc}", stacklevel=2)
+            warnings.warn(f"index cache ignored and rebuilt: {exc}", stacklevel=3)
 
     rows: list[IndexRow] = []
     errors: list[tuple[str, str, str, int, int]] = []
     todo: list[str] = []
-    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
     # A remote object's (size, etag): one info request each, many in flight, and only for
     # the objects the cache holds (the others are parsed anyway).
     remote_meta = _remote_meta(
-        [p for p in paths if is_remote(p) and (p in cached or p in cached_errors)], n_workers
+        [p for p in paths if is_remote(p) and (p in cached or p in cached_errors)], workers
     )
     for p in paths:
         if p not in cached and p not in cached_errors:
@@ -446,21 +584,21 @@ def scan(
     try:
         if any(is_remote(p) for p in todo):
             # Remote headers wait on the network, not the CPU: threads, many in flight.
-            with ThreadPoolExecutor(max_workers=max(4, 4 * n_workers)) as threads:
-                for item in threads.map(_scan_one, todo):
+            with ThreadPoolExecutor(max_workers=max(4, 4 * workers)) as threads:
+                for item in threads.map(_scan_one, todo, [salt] * len(todo)):
                     _take(item, rows, errors)
                     bar.update(1)
-        elif n_workers <= 1 or len(todo) < _MIN_FILES_FOR_POOL:
+        elif workers <= 1 or len(todo) < _MIN_FILES_FOR_POOL:
             for p in todo:
-                rows_or_err = _scan_one(p)
-                _take(rows_or_err, rows, errors)
+                _take(_scan_one(p, salt), rows, errors)
                 bar.update(1)
         else:
-            chunk = max(8, min(256, math.ceil(len(todo) / (n_workers * 8))))
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            chunk = max(8, min(256, math.ceil(len(todo) / (workers * 8))))
+            chunks = list(_chunks(todo, chunk))
+            with ProcessPoolExecutor(max_workers=workers) as pool:
                 # Chunks keep per-task overhead low; results stream back so the
                 # parent keeps rows (plain dicts), never pydicom objects.
-                for batch in pool.map(_scan_chunk, _chunks(todo, chunk)):
+                for batch in pool.map(_scan_chunk, chunks, [salt] * len(chunks)):
                     for item in batch:
                         _take(item, rows, errors)
                     bar.update(len(batch))
@@ -470,15 +608,8 @@ def scan(
     index = _index_of(rows, errors)
     for e in errors:
         log.debug("not indexed: %s", e[2])
-    if cache is not None and (todo or len(cached) + len(cached_errors) != len(paths)):
-        try:
-            index.to_parquet(cache)
-        except OSError as exc:
-            warnings.warn(
-                f"index cache {cache} not written ({exc.strerror}); continuing without cache",
-                stacklevel=2,
-            )
-    return index
+    changed = bool(todo) or len(cached) + len(cached_errors) != len(paths)
+    return index, changed
 
 
 def _index_of(rows: list[IndexRow], errors: list[tuple[str, str, str, int, int]]) -> DicomIndex:
