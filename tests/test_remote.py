@@ -4,6 +4,7 @@ of the same file: native, JPEG, JPEG 2000, RLE, multi-frame."""
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_file
@@ -629,6 +631,154 @@ def test_s3_dataloader_workers_read_remote_files(s3):
     assert len(seen) == len(ds)
     for i, row in enumerate(ds.rows):
         assert torch.equal(seen[row["path"]], ds[i]["image"])
+
+
+@pytest.fixture
+def s3_requests(s3):
+    """The HTTP requests the S3 client sends from now on, by operation (``GetObject``,
+    ``HeadObject``, ``ListObjectsV2``): counted where botocore sends them, so retries and
+    every range of a ``cat_ranges`` batch count, and nothing is answered in their place."""
+    fs, _options, _names = s3
+    sent: dict[str, int] = {}
+
+    def count(event_name: str, **kwargs) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        sent[operation] = sent.get(operation, 0) + 1
+
+    events = fs.s3.meta.events
+    events.register("before-send.s3", count, unique_id="td-test-count")
+    yield sent
+    events.unregister("before-send.s3", unique_id="td-test-count")
+
+
+@pytest.fixture
+def block_cache(tmp_path, monkeypatch):
+    """A block cache in a temporary directory, small blocks (objects span several)."""
+    monkeypatch.setattr(remote.policy, "block_cache_dir", str(tmp_path / "blocks"))
+    monkeypatch.setattr(remote.policy, "block_cache_block_bytes", 8192)
+    return tmp_path / "blocks"
+
+
+def _epoch_images(ds, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=1, num_workers=num_workers, collate_fn=torchdicom.Collate()
+    )
+    return {b["path"][0]: b["image"][0] for b in loader}
+
+
+def test_s3_block_cache_second_epoch_makes_no_range_requests(s3, block_cache, s3_requests):
+    """Epoch 1 in two DataLoader worker processes fills the cache; epoch 2 (another
+    process) reads every route from it with no GET, and the values equal the local read."""
+    _fs, options, names = s3
+    ds = torchdicom.DicomDataset("s3://td-bucket/set", storage_options=options, frames="first")
+    first = _epoch_images(ds, num_workers=2)
+    assert any(block_cache.rglob("*.*"))  # written by the workers
+    s3_requests.clear()
+    cache = remote.block_cache()
+    hits = cache.hits
+    second = _epoch_images(ds)
+    assert s3_requests.get("GetObject", 0) == 0, s3_requests
+    assert cache.hits > hits and cache.misses == 0
+    # The batch path (one cat_ranges call per batch) reads through the cache too.
+    ct = [
+        i
+        for i, r in enumerate(ds.rows)
+        if native_layout(r) == layouts_of_ct([native_layout(r) for r in ds.rows])
+    ]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, ct), batch_size=len(ct), collate_fn=torchdicom.Collate()
+    )
+    batch = next(iter(loader))
+    assert s3_requests.get("GetObject", 0) == 0, s3_requests
+    for path, image in second.items():
+        local = read_frames_numpy(str(names[path.rsplit("/", 1)[-1]]), 0)[0]
+        np.testing.assert_array_equal(image.numpy(), local)
+        assert torch.equal(first[path], image)
+    for k, i in enumerate(ct):
+        assert torch.equal(batch["image"][k], second[ds.rows[i]["path"]])
+
+
+def test_s3_block_cache_never_serves_blocks_of_an_old_etag(
+    s3, files, policy, block_cache, s3_requests
+):
+    """Same key, same size, other bytes: the old row is stale, and the rescanned row reads
+    the new bytes from the store, not the cached blocks of the old version."""
+    fs, _options, _names = s3
+    url = "s3://td-bucket/cached/one.dcm"
+    ct = files[-3].read_bytes()  # CT_small.dcm
+    fs.pipe(url, ct)
+    row = scan(url, progress=False).rows()[0]
+    old = read_frames_numpy(row)
+    s3_requests.clear()
+    np.testing.assert_array_equal(read_frames_numpy(row), old)
+    assert s3_requests.get("GetObject", 0) == 0  # cached
+    changed = bytearray(ct)
+    changed[-2048:] = bytes(255 - b for b in changed[-2048:])  # the last pixel rows
+    fs.pipe(url, bytes(changed))
+    with pytest.raises(StaleIndexError, match="ETag changed"):
+        read_frames_numpy(row)
+    new_row = scan(url, progress=False).rows()[0]
+    assert new_row["etag"] != row["etag"] and new_row["size"] == row["size"]
+    s3_requests.clear()
+    got = read_frames_numpy(new_row)
+    assert s3_requests.get("GetObject", 0) >= 1
+    expected = pydicom.dcmread(io.BytesIO(bytes(changed))).pixel_array
+    assert not np.array_equal(got, old)
+    np.testing.assert_array_equal(got[0, 0], expected)
+
+
+def test_block_cache_unwritable_warns_once_and_reads_stay_correct(
+    files, memory, tmp_path, monkeypatch
+):
+    _fs, names = memory
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    monkeypatch.setattr(remote.policy, "block_cache_dir", str(blocker / "blocks"))
+    far = scan("memory://td-test/set", progress=False)
+    with pytest.warns(RuntimeWarning, match="block cache") as caught:
+        for _ in range(2):
+            for row in far.rows():
+                np.testing.assert_array_equal(
+                    read_frames_numpy(row), read_frames_numpy(_local_of(names, row["path"]))
+                )
+    assert len([w for w in caught if "block cache" in str(w.message)]) == 1
+    assert remote.block_cache() is None
+
+
+def test_block_cache_stays_within_its_size_bound(files, memory, tmp_path, monkeypatch):
+    _fs, names = memory
+    directory = tmp_path / "blocks"
+    monkeypatch.setattr(remote.policy, "block_cache_dir", str(directory))
+    monkeypatch.setattr(remote.policy, "block_cache_block_bytes", 4096)
+    monkeypatch.setattr(remote.policy, "block_cache_max_bytes", 64 * 1024)
+    far = scan("memory://td-test/set", progress=False)
+    total = sum(int(s) for s in far.df["size"])
+    assert total > 2 * 64 * 1024  # more than the bound passes through the cache
+    for row in far.rows():
+        np.testing.assert_array_equal(
+            read_frames_numpy(row), read_frames_numpy(_local_of(names, row["path"]))
+        )
+    held = sum(p.stat().st_size for p in directory.rglob("*.*"))
+    assert 0 < held <= 64 * 1024 + 4096 * 16  # evicted down each time it passes the bound
+
+
+def test_s3_listing_reports_each_page(s3, s3_requests, monkeypatch):
+    """A prefix longer than one page is listed page by page, the bar advancing per page."""
+    from tqdm import std
+
+    fs, _options, _names = s3
+    for k in range(25):
+        fs.pipe(f"s3://td-bucket/paged/{k:03d}.dcm", b"x")
+    fs.pipe("s3://td-bucket/paged/folder/", b"")  # a folder placeholder: not an object
+    monkeypatch.setattr(remote.policy, "list_page_size", 10)
+    steps = []
+    real = std.tqdm.update
+    monkeypatch.setattr(std.tqdm, "update", lambda self, n=1: steps.append(n) or real(self, n))
+    s3_requests.clear()
+    found = remote.find("s3://td-bucket/paged", progress=True)
+    assert found == [f"s3://td-bucket/paged/{k:03d}.dcm" for k in range(25)]
+    assert s3_requests["ListObjectsV2"] >= 3  # the pages (and s3fs's isfile probe)
+    assert [n for n in steps if n] == [10, 10, 5]  # per page; the placeholder not counted
 
 
 def test_scan_fetches_header_bytes_not_pixel_data(tmp_path, monkeypatch):

@@ -137,7 +137,10 @@ def is_remote(path: Any) -> bool:
     """Whether ``path`` is an fsspec URL of a non-local filesystem (``s3://…``, ``memory://…``)."""
     if not isinstance(path, str) or "://" not in path:
         return False
-    return path.split("://", 1)[0].lower() not in _LOCAL_PROTOCOLS
+    protocol = path.split("://", 1)[0].lower()
+    # dicomweb+http(s):// rows are DICOMweb instances (torchdicom.sources.dicomweb), read
+    # by WADO-RS, never through fsspec.
+    return protocol not in _LOCAL_PROTOCOLS and not protocol.startswith("dicomweb+")
 
 
 def local_path(path: str) -> str:
@@ -755,6 +758,8 @@ class RemoteHandle:
         return data
 
     def whole(self) -> bytes:
+        if self.etag is not None:  # a checked object (a rare route reading it whole): cached
+            return read_range(self.url, 0, self.size, version=(self.size, self.etag))
         return self.pread(self.size, 0)
 
 
