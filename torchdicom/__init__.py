@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "DicomVolumeDataset": "torchdicom.data",
     "collate": "torchdicom.data",
     "DicomDataModule": "torchdicom.datamodule",
+    "DicomWebSource": "torchdicom.sources.dicomweb",
     "CorruptDicomError": "torchdicom.errors",
     "MissingPixelDataError": "torchdicom.errors",
     "NotDicomError": "torchdicom.errors",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         collate,
     )
     from torchdicom.datamodule import DicomDataModule
+    from torchdicom.sources.dicomweb import DicomWebSource
     from torchdicom.errors import (
         CorruptDicomError,
         MissingPixelDataError,
@@ -87,6 +89,7 @@ __all__ = [
     "DicomDataset",
     "DicomIndex",
     "DicomVolumeDataset",
+    "DicomWebSource",
     "FrameCache",
     "MissingPixelDataError",
     "NotDicomError",

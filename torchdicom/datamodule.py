@@ -88,7 +88,7 @@ else:
     )
 
 
-def default_index_cache(data: str | os.PathLike[str]) -> Path:
+def default_index_cache(data: str | os.PathLike[str], remote: bool = False) -> Path:
     """Where :class:`DicomDataModule` keeps the header index of the folder ``data`` when no
     ``index_cache`` is given.
 
@@ -100,13 +100,17 @@ def default_index_cache(data: str | os.PathLike[str]) -> Path:
     written into the data folder: collections are often read-only or shared, and the
     index (paths, pseudonymous patient keys) stays in the user's own cache, owner-only.
 
+    With ``remote=True`` ``data`` is a URL or a server key (the DICOMweb base URL, study
+    and series), used as it is.
+
     Example:
         >>> default_index_cache("/data/ct").suffix
         '.parquet'
     """
     key = hmac.new(
         resolve_salt().encode("utf-8", "surrogatepass"),
-        os.fsencode(os.path.realpath(data)),
+        # A URL / server key as it is (realpath would make it relative to the working folder).
+        os.fsencode(os.fspath(data) if remote else os.path.realpath(data)),
         hashlib.sha256,
     ).hexdigest()[:16]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
@@ -191,7 +195,9 @@ class DicomDataModule(_LightningDataModule):
 
     Args:
         data: a directory of DICOM files, or a parquet index written by
-            :meth:`DicomIndex.to_parquet` / ``torchdicom scan --out``.
+            :meth:`DicomIndex.to_parquet` / ``torchdicom scan --out``, an fsspec URL
+            (``s3://…``), or a :class:`~torchdicom.DicomWebSource`; a URL or server is
+            scanned by :meth:`prepare_data` into the index cache, which :meth:`setup` reads.
         labels: a CSV path or a callable ``f(path)`` / ``f(path, frame)`` (see
             :class:`DicomDataset`). A DataFrame or a mapping works too from Python;
             the annotation lists only the types ``LightningCLI`` parses safely
@@ -292,6 +298,7 @@ class DicomDataModule(_LightningDataModule):
             raise ValueError(f"batching must be 'default' or 'by_size'. Got: {batching!r}")
         # The arguments that may hold objects rather than data stay out of hparams when they do.
         maybe_objects = {
+            "data": data,  # a DicomWebSource holds a session / headers: never in checkpoints
             "labels": labels,
             "masks": masks,
             "cpu_transform": cpu_transform,
@@ -343,8 +350,8 @@ class DicomDataModule(_LightningDataModule):
 
     # ----------------------------------------------------------------- index
     def _root(self) -> Path | None:
-        """The data folder, or ``None`` when ``data`` is an index file or a URL."""
-        if is_remote(self.data):
+        """The data folder, or ``None`` when ``data`` is an index file, a URL or a server."""
+        if self._remote():
             return None
         p = Path(self.data)
         return p if p.is_dir() else None
@@ -352,15 +359,48 @@ class DicomDataModule(_LightningDataModule):
     def _index_file(self, root: Path) -> Path:
         return Path(self.index_cache) if self.index_cache is not None else default_index_cache(root)
 
+    def _remote(self) -> bool:
+        """``data`` is an fsspec URL or a source that indexes itself (a DicomWebSource)."""
+        return is_remote(self.data) or callable(getattr(self.data, "index_rows", None))
+
+    def _remote_index_file(self) -> Path:
+        """The index cache of a URL / server: ``index_cache``, else one per URL and salt."""
+        if self.index_cache is not None:
+            return Path(self.index_cache)
+        data = self.data
+        if not isinstance(data, str):  # DicomWebSource: the server and what it selects
+            data = f"{data.base_url}|{data.study}|{data.series}"
+        return default_index_cache(data, remote=True)
+
+    def _scan_remote(self, cache: Path) -> DicomIndex:
+        """List and header-scan where the data is (see torchdicom.sources), into ``cache``."""
+        if isinstance(self.data, str):
+            return scan(self.data, cache=cache, progress=True, storage_options=self.storage_options)
+        index = scan(self.data, progress=True)  # QIDO-RS + WADO-RS metadata: no file stats
+        try:
+            index.to_parquet(cache)
+        except OSError as exc:  # an unwritable cache: setup scans again without it
+            try:
+                cache.unlink(missing_ok=True)  # never an older index in its place
+            except OSError:
+                pass
+            log.warning("cannot write the index cache %s (%s)", cache, exc.strerror)
+        return index
+
     def _index(self) -> DicomIndex:
-        if is_remote(self.data):
-            # Listed and header-scanned where the objects are (see torchdicom.sources).
-            return scan(
-                self.data,
-                cache=self.index_cache,
-                progress=True,
-                storage_options=self.storage_options,
-            )
+        if self._remote():
+            # What prepare_data (local rank 0) scanned into the cache; a scan where that
+            # has not run on this node (or could not write the cache).
+            if not isinstance(self.data, str):
+                self.data.register()  # this process's session / headers for the server
+            cache = self._remote_index_file()
+            if self._local_rank() == 0 and not self._prepared:
+                self.prepare_data()
+            if cache.is_file():
+                return DicomIndex.read_parquet(cache)
+            if isinstance(self.data, str):
+                return scan(self.data, progress=True, storage_options=self.storage_options)
+            return scan(self.data, progress=True)
         p = Path(self.data)
         if p.is_file() and p.suffix == ".parquet":
             return DicomIndex.read_parquet(p)
@@ -382,6 +422,13 @@ class DicomDataModule(_LightningDataModule):
         ``fit`` / ``validate`` / ``test`` / ``predict`` calls this; the index is read once).
         """
         root = self._root()
+        if self._remote() and self.dataset is None:
+            cache = self._remote_index_file()
+            try:
+                cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:
+                pass  # the scan warns that it cannot write the cache
+            self._scan_remote(cache)
         if root is not None and self.dataset is None:
             cache = self._index_file(root)
             try:

@@ -38,6 +38,7 @@ from torchdicom.keys import (
     WINDOW_CENTER,
     WINDOW_WIDTH,
 )
+from torchdicom.sources.dicomweb import registrations as dicomweb_registrations
 
 log = logging.getLogger("torchdicom.data")
 
@@ -67,6 +68,7 @@ def _as_index(
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[DicomIndex, Path | None]:
     """A DicomIndex and the collection root (for relative label/mask paths; None for URLs)."""
+    from torchdicom.sources.dicomweb import is_dicomweb
     from torchdicom.sources.remote import configure, is_remote
 
     if isinstance(source, DicomIndex):
@@ -74,6 +76,10 @@ def _as_index(
         root = None
         for protocol in {p.split("://", 1)[0] for p in index.df["path"] if is_remote(p)}:
             configure(protocol, storage_options)
+    elif callable(getattr(source, "index_rows", None)):
+        # A source that indexes itself (torchdicom.sources.dicomweb.DicomWebSource).
+        index = scan(source, progress=False)
+        root = None
     elif isinstance(source, str) and is_remote(source):
         index = scan(source, cache=index_cache, progress=False, storage_options=storage_options)
         root = None
@@ -89,7 +95,11 @@ def _as_index(
         raise TypeError(
             f"source must be a directory, a list of files or a DicomIndex. Got: {type(source).__name__}"
         )
-    if root is None and len(index.df) and not any(is_remote(p) for p in index.df["path"]):
+    if (
+        root is None
+        and len(index.df)
+        and not any(is_remote(p) or is_dicomweb(p) for p in index.df["path"])
+    ):
         root = Path(os.path.commonpath([os.path.dirname(p) for p in index.df["path"]]))
     if len(index.errors):
         log.warning(
@@ -372,6 +382,9 @@ class _Base(Dataset):
         # Kept so that workers started by spawn register them again (__setstate__).
         self._storage_options = storage_options
         self.rows: list[IndexRow] = _images_only(self.index.rows())
+        # How this process reaches the DICOMweb servers of the rows (session / headers),
+        # kept so that workers started by spawn register them again (__setstate__).
+        self._dicomweb = dicomweb_registrations([r["path"] for r in self.rows])
         self.on_error = on_error
         self.color = color
         self.cache = FrameCache(cache) if isinstance(cache, str | os.PathLike) else cache
@@ -379,6 +392,10 @@ class _Base(Dataset):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if state.get("_dicomweb"):
+            from torchdicom.sources.dicomweb import restore
+
+            restore(state["_dicomweb"])
         options = state.get("_storage_options")
         if options is not None:  # a worker started by spawn: the registry is empty there
             from torchdicom.sources.remote import configure

@@ -173,6 +173,10 @@ _HEADERS = _HeaderCache()
 def row_for_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The index row of one file, parsed once and cached while the file is unchanged."""
     fspath = os.fspath(path)
+    if fspath[:9].lower() == "dicomweb+":  # a DICOMweb instance: its WADO-RS metadata
+        from torchdicom.sources.dicomweb import cached_row as dicomweb_row
+
+        return dicomweb_row(fspath)
     if "://" in fspath:
         from torchdicom.sources.remote import cached_row, is_remote, local_path
 
@@ -1447,6 +1451,87 @@ def _addressable(row: dict[str, Any]) -> bool:
     )
 
 
+# --------------------------------------------------------------------------- DICOMweb
+def _is_dicomweb(row: dict[str, Any]) -> bool:
+    """A DICOMweb instance (``dicomweb+http(s)://…`` path): frames come by WADO-RS."""
+    return str(row["path"])[:9].lower() == "dicomweb+"
+
+
+def _read_dicomweb(
+    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
+) -> np.ndarray:
+    from torchdicom.sources.dicomweb import read_frames_dicomweb
+
+    return read_frames_dicomweb(row, idx, out, as_rgb)
+
+
+def decode_part(
+    row: dict[str, Any], data: bytes, transfer_syntax: str, frame: int, as_rgb: bool
+) -> np.ndarray:
+    """One frame's bytes as they came from a server (a WADO-RS part), decoded: (C, H, W).
+
+    ``transfer_syntax`` is the part's own ("" means Explicit VR Little Endian, the
+    default of ``application/octet-stream``). Native bytes are laid out by the row (a part
+    shorter than one frame is a :class:`CorruptDicomError`); code-streams are checked
+    against the row and decoded by the pinned plugin, as the local routes do.
+    """
+    syntax = transfer_syntax or row["transfer_syntax"] or pydicom.uid.ExplicitVRLittleEndian
+    uid = UID(syntax)
+    here = {**row, "transfer_syntax": str(uid), "encapsulated": uid.is_encapsulated}
+    if not uid.is_encapsulated:
+        frame_bytes = math.ceil(
+            _declared_native_bytes({**here, "frames": 1})
+            if int(row["bits_allocated"]) >= 8
+            else _frame_nbits(row) / 8
+        )
+        if len(data) < frame_bytes or len(data) > frame_bytes + 1:  # +1: even-length padding
+            raise CorruptDicomError(
+                row["path"],
+                f"the server sent {len(data)} bytes for a native frame of {frame_bytes}"
+                f" ({_describe({**row, 'frames': 1})}): short or wrong part",
+                frame=frame,
+            )
+        data = data[:frame_bytes]
+        rows, cols, spp = int(row["rows"]), int(row["columns"]), int(row["samples_per_pixel"])
+        if int(row["bits_allocated"]) == 1:
+            bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+            arr = bits[: rows * cols * spp].reshape(rows, cols, spp) if spp > 1 else None
+            if arr is None:
+                return bits[: rows * cols].reshape(1, rows, cols).copy()
+            return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        if _is_native({**here, "pixel_offset": 0}):
+            values = np.frombuffer(data, _native_dtype(row))
+            if spp > 1 and int(row["planar_configuration"]) == 0:
+                arr = np.ascontiguousarray(values.reshape(rows, cols, spp).transpose(2, 0, 1))
+            else:
+                arr = values.reshape(spp, rows, cols).copy()
+            if int(row["bits_stored"]) < int(row["bits_allocated"]) and (
+                row["pixel_keyword"] == "PixelData"
+            ):
+                _clear_unused_bits(arr, int(row["bits_stored"]))
+            return arr
+    try:
+        decoder = _decoder_for(here)
+        opts = {**_decode_opts(here), "number_of_frames": 1}
+        if uid.is_encapsulated:
+            plugin = decoding_plugin(str(uid), int(row["bits_stored"]))
+            return _decode_codestream(here, decoder, plugin, data, frame, as_rgb, opts)
+        with warnings.catch_warnings():  # big-endian or YBR native: pydicom's decoder
+            warnings.simplefilter("ignore")
+            arr, _ = decoder.as_array(data, index=0, as_rgb=as_rgb, **opts)
+        arr = _to_chw(arr, int(row["samples_per_pixel"]))
+        return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    except Exception as exc:
+        raise _decode_error(here, exc, frame) from None
+
+
+def stack_frames(
+    out: np.ndarray | None, arrays: list[np.ndarray], row: dict[str, Any]
+) -> np.ndarray:
+    """Decoded (C, H, W) frames as one (F, C, H, W) result, shape-checked, into ``out`` if given."""
+    return _fill(out, _stack(arrays, row), row["path"])
+
+
 # --------------------------------------------------------------------------- the route table
 class Route(NamedTuple):
     """One way of reading frames: the first route whose ``accepts(row)`` is true reads them.
@@ -1470,6 +1555,8 @@ class Route(NamedTuple):
 # In order; the last accepts every row. A new route (a faster codec, a remote
 # byte source, GPU decode) is one new entry before the one it replaces.
 ROUTES: tuple[Route, ...] = (
+    # Before the others: a DICOMweb row has no file offsets; network-bound, so parallel.
+    Route("DICOMweb (WADO-RS frames)", _is_dicomweb, _read_dicomweb, parallel=True),
     Route("native", _is_native, _read_native),
     Route("packed bits", _is_packed_bits, _read_packed_bits),
     Route("JPEG 8-bit by span (Pillow)", _pillow_jpeg, _read_jpeg_pillow, parallel=True),
@@ -1513,6 +1600,8 @@ def check_declared_size(row: dict[str, Any]) -> None:
     Raises:
         CorruptDicomError: the declared size does not fit the file.
     """
+    if _is_dicomweb(row):
+        return  # no file size: each part is checked against one frame's size as it arrives
     if bool(row["encapsulated"]):
         _check_encapsulated_size(row)
     else:

@@ -1,8 +1,11 @@
-"""Where bytes come from besides local files: fsspec URLs (object storage, HTTP, memory).
+"""Where bytes come from besides local files: fsspec URLs (object storage, HTTP, memory)
+and DICOMweb servers.
 
-See :mod:`torchdicom.sources.remote`. fsspec and the provider packages load on first use.
+See :mod:`torchdicom.sources.remote` and :mod:`torchdicom.sources.dicomweb`. fsspec, the
+provider packages, requests and dicomweb-client load on first use.
 """
 
+from torchdicom.sources.dicomweb import DicomWebSource
 from torchdicom.sources.remote import (
     RemotePolicy,
     configure,
@@ -10,4 +13,4 @@ from torchdicom.sources.remote import (
     policy,
 )
 
-__all__ = ["RemotePolicy", "configure", "is_remote", "policy"]
+__all__ = ["DicomWebSource", "RemotePolicy", "configure", "is_remote", "policy"]
