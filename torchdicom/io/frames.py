@@ -273,6 +273,15 @@ def _describe(row: dict[str, Any]) -> str:
     )
 
 
+def _data_end(row: dict[str, Any]) -> int:
+    """Where the file's bytes end: its size, or for a member of a shard (a tar written by
+    :func:`torchdicom.export.to_webdataset`, whose rows carry ``member_offset`` /
+    ``member_size`` and offsets in tar coordinates) the member's end, not the tar's."""
+    if "member_size" in row:
+        return int(row["member_offset"]) + int(row["member_size"])
+    return int(row["size"])
+
+
 def _check_native_size(row: dict[str, Any]) -> None:
     """Refuse a native file whose header claims more pixels than the file holds."""
     path = row["path"]
@@ -280,7 +289,7 @@ def _check_native_size(row: dict[str, Any]) -> None:
     offset = int(row["pixel_offset"])
     length = int(row["pixel_length"])
     if offset >= 0:
-        available = int(row["size"]) - offset
+        available = _data_end(row) - offset
         if length >= 0:
             available = min(available, length)
     else:
@@ -295,7 +304,7 @@ def _check_native_size(row: dict[str, Any]) -> None:
 
 def _check_encapsulated_size(row: dict[str, Any]) -> None:
     path = row["path"]
-    size = int(row["size"])
+    size = int(row.get("member_size", row["size"]))
     # Each frame needs at least one 8-byte item header.
     if int(row["frames"]) > max(size // 8, 1):
         raise CorruptDicomError(
@@ -303,7 +312,8 @@ def _check_encapsulated_size(row: dict[str, Any]) -> None:
             f"header declares {row['frames']} compressed frames but a file of {size} bytes can hold at most {size // 8}",
         )
     frame_bytes = _frame_nbits(row) // 8
-    per_frame = max(size - max(int(row["pixel_offset"]), 0), 0) / int(row["frames"])
+    start = max(int(row["pixel_offset"]), int(row.get("member_offset", 0)))
+    per_frame = max(_data_end(row) - start, 0) / int(row["frames"])
     if frame_bytes > max(_DECODE_FLOOR_BYTES, _MAX_DECODE_RATIO * per_frame):
         raise CorruptDicomError(
             path,
@@ -451,9 +461,38 @@ def _close(fd: Any) -> None:
         os.close(fd)
 
 
+class _MemberFile(io.BytesIO):
+    """A shard member's bytes that seek and tell in tar coordinates (the row's offsets)."""
+
+    def __init__(self, data: bytes, base: int):
+        super().__init__(data)
+        self._base = base
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            offset -= self._base
+        return super().seek(offset, whence) + self._base
+
+    def tell(self) -> int:
+        return super().tell() + self._base
+
+
+def _member_bytes(fd: Any, row: dict[str, Any]) -> bytes:
+    """A shard member's bytes (see :func:`_data_end`): one read of its range, not the tar."""
+    data = bytearray(int(row["member_size"]))
+    _pread_exact(fd, memoryview(data), int(row["member_offset"]), row["path"], None)  # type: ignore[arg-type]
+    return bytes(data)
+
+
 def _bounded(row: dict[str, Any]) -> Any:
     """The row's file as a bounded binary file; a remote object is fetched whole (rare routes)."""
     fd = _open_checked(row)
+    if "member_size" in row:  # a shard member: its own byte range only, never the whole tar
+        try:
+            return _MemberFile(_member_bytes(fd, row), int(row["member_offset"]))
+        finally:
+            if type(fd) is int:
+                os.close(fd)
     if type(fd) is int:
         return BoundedReader(fd)
     return io.BytesIO(fd.whole())
@@ -523,7 +562,8 @@ def _read_native(
         # Training reads the same unchanged files every epoch: a single-frame
         # file found clean once (same size and mtime, checked on open above)
         # needs no second range check.
-        key = (path, int(row["size"]), int(row["mtime_ns"]))
+        # The pixel offset tells apart the members of one shard (same path, size, mtime).
+        key = (path, int(row["size"]), int(row["mtime_ns"]), offset)
         single = int(row["frames"]) == 1
         if not (single and key in _CLEAN_HIGH_BITS):
             was_clean = _clear_unused_bits(out, bits_stored)
@@ -952,7 +992,7 @@ def _by_span(row: dict[str, Any]) -> bool:
 def _read_span(fd: int, row: dict[str, Any], k: int) -> bytes:
     """Frame ``k``'s code-stream: one ``pread`` of its recorded span, its fragments joined."""
     offset, length = int(row["frame_offsets"][k]), int(row["frame_lengths"][k])
-    if offset < 0 or length < 8 or offset + length > int(row["size"]):
+    if offset < 0 or length < 8 or offset + length > _data_end(row):
         raise CorruptDicomError(
             row["path"], f"frame span {offset}+{length} lies outside the file", frame=k
         )
@@ -1355,14 +1395,19 @@ def _read_via_dataset(
     """Anything else (deflated, extended offset table, no recorded offset): read with pydicom."""
     path = row["path"]
     fd = _open_checked(row)  # stale check only: pydicom reopens the file itself
-    if type(fd) is int:
+    if type(fd) is int and "member_size" not in row:
         os.close(fd)
         ds = dcmread(path)
-    else:  # a remote object these rare files need whole
+    else:  # a remote object these rare files need whole, or a shard member's byte range
+        try:
+            blob = _member_bytes(fd, row) if "member_size" in row else fd.whole()
+        finally:
+            if type(fd) is int:
+                os.close(fd)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(io.BytesIO(fd.whole()), force=True)
+                ds = pydicom.dcmread(io.BytesIO(blob), force=True)
         except Exception as exc:
             raise CorruptDicomError(path, f"header cannot be parsed: {_short(exc)}") from None
     decoder = _decoder_for(row)

@@ -1,0 +1,343 @@
+"""Shards (torchdicom.export.to_webdataset) and streaming them (DicomShardDataset).
+
+Round trip: every item read from the shards equals ``read_frames`` of the original file
+(native CT, JPEG baseline cine, JPEG lossless, JPEG 2000, RLE, deflated, big-endian,
+multi-frame) and carries DicomDataset's keys and metadata. Splitting: ranks × workers see
+every item exactly once, and the rule for totals not divisible by the world size. Errors:
+a truncated shard, bad source files. Remote: ``memory://`` and a real S3 server (moto).
+A real 2-rank gloo DDP fit streams from shards (tests/ddp_shards_check.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.conftest import real_file, run_ddp_script
+from tests.test_remote import KEY_ID, SECRET, s3_server  # noqa: F401 - a fixture
+from torchdicom import scan
+from torchdicom.data import Collate, DicomDataset
+from torchdicom.data.shards import DicomShardDataset, partition
+from torchdicom.errors import CorruptDicomError
+from torchdicom.export import SHARD_TABLE_SUFFIX, to_webdataset
+from torchdicom.io.frames import read_frames, route_for
+from torchdicom.samples import ct_like, us_cine_like
+from torchdicom.sources import remote
+
+# One file per read route (and the routes that need the whole file: deflated, big-endian).
+_REAL = (
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",  # JPEG lossless
+    "emri_small_jpeg_2k_lossless.dcm",  # JPEG 2000, multi-frame
+    "MR_small_RLE.dcm",  # RLE: code-streams by span
+    "image_dfl.dcm",  # deflated: the pydicom data set route, on the member's bytes
+    "MR_small_bigendian.dcm",  # native via pydicom
+    "SC_ybr_full_uncompressed.dcm",  # YBR native
+    "color3d_jpeg_baseline.dcm",  # JPEG baseline YCbCr, multi-frame
+)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shard_sources")
+    ct_like(root / "ct", n_series=1, slices=3, size=32)
+    us_cine_like(root / "us", n=1, frames=4, size=32, jpeg=True)
+    us_cine_like(root / "cine", n=1, frames=3, size=24, jpeg=False)
+    for name in _REAL:
+        shutil.copy(real_file(name), root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(collection, tmp_path_factory):
+    index = scan(collection, progress=False)
+    out = tmp_path_factory.mktemp("shards")
+    report = to_webdataset(index, str(out / "%06d.tar"), maxcount=3)
+    return index, out, report
+
+
+def _items(ds, **loader) -> list[dict]:
+    return list(DataLoader(ds, batch_size=None, **loader))
+
+
+def _expected(path: str, frame: int, dtype: torch.dtype) -> torch.Tensor:
+    return read_frames(path, frame)[0].to(dtype)
+
+
+# --------------------------------------------------------------------------- export
+def test_shards_are_webdataset_tars_of_the_original_bytes(exported):
+    index, _, report = exported
+    assert report.written == len(index) and not report.skipped
+    assert len(report.shards) == math.ceil(len(index) / 3)
+    originals = {Path(r["path"]).read_bytes() for r in index.rows()}
+    seen = 0
+    for shard in report.shards:
+        table = json.loads(Path(shard + SHARD_TABLE_SUFFIX).read_text())
+        assert table["tar_size"] == os.path.getsize(shard)
+        with tarfile.open(shard) as tar:
+            names = tar.getnames()
+            for member in table["members"]:
+                assert member["member"] in names and member["member"].endswith(".dcm")
+                data = tar.extractfile(member["member"]).read()
+                assert data in originals
+                # The offset table points at the member's bytes inside the tar.
+                with open(shard, "rb") as f:
+                    f.seek(member["offset"])
+                    assert f.read(member["size"]) == data
+                seen += 1
+    assert seen == len(index)
+    manifest = json.loads(Path(report.manifest).read_text())
+    assert sum(s["members"] for s in manifest["shards"]) == len(index)
+    assert sum(s["frames"] for s in manifest["shards"]) == index.total_frames
+
+
+# --------------------------------------------------------------------------- round trip
+def test_round_trip_equals_read_frames_and_dicomdataset(exported):
+    index, _, report = exported
+    ds = DicomShardDataset(report.manifest)
+    ref = DicomDataset(index)
+    assert ds.total == index.total_frames == len(ref)
+    assert ds.dtype == ref.dtype
+    by_source = {(ref[i]["path"], ref[i]["frame"]): ref[i] for i in range(len(ref))}
+    items = _items(ds)
+    assert sorted(it["index"] for it in items) == list(range(ds.total))
+    routes = set()
+    for item in items:
+        want = by_source[(item["path"], item["frame"])]
+        assert set(item) == set(want)
+        assert item["image"].dtype == ds.dtype
+        torch.testing.assert_close(item["image"], _expected(item["path"], item["frame"], ds.dtype))
+        for key, value in want.items():
+            if key in ("image", "index"):
+                continue
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(item[key], value, equal_nan=True)
+            elif isinstance(value, float) and math.isnan(value):
+                assert math.isnan(item[key])
+            else:
+                assert item[key] == value, key
+    for row in index.rows():
+        routes.add(route_for(row).name)
+    # The shards were read through every kind of route, whole-file ones included.
+    assert {"native", "pydicom data set", "native via pydicom"} <= routes
+    assert any("JPEG 8-bit" in r for r in routes) and any("2000" in r for r in routes)
+
+
+def test_first_frames_collate_and_labels(collection, tmp_path):
+    ct = scan(collection / "ct", progress=False)
+    labels = {r["path"]: ("lesion" if k % 2 else "clear") for k, r in enumerate(ct.rows())}
+    report = to_webdataset(ct, str(tmp_path / "%03d.tar"), maxcount=2, labels=labels)
+    with tarfile.open(report.shards[0]) as tar:
+        assert tar.getnames() == [
+            "000000000.dcm",
+            "000000000.json",
+            "000000001.dcm",
+            "000000001.json",
+        ]
+    ds = DicomShardDataset(str(tmp_path / "{000..001}.tar"), frames="first")
+    assert ds.classes == ["clear", "lesion"]
+    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=Collate())))
+    assert batch["image"].shape == (3, 1, 32, 32)
+    for path, label in zip(batch["path"], batch["label"].tolist()):
+        assert ds.classes[label] == labels[path]
+
+
+# --------------------------------------------------------------------------- splitting
+@pytest.mark.parametrize("total_shards", [[5, 3, 4], [1, 1, 1, 1, 1, 1, 1, 1], [7], [2, 0, 9, 1]])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_partition_rule(total_shards, world, workers):
+    counts = total_shards
+    n = sum(counts)
+    order = list(reversed(range(len(counts))))
+    base = np.concatenate([[0], np.cumsum(counts)])
+    for rule in ("pad", "drop"):
+        per_rank = math.ceil(n / world) if rule == "pad" else n // world
+        seen: Counter[int] = Counter()
+        worker_counts = []
+        for rank in range(world):
+            got = 0
+            mine = []
+            for w in range(workers):
+                segs = partition(counts, order, rank, world, w, workers, rule)
+                k = sum(b - a for _, a, b in segs)
+                mine.append(k)
+                for shard, a, b in segs:
+                    assert 0 <= a <= b <= counts[shard]
+                    seen.update(int(base[shard]) + p for p in range(a, b))
+                got += k
+            assert got == per_rank  # equal on every rank
+            worker_counts.append(mine)
+        # Same per-worker counts on every rank: equal batch counts for any batch size.
+        assert all(c == worker_counts[0] for c in worker_counts)
+        if rule == "pad":
+            assert set(seen) == set(range(n))
+            assert sum(seen.values()) - n == per_rank * world - n  # the padding, at most world-1
+            assert max(seen.values()) <= 2
+        else:
+            assert max(seen.values(), default=1) == 1
+            assert sum(seen.values()) == n - n % world
+        if n % world == 0:
+            assert sorted(seen.elements()) == list(range(n))  # exactly once
+
+
+def test_two_ranks_two_workers_see_every_item_exactly_once(exported):
+    index, _, report = exported
+    for epoch in (0, 1):
+        seen: list[int] = []
+        orders = []
+        for rank in (0, 1):
+            ds = DicomShardDataset(report.manifest, shuffle=True, seed=3, rank=rank, world_size=2)
+            ds.set_epoch(epoch)
+            indices = [it["index"] for it in _items(ds, num_workers=2)]
+            assert len(indices) == len(ds) == math.ceil(ds.total / 2)
+            seen += indices
+            orders.append(indices)
+        if ds.total % 2 == 0:
+            assert sorted(seen) == list(range(ds.total))
+        else:  # one item padded: seen twice, every other once
+            counts = Counter(seen)
+            assert set(counts) == set(range(ds.total)) and sum(counts.values()) == ds.total + 1
+    assert ds.total == index.total_frames
+
+
+def test_shuffle_depends_on_epoch_and_seed_only(exported):
+    _, _, report = exported
+
+    def order(epoch: int, seed: int) -> list[int]:
+        ds = DicomShardDataset(report.manifest, shuffle=True, seed=seed, rank=0, world_size=1)
+        ds.set_epoch(epoch)
+        return [it["index"] for it in _items(ds)]
+
+    assert order(1, 0) == order(1, 0)
+    assert order(1, 0) != order(2, 0)
+    assert sorted(order(1, 0)) == sorted(order(2, 0))
+
+
+# --------------------------------------------------------------------------- errors
+def test_truncated_shard_names_shard_and_member(exported, tmp_path):
+    _, _, report = exported
+    shard = Path(report.shards[0])
+    copy = tmp_path / shard.name
+    data = shard.read_bytes()
+    table = json.loads(Path(str(shard) + SHARD_TABLE_SUFFIX).read_text())
+    last = table["members"][-1]
+    copy.write_bytes(data[: last["offset"] + 10])  # cut inside the last member
+    shutil.copy(str(shard) + SHARD_TABLE_SUFFIX, str(copy) + SHARD_TABLE_SUFFIX)
+    ds = DicomShardDataset([str(copy)])
+    with pytest.raises(CorruptDicomError) as err:
+        _items(ds)
+    assert str(copy) in str(err.value) and last["member"] in str(err.value)
+    assert "truncated" in str(err.value)
+
+
+def test_bad_source_files_are_skipped_and_listed(tmp_path, caplog):
+    ct_like(tmp_path / "src", n_series=1, slices=5, size=16)
+    index = scan(tmp_path / "src", progress=False)
+    paths = [r["path"] for r in index.rows()]
+    os.remove(paths[0])  # vanished
+    with open(paths[1], "ab") as f:  # changed since indexed
+        f.write(b"\0" * 8)
+    os.remove(paths[2])
+    os.mkdir(paths[2])  # unreadable: a directory now
+    (tmp_path / "out").mkdir()
+    with caplog.at_level(logging.WARNING, logger="torchdicom.export"):
+        report = to_webdataset(index, str(tmp_path / "out" / "%06d.tar"), maxcount=10)
+    assert [p for p, _ in report.skipped] == paths[:3]
+    reasons = dict(report.skipped)
+    assert "no such file" in reasons[paths[0]]
+    assert "changed since it was indexed" in reasons[paths[1]]
+    assert "directory" in reasons[paths[2]]
+    assert all(p in caplog.text for p in paths[:3])
+    assert report.written == len(paths) - 3
+    items = _items(DicomShardDataset(report.manifest))
+    assert sorted(it["path"] for it in items) == paths[3:]
+    manifest = json.loads(Path(report.manifest).read_text())
+    assert [s[0] for s in manifest["skipped"]] == paths[:3]
+
+
+def test_stale_shard_is_an_error_not_wrong_pixels(exported, tmp_path):
+    _, _, report = exported
+    shard = Path(report.shards[0])
+    copy = tmp_path / shard.name
+    shutil.copy(shard, copy)
+    shutil.copy(str(shard) + SHARD_TABLE_SUFFIX, str(copy) + SHARD_TABLE_SUFFIX)
+    with open(copy, "ab") as f:
+        f.write(b"\0" * 512)
+    with pytest.raises(CorruptDicomError, match="offset table records"):
+        _items(DicomShardDataset([str(copy)]))
+
+
+# --------------------------------------------------------------------------- remote
+def _local_items(report) -> dict[int, dict]:
+    return {it["index"]: it for it in _items(DicomShardDataset(report.manifest))}
+
+
+@pytest.mark.parametrize("spool", [None, False])
+def test_memory_shards_equal_local(exported, spool):
+    index, _, local = exported
+    fs = fsspec.filesystem("memory")
+    try:
+        to_webdataset(index, "memory://td-shards/set/%06d.tar", maxcount=4)
+        assert fs.exists("/td-shards/set/000000.tar" + SHARD_TABLE_SUFFIX)
+        ds = DicomShardDataset("memory://td-shards/set/shards.json", spool=spool)
+        want = _local_items(local)
+        items = _items(ds)
+        assert len(items) == len(want)
+        for item in items:
+            torch.testing.assert_close(item["image"], want[item["index"]]["image"])
+            assert item["path"] == want[item["index"]]["path"]
+    finally:
+        fs.rm("/td-shards", recursive=True)
+
+
+def test_s3_shards_from_a_real_server(exported, s3_server):  # noqa: F811
+    index, _, local = exported
+    options = {"key": KEY_ID, "secret": SECRET, "endpoint_url": s3_server}
+    remote.configure("s3", options)
+    try:
+        remote.filesystem("s3://x").mkdir("td-shards")
+        report = to_webdataset(index, "s3://td-shards/ct/%06d.tar", maxcount=5)
+        remote.configure("s3", {})  # the dataset registers its own options
+        ds = DicomShardDataset(
+            "s3://td-shards/ct/shards.json", storage_options=options, shuffle=True
+        )
+        want = _local_items(local)
+        items = _items(ds, num_workers=2)
+        assert sorted(it["index"] for it in items) == sorted(want)
+        for item in items:
+            torch.testing.assert_close(item["image"], want[item["index"]]["image"])
+        assert SECRET not in repr(report)
+    finally:
+        remote.configure("s3", {})
+
+
+# --------------------------------------------------------------------------- DDP
+def test_two_rank_gloo_ddp_fit_streams_from_shards(tmp_path):
+    ct_like(tmp_path / "src", n_series=2, slices=6, size=16)
+    index = scan(tmp_path / "src", progress=False)
+    labels = {r["path"]: k % 2 for k, r in enumerate(index.rows())}
+    (tmp_path / "shards").mkdir()
+    report = to_webdataset(index, str(tmp_path / "shards" / "%06d.tar"), maxcount=5, labels=labels)
+    out = tmp_path / "out"
+    run_ddp_script("ddp_shards_check.py", report.manifest, out, "2", timeout=240)
+    n = len(index)
+    for epoch in (0, 1):
+        per_rank = [json.loads((out / f"rank{r}_epoch{epoch}.json").read_text()) for r in (0, 1)]
+        assert len(per_rank[0]) == len(per_rank[1])  # equal batch counts
+        seen = sorted(i for batches in per_rank for batch in batches for i in batch)
+        assert seen == list(range(n))  # every item exactly once per epoch
+    first = [i for b in json.loads((out / "rank0_epoch0.json").read_text()) for i in b]
+    second = [i for b in json.loads((out / "rank0_epoch1.json").read_text()) for i in b]
+    assert first != second  # set_epoch reshuffled

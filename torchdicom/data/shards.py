@@ -1,0 +1,636 @@
+"""DicomShardDataset: stream frames from tar shards written by :func:`torchdicom.export.to_webdataset`.
+
+Each shard's offset table (``<shard>.idx.json``) holds every member's index row with its
+pixel offset and frame spans in tar coordinates. An item is read by handing the read
+routes (:data:`torchdicom.io.frames.ROUTES`) a row whose ``path`` is the shard: native
+frames are one ``pread`` at their offset inside the tar, compressed frames go through the
+same span decoders as files, and the routes that need a whole DICOM file (pydicom's data
+set) read only the member's byte range (``member_offset`` / ``member_size``). Items equal
+:class:`~torchdicom.data.DicomDataset`'s for the same files (same keys, dtype rule,
+:class:`~torchdicom.data.Collate`).
+
+Remote shards (fsspec URLs) are *spooled* by default: the byte range of the members a
+worker reads from a shard is fetched in a few large concurrent range requests into a
+sparse local file, read through the routes, and deleted when the worker leaves the shard.
+Per item that is no request at all, where reading members in place (``spool=False``) costs
+a range request per frame, as per-file reads do.
+
+Splitting (many nodes, many workers): items are split at the item level from the offset
+tables, not by whole shards, so that every rank gets the same number of items:
+
+1. The shard order of an epoch is a permutation seeded by ``(seed, epoch)``
+   (``shuffle=True``; :meth:`set_epoch` picks the epoch), else the manifest's order. The
+   items of the shards in that order form one sequence of ``N`` items.
+2. Rank ``r`` of ``W`` ranks starts at item ``r * N // W`` and takes ``L`` items:
+   ``epoch_rule="pad"`` (default) ``L = ceil(N / W)`` (wrapping around to the first items,
+   so ``(-N) mod W`` items are seen twice an epoch, like ``DistributedSampler``);
+   ``"drop"`` ``L = N // W`` (``N mod W`` items, others each shuffled epoch, are left out).
+   With ``N`` divisible by ``W`` every item is seen exactly once either way.
+3. DataLoader worker ``k`` of ``K`` takes items ``L*k//K .. L*(k+1)//K`` of its rank's
+   ``L`` (disjoint: nothing is seen twice within a rank). Every rank splits the same ``L``
+   the same way, so with the same ``num_workers`` and ``batch_size`` every rank yields the
+   same number of batches, and DDP never waits at a collective for a missing batch.
+4. Within a shard, a worker's items are read in an order permuted by
+   ``(seed, epoch, rank, worker, shard)`` when shuffling. The permutation is of item
+   positions, not of decoded images: a frame is a ``pread`` at its offset, so no buffer of
+   decoded samples (webdataset's ``shuffle(n)``) is needed to mix a shard fully.
+
+Why not ``webdataset.split_by_node`` / ``split_by_worker`` / ``with_epoch``: they split
+whole shard URLs, so the counts per rank differ by up to a shard, and ``with_epoch``
+evens them by repeating or cutting a stream, which loses exactly-once; and webdataset's
+tar reader streams each member into memory, where the routes read frames at their
+offsets. The shards are plain webdataset tars all the same (``<key>.dcm``, ``<key>.cls``),
+readable by webdataset for other uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from torchdicom.data._base import _TORCH_DTYPES, _YBR, _into_dtype, _meta, stored_dtype
+from torchdicom.errors import (
+    CorruptDicomError,
+    DicomFileNotFoundError,
+    TorchDicomError,
+)
+from torchdicom.export import MANIFEST_NAME, SHARD_TABLE_SUFFIX
+from torchdicom.io.frames import read_frames_numpy
+from torchdicom.io.header import frame_row
+from torchdicom.io.schema import INDEX_SCHEMA
+from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, PATH, YBR
+
+__all__ = ["DicomShardDataset", "partition"]
+
+log = logging.getLogger("torchdicom.data")
+
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_SPOOL_CHUNK = 16 * 2**20  # bytes per range request when spooling a remote shard
+
+
+class _Shard(NamedTuple):
+    url: str
+    tar_size: int
+    members: int
+    frames: int
+    layouts: list[list[Any]]  # [pixel_keyword, bits_allocated, bits_stored, representation, n]
+
+
+# --------------------------------------------------------------------------- sources
+def _is_remote(url: str) -> bool:
+    from torchdicom.sources.remote import is_remote
+
+    return is_remote(url)
+
+
+def _display(url: str) -> str:
+    from torchdicom.sources.remote import display
+
+    return display(url) if "://" in url else url
+
+
+def _expand(pattern: str) -> list[str]:
+    """``"a/{000000..000003}.tar"`` → the four URLs (webdataset's brace notation; one range)."""
+    m = _BRACES.search(pattern)
+    if m is None:
+        return [pattern]
+    lo, hi = m.group(1), m.group(2)
+    width = len(lo)
+    return [
+        pattern[: m.start()] + str(k).zfill(width) + pattern[m.end() :]
+        for k in range(int(lo), int(hi) + 1)
+    ]
+
+
+def _read_json(url: str, what: str) -> dict[str, Any]:
+    """A manifest or offset table, local or remote; failures as torchdicom errors."""
+    try:
+        if _is_remote(url):
+            from torchdicom.sources import remote
+
+            size, _ = remote.info(url)
+            text = remote.read_range(url, 0, size)
+        else:
+            from torchdicom.sources.remote import local_path
+
+            with open(local_path(url), "rb") as f:
+                text = f.read()
+    except FileNotFoundError:
+        raise DicomFileNotFoundError(
+            _display(url), f"no {what} (shards are written by torchdicom.export.to_webdataset)"
+        ) from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CorruptDicomError(_display(url), f"{what} is not valid JSON: {exc}") from None
+
+
+def _join(folder: str, name: str) -> str:
+    return posixpath.join(folder, name) if _is_remote(folder) else os.path.join(folder, name)
+
+
+def _dirname(url: str) -> str:
+    return posixpath.dirname(url) if _is_remote(url) else os.path.dirname(url)
+
+
+def _typed_row(stored: dict[str, Any]) -> dict[str, Any]:
+    """An offset table's row with its array columns as numpy arrays, as in an index."""
+    row = dict(stored)
+    for name, kind in INDEX_SCHEMA.items():
+        if kind == "floats":
+            row[name] = np.asarray(row.get(name) or [], dtype=np.float64)
+        elif kind == "ints":
+            row[name] = np.asarray(row.get(name) or [], dtype=np.int64)
+    return row
+
+
+# --------------------------------------------------------------------------- partition
+def partition(
+    counts: Sequence[int],
+    order: Sequence[int],
+    rank: int,
+    world_size: int,
+    worker: int,
+    num_workers: int,
+    epoch_rule: Literal["pad", "drop"] = "pad",
+) -> list[tuple[int, int, int]]:
+    """The items one DataLoader worker of one rank reads in an epoch, as shard segments.
+
+    Args:
+        counts: items of each shard, by shard number.
+        order: the epoch's shard order (a permutation of the shard numbers).
+        rank, world_size: this process's rank among ``world_size``.
+        worker, num_workers: this DataLoader worker among ``num_workers`` (0 of 1 without).
+        epoch_rule: ``"pad"``: every rank takes ``ceil(N / world_size)`` items, wrapping
+            around; ``"drop"``: ``N // world_size`` (see the module docstring).
+
+    Returns:
+        ``(shard, first item, stop item)`` segments, items numbered within their shard, in
+        reading order.
+    """
+    total = int(sum(counts))
+    if total == 0:
+        return []
+    per_rank = math.ceil(total / world_size) if epoch_rule == "pad" else total // world_size
+    start = rank * total // world_size
+    lo = start + per_rank * worker // num_workers
+    hi = start + per_rank * (worker + 1) // num_workers
+    starts = np.concatenate([[0], np.cumsum([counts[s] for s in order])])
+    segments: list[tuple[int, int, int]] = []
+    pos = lo
+    while pos < hi:
+        at = pos % total  # "pad" wraps around to the first items of the epoch
+        k = int(np.searchsorted(starts, at, side="right")) - 1
+        shard = int(order[k])
+        first = at - int(starts[k])
+        take = min(int(counts[shard]) - first, hi - pos)
+        segments.append((shard, first, first + take))
+        pos += take
+    return segments
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's (rank, world size): given, else torch.distributed, else RANK / WORLD_SIZE."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# --------------------------------------------------------------------------- the dataset
+class DicomShardDataset(IterableDataset):
+    """Frames (or first frames) of DICOM files streamed from tar shards, split across ranks
+    and DataLoader workers.
+
+    Args:
+        source: the manifest written by :func:`~torchdicom.export.to_webdataset`
+            (``shards/shards.json``, local or an fsspec URL), the shards' folder (its
+            ``shards.json``), a list of shard paths/URLs, or a brace pattern
+            ``"shards/{000000..000009}.tar"`` (then every offset table is read here).
+        frames: ``"all"`` (one item per frame) or ``"first"`` (one item per file).
+        transform: CPU-side callable on the item dict.
+        shuffle: permute the shard order each epoch and the items within each shard
+            (seeded by ``seed`` and the epoch of :meth:`set_epoch`).
+        seed: the shuffle seed; the same on every rank.
+        epoch_rule: ``"pad"`` or ``"drop"``: how unequal shares are evened out (see the
+            module docstring; with a total divisible by the world size both give every
+            item exactly once).
+        rank, world_size: this process's place in DDP; default: torch.distributed when
+            initialised, else the ``RANK`` / ``WORLD_SIZE`` environment variables, else 0 / 1.
+        color: ``"rgb"`` or ``"ybr"`` as in :class:`~torchdicom.data.DicomDataset`.
+        storage_options: fsspec options for remote shards.
+        spool: fetch the members a worker reads from a remote shard in large range
+            requests into a local sparse file (default for remote shards); ``False``
+            reads each frame from the store in place (a request per frame).
+        spool_dir: where spooled shards go (default: the system's temporary folder).
+
+    Item (dict), as :class:`~torchdicom.data.DicomDataset`'s: ``image`` (C, H, W) in
+    :attr:`dtype`; ``slope``, ``intercept``, ``window_center``, ``window_width``,
+    ``affine`` (4, 4), ``monochrome1``, ``bits_stored``, ``signed``, ``ybr``; ``label``
+    (when the shards have labels: integers as written, strings encoded in sorted order,
+    :attr:`classes`); ``path`` (the source file's path at export); ``frame``; ``index``
+    (the item's position in the export's order, the same in every epoch).
+
+    Length: ``len(dataset)`` is the items *one rank* yields per epoch (see ``epoch_rule``).
+
+    Raises:
+        CorruptDicomError: a shard shorter than its offset table says (truncated), naming
+            the shard and the first member it cuts; any read error names the shard, the
+            member and the source file.
+        ValueError: bad arguments; shards holding no items.
+
+    Example:
+        >>> ds = DicomShardDataset("shards/shards.json", shuffle=True)  # doctest: +SKIP
+        >>> loader = DataLoader(ds, batch_size=32, num_workers=4, collate_fn=Collate())  # doctest: +SKIP
+        >>> for epoch in range(10):  # doctest: +SKIP
+        ...     ds.set_epoch(epoch)
+        ...     for batch in loader: ...
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        frames: Literal["all", "first"] = "all",
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch_rule: Literal["pad", "drop"] = "pad",
+        rank: int | None = None,
+        world_size: int | None = None,
+        color: Literal["rgb", "ybr"] = "rgb",
+        storage_options: dict[str, Any] | None = None,
+        spool: bool | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+    ):
+        super().__init__()
+        if frames not in ("all", "first"):
+            raise ValueError(f"frames must be 'all' or 'first'. Got: {frames!r}")
+        if epoch_rule not in ("pad", "drop"):
+            raise ValueError(f"epoch_rule must be 'pad' or 'drop'. Got: {epoch_rule!r}")
+        if color not in ("rgb", "ybr"):
+            raise ValueError(f"color must be 'rgb' or 'ybr'. Got: {color!r}")
+        if (rank is None) != (world_size is None):
+            raise ValueError(
+                f"give both rank and world_size or neither. Got: {rank!r}, {world_size!r}"
+            )
+        if world_size is not None and not 0 <= int(rank) < int(world_size):  # type: ignore[arg-type]
+            raise ValueError(f"rank must be in 0..world_size-1. Got: {rank} of {world_size}")
+        self.frames, self.transform = frames, transform
+        self.shuffle, self.seed, self.epoch_rule = shuffle, int(seed), epoch_rule
+        self.rank, self.world_size = rank, world_size
+        self.color = color
+        self._storage_options = storage_options
+        self.spool, self.spool_dir = spool, None if spool_dir is None else os.fspath(spool_dir)
+        self.shards, labels, classes = self._load(source)
+        self._register()
+        self.classes: list[str] | None = classes
+        self._has_labels = labels
+        self._counts = [s.frames if frames == "all" else s.members for s in self.shards]
+        # Each shard's first item in the export's order: the items' ``index``.
+        self._base = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
+        if self.total == 0:
+            raise ValueError(f"the shards of {source!r} hold no items")
+        layouts = [dict(zip(_LAYOUT_KEYS, lay[:4])) for s in self.shards for lay in s.layouts]
+        weights = [int(lay[4]) for s in self.shards for lay in s.layouts]
+        # The same dtype rule as DicomDataset (stored_dtype weighs layouts by file count).
+        rows = itertools.chain.from_iterable(
+            itertools.repeat(r, n) for r, n in zip(layouts, weights)
+        )
+        self._stored = stored_dtype(rows)
+        # A shared integer: set_epoch in the main process reaches persistent workers too.
+        self._epoch = multiprocessing.get_context().Value("q", 0)
+        self._pinned: tuple[int, int] | None = None
+        self._table_cache: tuple[int, dict[str, Any]] | None = None
+
+    # ----------------------------------------------------------------- construction
+    def _load(self, source: Any) -> tuple[list[_Shard], bool, list[str] | None]:
+        """The shards' summaries, whether they carry labels, and the label classes."""
+        if isinstance(source, str | os.PathLike):
+            text = os.fspath(source)
+            if text.endswith(".json"):
+                return self._from_manifest(text)
+            if text.endswith(".tar") or _BRACES.search(text):
+                return self._from_tables(_expand(text))
+            return self._from_manifest(_join(text, MANIFEST_NAME))
+        if isinstance(source, Sequence) and not isinstance(source, bytes):
+            return self._from_tables([os.fspath(u) for u in source])
+        raise TypeError(
+            "source must be a manifest, a folder, a brace pattern or a list of shards."
+            f" Got: {type(source).__name__}"
+        )
+
+    def _configure(self, url: str) -> None:
+        if _is_remote(url) and self._storage_options is not None:
+            from torchdicom.sources.remote import configure
+
+            configure(url, self._storage_options)
+
+    def _from_manifest(self, url: str) -> tuple[list[_Shard], bool, list[str] | None]:
+        self._configure(url)
+        manifest = _read_json(url, "shard manifest")
+        folder = _dirname(url)
+        shards = [
+            _Shard(
+                _join(folder, s["shard"]),
+                int(s["tar_size"]),
+                int(s["members"]),
+                int(s["frames"]),
+                s["layouts"],
+            )
+            for s in manifest["shards"]
+        ]
+        return shards, bool(manifest.get("labels")), manifest.get("classes")
+
+    def _from_tables(self, urls: list[str]) -> tuple[list[_Shard], bool, list[str] | None]:
+        shards, labels = [], []
+        for url in urls:
+            self._configure(url)
+            table = _read_json(url + SHARD_TABLE_SUFFIX, "offset table")
+            counts: dict[tuple[Any, ...], int] = {}
+            for m in table["members"]:
+                key = tuple(m["row"][c] for c in _LAYOUT_KEYS)
+                counts[key] = counts.get(key, 0) + 1
+                if "label" in m:
+                    labels.append(m["label"])
+            shards.append(
+                _Shard(
+                    url,
+                    int(table["tar_size"]),
+                    len(table["members"]),
+                    sum(int(m["row"]["frames"]) for m in table["members"]),
+                    [[*k, n] for k, n in counts.items()],
+                )
+            )
+        numbers = all(isinstance(v, int | float | bool) for v in labels)
+        classes = None if numbers else sorted({str(v) for v in labels})
+        return shards, bool(labels), classes
+
+    def _register(self) -> None:
+        for shard in self.shards[:1]:
+            self._configure(shard.url)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        # Pickled in the main process for spawn-started workers, where torch.distributed
+        # is not initialised: they get the rank the main process has.
+        if self.rank is None:
+            state["_pinned"] = _rank_and_world(None, None)
+        state["_table_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._register()  # a spawn-started worker's fsspec registry is empty
+
+    # ----------------------------------------------------------------- epoch and splitting
+    @property
+    def total(self) -> int:
+        """Items in all shards (before splitting)."""
+        return int(self._base[-1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The one dtype of every item's ``image`` (the rule of :func:`~torchdicom.data._base.stored_dtype`)."""
+        return _TORCH_DTYPES[self._stored]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the epoch whose shuffle the next iteration uses (every rank: the same number).
+
+        Lightning does not call this for an iterable dataset: call it from
+        ``on_train_epoch_start`` (e.g. ``dataset.set_epoch(self.current_epoch)``).
+        """
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def _place(self) -> tuple[int, int]:
+        if self.rank is not None and self.world_size is not None:
+            return self.rank, self.world_size
+        if self._pinned is not None and get_worker_info() is not None:
+            return self._pinned
+        return _rank_and_world(None, None)
+
+    def __len__(self) -> int:
+        _, world = self._place()
+        if self.epoch_rule == "pad":
+            return math.ceil(self.total / world)
+        return self.total // world
+
+    def _order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.shards)))
+        return [
+            int(k) for k in np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        ]
+
+    def segments(
+        self, epoch: int, rank: int, world_size: int, worker: int = 0, num_workers: int = 1
+    ) -> list[tuple[int, int, int]]:
+        """``(shard, first item, stop item)`` segments one worker of one rank reads in
+        ``epoch`` (see :func:`partition`)."""
+        return partition(
+            self._counts,
+            self._order(epoch),
+            rank,
+            world_size,
+            worker,
+            num_workers,
+            self.epoch_rule,
+        )
+
+    # ----------------------------------------------------------------- reading
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world = self._place()
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        epoch = self.epoch
+        if self.epoch_rule == "drop" and self.total < world:
+            raise ValueError(
+                f"epoch_rule='drop' leaves no item to each of {world} ranks: the shards hold"
+                f" only {self.total}"
+            )
+        for shard, first, stop in self.segments(epoch, rank, world, worker, workers):
+            positions = np.arange(first, stop)
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, epoch, rank, worker, shard])
+                positions = rng.permutation(positions)
+            yield from self._read_segment(shard, positions)
+
+    def _table(self, shard: int) -> dict[str, Any]:
+        """The shard's offset table, with each member's first item (the last one is kept)."""
+        if self._table_cache is not None and self._table_cache[0] == shard:
+            return self._table_cache[1]
+        url = self.shards[shard].url
+        table = _read_json(url + SHARD_TABLE_SUFFIX, "offset table")
+        members = table["members"]
+        per = [int(m["row"]["frames"]) if self.frames == "all" else 1 for m in members]
+        table["_starts"] = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
+        if int(table["tar_size"]) != self.shards[shard].tar_size or len(members) != (
+            self.shards[shard].members
+        ):
+            raise CorruptDicomError(
+                _display(url),
+                "its offset table does not match the manifest (the shard was rewritten after"
+                " the manifest): export again",
+            )
+        self._table_cache = (shard, table)
+        return table
+
+    def _truncated(self, url: str, table: dict[str, Any], size: int) -> CorruptDicomError:
+        cut = next(
+            (m["member"] for m in table["members"] if int(m["offset"]) + int(m["size"]) > size),
+            None,
+        )
+        where = f": member {cut} is cut" if cut is not None else ""
+        return CorruptDicomError(
+            _display(url),
+            f"shard is truncated: {size} bytes where its offset table records"
+            f" {table['tar_size']}{where}",
+        )
+
+    @contextlib.contextmanager
+    def _opened(
+        self, shard: int, table: dict[str, Any], members: Sequence[int]
+    ) -> Iterator[dict[str, Any]]:
+        """Where the routes read the shard: ``path`` / ``size`` / ``mtime_ns`` / ``etag``
+        of the rows, after checking the shard's size against its offset table."""
+        url = self.shards[shard].url
+        want = int(table["tar_size"])
+        if not _is_remote(url):
+            from torchdicom.sources.remote import local_path
+
+            path = os.path.abspath(local_path(url))
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise DicomFileNotFoundError(url, "no such shard") from None
+            if st.st_size != want:
+                raise self._truncated(url, table, st.st_size)
+            # mtime from the shard itself: a copied shard (rsync, cp) keeps its offsets,
+            # and a shard changed while it is read is a StaleIndexError from the routes.
+            yield {"path": path, "size": want, "mtime_ns": st.st_mtime_ns, "etag": ""}
+            return
+        from torchdicom.sources import remote
+
+        size, etag = remote.info(url)
+        if size != want:
+            raise self._truncated(url, table, size)
+        if self.spool is False:
+            yield {"path": url, "size": want, "mtime_ns": -1, "etag": etag}
+            return
+        with self._spooled(url, table, members, want) as path:
+            st = os.stat(path)
+            yield {"path": path, "size": want, "mtime_ns": st.st_mtime_ns, "etag": ""}
+
+    @contextlib.contextmanager
+    def _spooled(
+        self, url: str, table: dict[str, Any], members: Sequence[int], size: int
+    ) -> Iterator[str]:
+        """A sparse local file of the shard's size holding the bytes of ``members``."""
+        from torchdicom.sources import remote
+
+        first = table["members"][min(members)]
+        last = table["members"][max(members)]
+        start = int(first["offset"]) - 512  # from the member's tar header: aligned, cheap
+        stop = int(last["offset"]) + int(last["size"])
+        starts = list(range(max(start, 0), stop, _SPOOL_CHUNK))
+        ends = [min(s + _SPOOL_CHUNK, stop) for s in starts]
+        fd, path = tempfile.mkstemp(suffix=".tar", prefix="torchdicom-shard-", dir=self.spool_dir)
+        try:
+            os.ftruncate(fd, size)
+            blobs = remote.read_ranges([url] * len(starts), starts, ends)
+            for s, e, blob in zip(starts, ends, blobs):
+                if len(blob) != e - s:
+                    raise CorruptDicomError(
+                        _display(url),
+                        f"read of bytes {s}-{e} returned {len(blob)} bytes: the shard is truncated",
+                    )
+                os.pwrite(fd, blob, s)
+            os.close(fd)
+            fd = -1
+            yield path
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _read_segment(self, shard: int, positions: np.ndarray) -> Iterator[dict[str, Any]]:
+        if not len(positions):
+            return
+        table = self._table(shard)
+        starts = table["_starts"]
+        located = [
+            (m, int(p) - int(starts[m]))
+            for p in positions
+            for m in [int(np.searchsorted(starts, int(p), side="right")) - 1]
+        ]
+        url = self.shards[shard].url
+        with self._opened(shard, table, [m for m, _ in located]) as where:
+            rows: dict[int, dict[str, Any]] = {}
+            for (m, within), p in zip(located, positions):
+                member = table["members"][m]
+                row = rows.get(m)
+                if row is None:
+                    row = rows[m] = self._member_row(member, where)
+                frame = within if self.frames == "all" else 0
+                try:
+                    item = self._item(row, member, frame, int(self._base[shard]) + int(p))
+                except TorchDicomError as exc:
+                    raise type(exc)(
+                        _display(url),
+                        f"member {member['member']} (from {row['source_path']}): {exc.reason}",
+                        frame=exc.frame,
+                    ) from None
+                yield item
+
+    def _member_row(self, member: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
+        row = _typed_row(member["row"])
+        row["source_path"] = row["path"]
+        row.update(where)
+        row["member_offset"] = int(member["offset"])
+        row["member_size"] = int(member["size"])
+        return row
+
+    def _item(self, row: dict[str, Any], member: dict[str, Any], frame: int, index: int):
+        keep_ybr = (
+            self.color == "ybr"
+            and int(row["samples_per_pixel"]) == 3
+            and str(row["photometric"]) in _YBR
+        )
+        values = read_frames_numpy(row, frame, as_rgb=not keep_ybr)
+        image = torch.from_numpy(_into_dtype(values, self._stored, row["path"])[0])
+        item: dict[str, Any] = {IMAGE: image, **_meta(frame_row(row, frame))}
+        item[YBR] = keep_ybr
+        if self._has_labels:
+            label = member.get("label")
+            if self.classes is not None:
+                label = self.classes.index(str(label))
+            item[LABEL] = label
+        item.update({PATH: row["source_path"], FRAME: frame, INDEX: index})
+        if self.transform is not None:
+            item = self.transform(item)
+        return item
+
+
+_LAYOUT_KEYS = ("pixel_keyword", "bits_allocated", "bits_stored", "pixel_representation")
