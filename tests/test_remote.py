@@ -762,6 +762,68 @@ def test_block_cache_stays_within_its_size_bound(files, memory, tmp_path, monkey
     assert 0 < held <= 64 * 1024 + 4096 * 16  # evicted down each time it passes the bound
 
 
+def test_block_cache_serves_any_range_exactly(tmp_path, monkeypatch):
+    """Ranges across block edges, partly cached, past the end, repeated: the bytes the
+    object holds there; only blocks not yet cached are fetched."""
+    fs = fsspec.filesystem("memory")
+    data = np.random.default_rng(5).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    url = "memory://td-blocks/obj"
+    fs.pipe(url, data)
+    monkeypatch.setattr(remote.policy, "block_cache_dir", str(tmp_path / "blocks"))
+    monkeypatch.setattr(remote.policy, "block_cache_block_bytes", 4096)
+    version = (len(data), remote.info(url)[1])
+    fetched = []
+    real = remote._fetch_exact
+    monkeypatch.setattr(
+        remote, "_fetch_exact", lambda u, a, b: fetched.append(list(zip(a, b))) or real(u, a, b)
+    )
+    try:
+        ranges = [
+            (100, 9000),
+            (0, 20_000),
+            (4096, 8192),
+            (49_000, 50_000),
+            (49_990, 60_000),
+            (7, 8),
+        ]
+        for start, end in ranges:
+            assert remote.read_range(url, start, end, version=version) == data[start:end]
+        # (100, 9000): blocks 0-2 in one request; (0, 20000): blocks 3-4 only.
+        assert fetched[:2] == [[(0, 12_288)], [(12_288, 20_480)]]
+        fetched.clear()
+        got = remote.read_ranges(
+            [url] * len(ranges),
+            [a for a, _ in ranges],
+            [b for _, b in ranges],
+            versions=[version] * len(ranges),
+        )
+        assert got == [data[a:b] for a, b in ranges] and fetched == []
+    finally:
+        fs.rm("/td-blocks", recursive=True)
+
+
+def test_adjacent_ranges_of_one_object_are_one_request(monkeypatch):
+    """Consecutive frames of one object in a batch: one ranged request for the run."""
+    fs = fsspec.filesystem("memory")
+    data = bytes(range(256)) * 64
+    fs.pipe("memory://td-merge/a", data)
+    fs.pipe("memory://td-merge/b", data[::-1])
+    asked = []
+    real = fs.cat_ranges
+    monkeypatch.setattr(
+        fs, "cat_ranges", lambda u, a, b, **k: asked.append(len(u)) or real(u, a, b, **k)
+    )
+    try:
+        urls = ["memory://td-merge/a"] * 3 + ["memory://td-merge/b"] + ["memory://td-merge/a"]
+        starts, ends = [1000, 2000, 3000, 0, 2500], [2000, 3000, 4000, 10, 2600]
+        got = remote.read_ranges(urls, starts, ends)
+    finally:
+        fs.rm("/td-merge", recursive=True)
+    assert got[:3] == [data[1000:2000], data[2000:3000], data[3000:4000]]
+    assert got[3] == data[::-1][:10] and got[4] == data[2500:2600]
+    assert asked == [2]  # a: 1000-4000 (the overlapping 2500-2600 inside it), b: 0-10
+
+
 def test_s3_listing_reports_each_page(s3, s3_requests, monkeypatch):
     """A prefix longer than one page is listed page by page, the bar advancing per page."""
     from tqdm import std

@@ -394,10 +394,32 @@ def read_ranges(
 
 
 def _fetch_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
-    """The ranges from the store: one batch call; a failed range once more on its own
-    (retried and mapped one by one)."""
+    """The ranges from the store in one batch call; ranges of one object that touch or
+    overlap (consecutive frames of a multi-frame file in one batch) as one request."""
     if not urls:
         return []
+    order = sorted(range(len(urls)), key=lambda i: (urls[i], starts[i]))
+    merged: list[list[Any]] = []  # [url, start, end, members]
+    for i in order:
+        last = merged[-1] if merged else None
+        if last is not None and last[0] == urls[i] and starts[i] <= last[2]:
+            last[2] = max(last[2], ends[i])
+            last[3].append(i)
+        else:
+            merged.append([urls[i], starts[i], ends[i], [i]])
+    if len(merged) == len(urls):
+        return _fetch_exact(urls, starts, ends)
+    out: list[bytes] = [b""] * len(urls)
+    fetched = _fetch_exact([m[0] for m in merged], [m[1] for m in merged], [m[2] for m in merged])
+    for (_url, start, _end, members), data in zip(merged, fetched):
+        for i in members:  # a short body gives short slices: the callers report it
+            out[i] = data[starts[i] - start : ends[i] - start]
+    return out
+
+
+def _fetch_exact(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+    """The ranges from the store: one batch call; a failed range once more on its own
+    (retried and mapped one by one)."""
     if len(urls) == 1:
         return [read_range(urls[0], starts[0], ends[0])]
     out: list[bytes] = []
@@ -454,17 +476,24 @@ class BlockCache:
     def _length(self, size: int, block: int) -> int:
         return max(0, min(self.block_bytes, size - block * self.block_bytes))
 
-    def _get(self, key: str, block: int, length: int) -> bytes | None:
+    def _get(self, key: str, block: int, length: int, lo: int, hi: int) -> bytes | None:
+        """Bytes ``[lo, hi)`` of a cached block of ``length`` bytes (one copy: only the part
+        a read wants leaves the page cache); ``None`` when it is not cached."""
         path = self._path(key, block)
         try:
-            with open(path, "rb") as f:
-                data = f.read(length + 1)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError:  # absent, or evicted by another process meanwhile
             return None
-        if len(data) != length:  # not a block of this object: fetch it again
-            path.unlink(missing_ok=True)
+        try:
+            if os.fstat(fd).st_size != length:  # not a block of this object: fetch it again
+                path.unlink(missing_ok=True)
+                return None
+            data = os.pread(fd, hi - lo, lo) if hasattr(os, "pread") else _seek_read(fd, lo, hi)
+        except OSError:
             return None
-        return data
+        finally:
+            os.close(fd)
+        return data if len(data) == hi - lo else None
 
     def _put(self, key: str, block: int, data: bytes) -> None:
         if not self.enabled:
@@ -521,35 +550,36 @@ class BlockCache:
     ) -> list[bytes]:
         """The ranges, cached blocks from disk, the missing blocks in one batch of requests."""
         bsize = self.block_bytes
-        # Per object version: its blocks (from disk or fetched).
-        blocks: dict[tuple[str, Version], dict[int, bytes]] = {}
-        wanted: dict[tuple[str, Version], set[int]] = {}
+        out: list[bytes] = [b""] * len(urls)
+        # Per range: its pieces, bytes read from disk or (block, lo, hi) still to fetch.
+        parts: dict[int, list[Any]] = {}
+        missing: dict[tuple[str, Version], set[int]] = {}
         plain: list[int] = []  # ranges read without the cache (no version, no ETag)
         for i, (url, start, end, version) in enumerate(zip(urls, starts, ends, versions)):
-            if end <= start:
-                continue  # b"" below
-            if version is None or not version[1]:
+            if version is not None and version[1]:
+                size = int(version[0])
+                end = min(end, size)  # past the indexed size: a short result, as from the store
+                if end <= start:
+                    continue
+                key = self._key(url, version)
+                pieces: list[Any] = []
+                for block in range(start // bsize, (end - 1) // bsize + 1):
+                    length = self._length(size, block)
+                    lo, hi = max(start - block * bsize, 0), min(end - block * bsize, length)
+                    data = self._get(key, block, length, lo, hi)
+                    if data is None:
+                        missing.setdefault((url, version), set()).add(block)
+                        pieces.append((block, lo, hi))
+                    else:
+                        self.hits += 1
+                        pieces.append(data)
+                parts[i] = pieces
+            elif end > start:
                 plain.append(i)
-                continue
-            size = int(version[0])
-            last = (min(end, size) - 1) // bsize
-            need = wanted.setdefault((url, version), set())
-            need.update(range(start // bsize, max(last, start // bsize) + 1))
         runs: list[tuple[str, Version, int, int]] = []  # (url, version, first, last block)
-        for (url, version), need in wanted.items():
-            key = self._key(url, version)
-            have = blocks.setdefault((url, version), {})
-            missing = []
-            for block in sorted(need):
-                length = self._length(int(version[0]), block)
-                data = self._get(key, block, length) if length else b""
-                if data is None:
-                    missing.append(block)
-                else:
-                    have[block] = data
-            self.hits += len(need) - len(missing)
-            self.misses += len(missing)
-            for block in missing:  # adjacent missing blocks: one request
+        for (url, version), blocks in missing.items():
+            self.misses += len(blocks)
+            for block in sorted(blocks):  # adjacent missing blocks: one request
                 if runs and runs[-1][:2] == (url, version) and runs[-1][3] == block - 1:
                     runs[-1] = (url, version, runs[-1][2], block)
                 else:
@@ -561,31 +591,36 @@ class BlockCache:
         ]
         requests += [(urls[i], starts[i], ends[i]) for i in plain]
         fetched = _fetch_ranges(*zip(*requests)) if requests else []
+        got: dict[tuple[str, Version], dict[int, bytes]] = {}
         for (url, version, first, last), data in zip(runs, fetched):
-            key, have = self._key(url, version), blocks[(url, version)]
+            key, have = self._key(url, version), got.setdefault((url, version), {})
             for block in range(first, last + 1):
                 piece = data[(block - first) * bsize : (block - first + 1) * bsize]
                 if len(piece) != self._length(int(version[0]), block):
                     break  # the object is shorter than its row: never cached; the caller sees it
                 have[block] = piece
                 self._put(key, block, piece)
-        direct = dict(zip(plain, fetched[len(runs) :]))
-        out: list[bytes] = []
-        for i, (url, start, end, version) in enumerate(zip(urls, starts, ends, versions)):
-            if i in direct or end <= start:
-                out.append(direct.get(i, b""))
-                continue
-            have = blocks[(url, version)]  # type: ignore[index]
-            pieces = []
-            for block in range(start // bsize, (end - 1) // bsize + 1):
-                data = have.get(block)
-                if data is None:
-                    break  # a short fetch: a short result, which the caller reports
-                pieces.append(data[max(start - block * bsize, 0) : end - block * bsize])
-                if len(data) < bsize:
-                    break  # the object's last block
-            out.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        for i, data in zip(plain, fetched[len(runs) :]):
+            out[i] = data
+        for i, pieces in parts.items():
+            have = got.get((urls[i], versions[i]), {})  # type: ignore[arg-type]
+            joined = []
+            for piece in pieces:
+                if isinstance(piece, tuple):
+                    block, lo, hi = piece
+                    piece = have.get(block, b"")[lo:hi]
+                    if len(piece) < hi - lo:  # a short fetch: the bytes end here
+                        joined.append(piece)
+                        break
+                joined.append(piece)
+            out[i] = joined[0] if len(joined) == 1 else b"".join(joined)
         return out
+
+
+def _seek_read(fd: int, lo: int, hi: int) -> bytes:
+    """``os.pread`` where the platform lacks it (Windows)."""
+    os.lseek(fd, lo, os.SEEK_SET)
+    return os.read(fd, hi - lo)
 
 
 _CACHE: BlockCache | None = None
