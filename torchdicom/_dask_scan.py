@@ -492,21 +492,24 @@ def _run(
             f"executor must be None, 'dask' or a distributed.Client. Got: {executor!r}"
         )
     _require_dask()
+    import dask
+
+    # Dask's own precedence: a scheduler set in dask.config (``with dask.config.set(
+    # scheduler="synchronous")``) wins over a running client, which sets it to
+    # "dask.distributed" while it is open.
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler not in (None, "dask.distributed", "distributed"):
+        return _run_local_scheduler(scheduler, parts, args)
     client = _current_client()
     if client is not None:
         return _run_on_client(client, parts, args, retries, progress)
-    import dask
-
-    scheduler = dask.config.get("scheduler", None)
-    if scheduler is not None:
-        return _run_local_scheduler(scheduler, parts, args)
     from distributed import Client, LocalCluster
 
     n = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     # Processes, one thread each: header parsing holds the GIL.
     with (
         LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as own,
     ):
@@ -647,8 +650,9 @@ def read_partitioned(folder: Path) -> Any:
         tables.append(table.replace_schema_metadata(None))
     if not tables:
         return DicomIndex(_empty_rows())
-    # An all-missing column is parquet's null type in one part and a real type in another.
-    both = pa.concat_tables(tables, promote_options="default")
+    # An all-missing column is parquet's null type in one part and a real type in another;
+    # pandas writes a string column as string or large_string: "permissive" unifies both.
+    both = pa.concat_tables(tables, promote_options="permissive")
     df, errors = _split_table(both)
     return DicomIndex(df, errors)
 

@@ -50,6 +50,15 @@ log = logging.getLogger(__name__)
 # 4: frame_offsets / frame_lengths ("ints"): each compressed frame's code-stream span.
 _SCHEMA_VERSION = 5
 _ERROR_COLUMNS = ("path", "error_type", "reason")
+# The errors table of a scan: the file, its TorchDicomError class and the one-line reason,
+# and the (size, mtime) it had, which revalidate a cached failure.
+_ERROR_DTYPES = {
+    "path": object,
+    "error_type": object,
+    "reason": object,
+    "size": "int64",
+    "mtime_ns": "int64",
+}
 # Below this many files a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 64
 
@@ -301,7 +310,7 @@ def _split_table(table) -> tuple[pd.DataFrame, pd.DataFrame]:
     err = both.loc[failed, ["path", "error_type", "error", "size", "mtime_ns"]].rename(
         columns={"error": "reason"}
     )
-    err = err.sort_values("path") if len(err) else err
+    err = _typed_errors(err).sort_values("path")
     return df.sort_values("path").reset_index(drop=True), err.reset_index(drop=True)
 
 
@@ -425,10 +434,10 @@ def scan(
         salt: the key of ``patient_hash`` (default: ``TORCHDICOM_SALT``, see
             :func:`torchdicom._privacy.resolve_salt`), resolved here and handed to every
             worker, so hashes are the same on every node.
-        executor: ``None`` (this machine's processes), ``"dask"`` (the current
-            ``distributed`` client, else the scheduler set by ``dask.config``, else a
-            LocalCluster of ``workers`` processes for this call) or a
-            ``distributed.Client``. Partitions are listed by the workers, parsed there
+        executor: ``None`` (this machine's processes), ``"dask"`` (a local scheduler
+            set in ``dask.config``, e.g. ``"synchronous"``; else the current
+            ``distributed`` client; else a LocalCluster of ``workers`` processes for
+            this call) or a ``distributed.Client``. Partitions are listed by the workers, parsed there
             and written as parquet parts; the client holds only their names.
         partition_depth: Dask only: directory levels the client lists to form
             partitions (each folder at that depth is one partition, walked whole by a
@@ -616,9 +625,16 @@ def _index_of(rows: list[IndexRow], errors: list[tuple[str, str, str, int, int]]
     """Rows and error tuples as a :class:`DicomIndex`, both sorted by path (one typed frame)."""
     df = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)) if rows else _empty_frame()
     df = _typed(df).sort_values("path").reset_index(drop=True)
-    err_df = pd.DataFrame(errors, columns=["path", "error_type", "reason", "size", "mtime_ns"])
-    err_df = err_df.sort_values("path").reset_index(drop=True)
+    err_df = pd.DataFrame(errors, columns=list(_ERROR_DTYPES))
+    err_df = _typed_errors(err_df).sort_values("path").reset_index(drop=True)
     return DicomIndex(df, err_df)
+
+
+def _typed_errors(errors: pd.DataFrame) -> pd.DataFrame:
+    """The errors table in one set of dtypes whether it came from tuples or from parquet,
+    empty or not (pandas 3 would infer its string dtype from some of those, object from
+    others): text as object, like the index's str columns."""
+    return errors.astype(_ERROR_DTYPES)
 
 
 def _take(item, rows: list[IndexRow], errors: list[tuple[str, str, str, int, int]]) -> None:
