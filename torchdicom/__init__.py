@@ -28,7 +28,9 @@ _LAZY: dict[str, str] = {
     "DicomClipDataset": "torchdicom.data",
     "DicomDataset": "torchdicom.data",
     "DicomVolumeDataset": "torchdicom.data",
+    "DicomShardDataset": "torchdicom.data.shards",
     "collate": "torchdicom.data",
+    "to_webdataset": "torchdicom.export",
     "DicomDataModule": "torchdicom.datamodule",
     "DicomWebSource": "torchdicom.sources.dicomweb",
     "CorruptDicomError": "torchdicom.errors",
@@ -63,8 +65,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         DicomVolumeDataset,
         collate,
     )
+    from torchdicom.data.shards import DicomShardDataset
     from torchdicom.datamodule import DicomDataModule
-    from torchdicom.sources.dicomweb import DicomWebSource
     from torchdicom.errors import (
         CorruptDicomError,
         MissingPixelDataError,
@@ -72,10 +74,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         TorchDicomError,
         UnsupportedTransferSyntaxError,
     )
+    from torchdicom.export import to_webdataset
     from torchdicom.index import DicomIndex, scan, to_dataframe
     from torchdicom.io.dicomfile import dcmread
     from torchdicom.io.files import get_dicom_files
     from torchdicom.io.frames import read_frames, scaled_px
+    from torchdicom.sources.dicomweb import DicomWebSource
     from torchdicom.transforms.channels import to_3chan, to_nchan
     from torchdicom.transforms.histogram import freqhist_bins, hist_scaled
     from torchdicom.transforms.intensity import DICOM_WINDOWS, dicom_windows, windowed
@@ -88,6 +92,7 @@ __all__ = [
     "DicomDataModule",
     "DicomDataset",
     "DicomIndex",
+    "DicomShardDataset",
     "DicomVolumeDataset",
     "DicomWebSource",
     "FrameCache",
@@ -110,6 +115,7 @@ __all__ = [
     "to_3chan",
     "to_dataframe",
     "to_nchan",
+    "to_webdataset",
     "transforms",
     "windowed",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "Collate",
     "DicomClipDataset",
     "DicomDataset",
+    "DicomShardDataset",
     "DicomVolumeDataset",
     "LabelSource",
     "MaskSource",
@@ -31,3 +32,12 @@ __all__ = [
     "to_original",
     "to_resized",
 ]
+
+
+def __getattr__(name: str):
+    # Shard streaming (torchdicom.data.shards) loads on first use: most runs read files.
+    if name == "DicomShardDataset":
+        from torchdicom.data.shards import DicomShardDataset
+
+        return DicomShardDataset
+    raise AttributeError(f"module 'torchdicom.data' has no attribute {name!r}")
