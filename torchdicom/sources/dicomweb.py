@@ -383,6 +383,9 @@ class DicomWebSource:
                 for s in self._pages("studies", client.search_for_studies, fields=["0020000D"])
             ]
         )
+        # Some servers answer one result per matching instance (Orthanc 1.10 does, for a
+        # study search): each UID is kept once, in order.
+        studies = list(dict.fromkeys(studies))
         found = []
         for study in studies:
             for s in self._pages(
@@ -392,7 +395,7 @@ class DicomWebSource:
                 fields=["0020000E"],
             ):
                 found.append((study, _value(s, "0020000E")))
-        return found
+        return list(dict.fromkeys(found))
 
     def index_rows(
         self, progress: bool = True, workers: int | None = None
@@ -452,8 +455,7 @@ class DicomWebSource:
         except TorchDicomError as exc:
             return [], [(where, type(exc).__name__, str(exc), -1, -1)]
         by_uid = {_value(m, "00080018"): m for m in metadata}
-        for item in listed:
-            sop = _value(item, "00080018")
+        for sop in dict.fromkeys(_value(item, "00080018") for item in listed):
             path = instance_url(base, study, series, sop)
             meta = by_uid.get(sop)
             try:

@@ -1,0 +1,535 @@
+"""DICOMweb against a real Orthanc on loopback (tests/orthanc_server.py), and the failure
+cases against a small real HTTP server of the test's own on loopback.
+
+Every remote read equals the local read of the same file: native CT, native multi-frame,
+native RGB, JPEG baseline cine (YBR_FULL_422), JPEG lossless, JPEG 2000 (grey multi-frame
+and RGB)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import pickle
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+import torchdicom
+from torchdicom import scan
+from torchdicom.errors import (
+    CorruptDicomError,
+    RemoteError,
+    RemoteNotFoundError,
+    RemoteTimeoutError,
+)
+from torchdicom.io.frames import read_frames_numpy, route_for
+from torchdicom.samples import ct_like, us_cine_like
+from torchdicom.sources import dicomweb, remote
+from torchdicom.sources.dicomweb import DicomWebSource, fetch_frames, iter_parts
+
+from .orthanc_server import PASSWORD, USER, orthanc  # noqa: F401 (the fixture)
+
+TOKEN = "tok-9d1e7c55-SECRET-bearer"
+# Columns a DICOMweb row holds differently from a local row of the same file, by design:
+# where the bytes are (no file: no size, offsets or code-stream spans).
+_WHERE = {
+    "path",
+    "size",
+    "mtime_ns",
+    "etag",
+    "transfer_syntax",
+    "encapsulated",
+    "pixel_offset",
+    "pixel_length",
+    "frame_offsets",
+    "frame_lengths",
+    "pixel_vr",
+}
+
+
+@pytest.fixture
+def policy(monkeypatch) -> remote.RemotePolicy:
+    """Fast retries for the failure tests (restored after each test)."""
+    monkeypatch.setattr(remote.policy, "retries", 2)
+    monkeypatch.setattr(remote.policy, "backoff_s", 0.01)
+    return remote.policy
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.auth = (USER, PASSWORD)
+    return session
+
+
+@pytest.fixture(scope="module")
+def uploaded(orthanc, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+    """The test files, each with fresh UIDs (Orthanc de-duplicates), stored in Orthanc.
+
+    Returns SOP Instance UID → the local copy that was uploaded.
+    """
+    root = tmp_path_factory.mktemp("dicomweb_samples")
+    ct_like(root / "ct", n_series=1, slices=2, size=64)
+    us_cine_like(root / "us", n=2, frames=4, size=48, jpeg=True)  # native + JPEG cine
+    sources = sorted(
+        p
+        for p in (root / "ct").rglob("*")
+        if p.is_file() and p.suffix in ("", ".dcm") and "masks" not in p.parts
+    )
+    sources += sorted(p for p in (root / "us").glob("*.dcm"))
+    sources += [
+        Path(get_testdata_file(name))
+        for name in (
+            "CT_small.dcm",  # native int16
+            "emri_small.dcm",  # native multi-frame uint16
+            "SC_rgb_2frame.dcm",  # native RGB, two frames
+            "JPEG-LL.dcm",  # JPEG lossless
+            "emri_small_jpeg_2k_lossless.dcm",  # JPEG 2000, multi-frame
+            "US1_J2KR.dcm",  # JPEG 2000 RGB
+        )
+    ]
+    out = root / "uploaded"
+    out.mkdir()
+    found: dict[str, Path] = {}
+    study = generate_uid()
+    for k, src in enumerate(sources):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID = study if k % 2 else generate_uid()  # studies with 1 and many series
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = out / f"{k:02d}_{src.name}"
+        ds.save_as(path)
+        orthanc.upload(path.read_bytes())
+        found[str(ds.SOPInstanceUID)] = path
+    return found
+
+
+@pytest.fixture(scope="module")
+def index(orthanc, uploaded):  # noqa: F811
+    return scan(DicomWebSource(orthanc.dicomweb_url, session=_session()), progress=False)
+
+
+def _local(uploaded: dict[str, Path], row) -> Path:
+    return uploaded[row["sop_instance_uid"]]
+
+
+# --------------------------------------------------------------------------- scan
+def test_scan_gives_the_local_rows_without_pixels(orthanc, uploaded):  # noqa: F811
+    session = _session()
+    asked: list[str] = []
+    session.hooks["response"].append(lambda response, **_: asked.append(response.url))
+    index = scan(DicomWebSource(orthanc.dicomweb_url, session=session), progress=False)
+    assert len(index.errors) == 0
+    assert sorted(index.df["sop_instance_uid"]) == sorted(uploaded)
+    # QIDO-RS searches and WADO-RS metadata only: no frame, no instance, no rendered image.
+    assert asked and all(
+        "/frames" not in url
+        and "/rendered" not in url
+        and url.split("?")[0].endswith(("/studies", "/series", "/instances", "/metadata"))
+        for url in asked
+    )
+    local = scan([str(p) for p in uploaded.values()], workers=0, progress=False)
+    local_rows = {r["sop_instance_uid"]: r for r in local.rows()}
+    for row in index.rows():
+        assert row["path"].startswith("dicomweb+http://127.0.0.1:")
+        assert not remote.is_remote(row["path"])  # never through fsspec
+        mine = local_rows[row["sop_instance_uid"]]
+        for column, value in mine.items():
+            if column in _WHERE:
+                continue
+            got = row[column]
+            if isinstance(value, np.ndarray) or isinstance(got, np.ndarray):
+                np.testing.assert_array_equal(got, value, err_msg=column)
+            elif isinstance(value, float) and np.isnan(value):
+                assert np.isnan(got), column
+            else:
+                assert got == value, (column, got, value)
+
+
+def test_qido_patient_ids_are_hashed_like_local_ones(orthanc, uploaded, index):  # noqa: F811
+    raw = {str(pydicom.dcmread(p, stop_before_pixels=True).PatientID) for p in uploaded.values()}
+    cells = index.df.astype(str).to_numpy().ravel().tolist()
+    for patient_id in raw - {""}:
+        assert not any(cell == patient_id for cell in cells)
+    ct = next(r for r in index.rows() if _local(uploaded, r).name.endswith("CT_small.dcm"))
+    assert (
+        ct["patient_hash"]
+        == scan([str(_local(uploaded, ct))], progress=False).df.iloc[0]["patient_hash"]
+    )
+
+
+def test_scan_one_study_and_one_series(orthanc, uploaded, index):  # noqa: F811
+    row = index.df.iloc[0]
+    study, series = row["study_instance_uid"], row["series_instance_uid"]
+    by_study = scan(DicomWebSource(orthanc.dicomweb_url, study, session=_session()), progress=False)
+    assert set(by_study.df["study_instance_uid"]) == {study}
+    assert len(by_study.df) == int((index.df["study_instance_uid"] == study).sum())
+    one = scan(
+        DicomWebSource(orthanc.dicomweb_url, study, series, session=_session()), progress=False
+    )
+    assert list(one.df["series_instance_uid"]) == [series]
+
+
+# --------------------------------------------------------------------------- reads
+def test_every_remote_read_equals_the_local_read(uploaded, index):
+    routes = set()
+    for row in index.rows():
+        local = _local(uploaded, row)
+        routes.add(route_for(read_frames_numpy.__globals__["row_for_path"](str(local))).name)
+        assert route_for(row).name == "DICOMweb (WADO-RS frames)"
+        got = read_frames_numpy(row)
+        want = read_frames_numpy(str(local))
+        assert got.dtype == want.dtype and got.shape == want.shape, local.name
+        np.testing.assert_array_equal(got, want, err_msg=local.name)
+        if int(row["frames"]) > 2:  # a selection, out of order, with a repeat
+            pick = [int(row["frames"]) - 1, 0, 1, 0]
+            np.testing.assert_array_equal(read_frames_numpy(row, pick), want[pick])
+    # The files cover native, JPEG baseline, JPEG lossless and JPEG 2000 locally.
+    assert any(name.startswith("native") for name in routes)
+    assert any("JPEG 8-bit" in name for name in routes)
+    assert any("lossless" in name.lower() or "by span" in name for name in routes)
+    assert any("2000" in name for name in routes)
+
+
+def test_each_part_keeps_its_transfer_syntax(uploaded, index):
+    for row in index.rows():
+        stored = str(
+            pydicom.dcmread(
+                _local(uploaded, row), stop_before_pixels=True
+            ).file_meta.TransferSyntaxUID
+        )
+        parts = fetch_frames(row["path"], [1])
+        assert len(parts) == 1
+        if pydicom.uid.UID(stored).is_encapsulated:
+            assert parts[0].transfer_syntax == stored  # the stored code-stream, unchanged
+        else:
+            assert not pydicom.uid.UID(parts[0].transfer_syntax or stored).is_encapsulated
+
+
+def test_read_frames_by_path_and_as_tensor(uploaded, index):
+    row = next(r for r in index.rows() if int(r["frames"]) > 2)
+    got = torchdicom.read_frames(row["path"], [1, 2])
+    np.testing.assert_array_equal(
+        got.numpy(), read_frames_numpy(str(_local(uploaded, row)), [1, 2])
+    )
+
+
+def test_dataset_reads_concurrently_and_survives_pickling(orthanc, uploaded):  # noqa: F811
+    ds = torchdicom.DicomDataset(
+        DicomWebSource(orthanc.dicomweb_url, headers=orthanc.auth_header), frames="first"
+    )
+    want = {i: ds[i]["image"] for i in range(len(ds))}
+    batch = ds.__getitems__(list(range(len(ds))))  # the batch path (threads where it pays)
+    for i, item in enumerate(batch):
+        np.testing.assert_array_equal(item["image"].numpy(), want[i].numpy())
+    # What a worker started by spawn gets: the dataset's state, unpickled (its shared skip
+    # counter crosses only through spawn itself), in a process with an empty registry.
+    state = {**ds.__dict__, "_dicomweb": pickle.loads(pickle.dumps(ds._dicomweb))}
+    dicomweb._REGISTERED.clear()
+    dicomweb._LIVE.clear()
+    again = object.__new__(type(ds))
+    again.__setstate__(state)  # registers the headers it brought
+    np.testing.assert_array_equal(again[0]["image"].numpy(), want[0].numpy())
+
+
+def test_read_batch_matches_item_reads(index):
+    rows = list(index.rows())
+    frames = [[0] for _ in rows]
+    many = dicomweb.read_batch(rows, frames, max_in_flight=4)
+    for row, got in zip(rows, many):
+        np.testing.assert_array_equal(got, read_frames_numpy(row, 0))
+
+
+# --------------------------------------------------------------------------- auth
+def test_credentials_are_needed_and_never_shown(orthanc, index, policy, caplog):  # noqa: F811
+    caplog.set_level(logging.DEBUG)
+    row = index.rows()[0]
+    dicomweb.register(orthanc.dicomweb_url)  # no credentials
+    try:
+        with pytest.raises(RemoteError) as err:
+            read_frames_numpy(row)
+        assert "access denied (401" in str(err.value)
+        assert row["path"].removeprefix("dicomweb+") in str(err.value)  # the URL is named
+        # A wrong bearer token: refused, and the token appears in no message nor log record.
+        source = DicomWebSource(orthanc.dicomweb_url, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert TOKEN not in repr(source)
+        with pytest.raises(RemoteError) as err:
+            scan(source, progress=False)
+        assert TOKEN not in str(err.value)
+        with pytest.raises(RemoteError) as err:
+            read_frames_numpy(row)
+        assert TOKEN not in str(err.value)
+        secret = RemoteError(row["path"], f"echoed: Authorization: Bearer {TOKEN}")
+        assert TOKEN not in str(secret) and "<redacted>" in str(secret)
+    finally:
+        dicomweb.register(orthanc.dicomweb_url, _session())
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert TOKEN not in logged and PASSWORD not in logged
+    b64 = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert b64 not in logged
+
+
+def test_basic_auth_through_headers_and_through_a_session(orthanc, index):  # noqa: F811
+    row = index.rows()[0]
+    via_headers = DicomWebSource(orthanc.dicomweb_url, headers=orthanc.auth_header)
+    a = read_frames_numpy(row)
+    assert len(scan(via_headers, progress=False).df) == len(index.df)
+    dicomweb.register(orthanc.dicomweb_url, _session())
+    np.testing.assert_array_equal(read_frames_numpy(row), a)
+
+
+# --------------------------------------------------------------------------- failures
+class _Faulty(BaseHTTPRequestHandler):
+    """WADO-RS frames that go wrong in one way per instance UID (the path says which)."""
+
+    hits: dict[str, int]
+    release: threading.Event
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _multipart(self, parts: list[bytes], close: bool = True) -> bytes:
+        out = b"preamble\r\n"
+        for body in parts:
+            out += (
+                b"--BOUNDARY\r\nContent-Type: application/octet-stream;"
+                b" transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n" + body + b"\r\n"
+            )
+        return out + (b"--BOUNDARY--\r\n" if close else b"")
+
+    def _send(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header(
+            "Content-Type", 'multipart/related; type="application/octet-stream"; boundary=BOUNDARY'
+        )
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        kind = self.path.split("/instances/")[1].split("/")[0]
+        self.hits[kind] = self.hits.get(kind, 0) + 1
+        frame = bytes(range(8)) * 2  # one 2x4 frame of uint16
+        if kind == "missing":
+            self._send(404)
+        elif kind == "broken":
+            self._send(500)
+        elif kind == "flaky":
+            self._send(503 if self.hits[kind] == 1 else 200, self._multipart([frame]))
+        elif kind == "truncated":
+            self._send(200, self._multipart([frame], close=False)[:-6])
+        elif kind == "short":
+            self._send(200, self._multipart([frame[:10]]))
+        elif kind == "parts":
+            self._send(200, self._multipart([frame]))  # two frames asked, one sent
+        elif kind == "cut":  # the body ends before its Content-Length: connection closed
+            body = self._multipart([frame])
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/related; boundary=BOUNDARY")
+            self.send_header("Content-Length", str(len(body) + 100))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+        elif kind == "stall":
+            self.release.wait(30)  # answers nothing until the test ends
+        elif kind == "good":
+            self._send(200, self._multipart([frame]))
+
+
+@pytest.fixture
+def faulty() -> Iterator[tuple[str, dict[str, int]]]:
+    hits: dict[str, int] = {}
+    release = threading.Event()
+    handler = type("Handler", (_Faulty,), {"hits": hits, "release": release})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    dicomweb.register(base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=0.5)
+    try:
+        yield base, hits
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _row(base: str, kind: str, frames: int = 1) -> dict:
+    """A native 2x4 uint16 row on the faulty server."""
+    row = {
+        "path": f"dicomweb+{base}/studies/1.2/series/1.2.3/instances/{kind}",
+        "size": -1,
+        "mtime_ns": -1,
+        "etag": "",
+        "rows": 2,
+        "columns": 4,
+        "frames": frames,
+        "samples_per_pixel": 1,
+        "photometric": "MONOCHROME2",
+        "planar_configuration": 0,
+        "bits_allocated": 16,
+        "bits_stored": 16,
+        "high_bit": 15,
+        "pixel_representation": 0,
+        "transfer_syntax": "",
+        "pixel_keyword": "PixelData",
+        "pixel_vr": "OW",
+        "pixel_offset": -1,
+        "pixel_length": -1,
+        "encapsulated": False,
+        "has_extended_offsets": False,
+        "frame_offsets": np.empty(0, np.int64),
+        "frame_lengths": np.empty(0, np.int64),
+    }
+    return row
+
+
+def _url(base: str, kind: str) -> str:
+    return f"{base}/studies/1.2/series/1.2.3/instances/{kind}/frames/1"
+
+
+def test_a_good_part_reads(faulty, policy):
+    base, _ = faulty
+    got = read_frames_numpy(_row(base, "good"))
+    np.testing.assert_array_equal(got.ravel(), np.frombuffer(bytes(range(8)) * 2, "<u2"))
+
+
+def test_404_is_remote_not_found_naming_the_url(faulty, policy):
+    base, hits = faulty
+    with pytest.raises(RemoteNotFoundError) as err:
+        read_frames_numpy(_row(base, "missing"))
+    assert _url(base, "missing") in str(err.value) and "404" in str(err.value)
+    assert hits["missing"] == 1  # not retried
+
+
+def test_5xx_is_retried_then_an_error(faulty, policy):
+    base, hits = faulty
+    with pytest.raises(RemoteError) as err:
+        read_frames_numpy(_row(base, "broken"))
+    assert not isinstance(err.value, RemoteNotFoundError | RemoteTimeoutError)
+    assert _url(base, "broken") in str(err.value)
+    assert "server error 500" in str(err.value) and "after 3 attempts" in str(err.value)
+    assert hits["broken"] == policy.retries + 1
+    assert TOKEN not in str(err.value)
+
+
+def test_a_transient_5xx_is_retried_and_the_read_succeeds(faulty, policy):
+    base, hits = faulty
+    got = read_frames_numpy(_row(base, "flaky"))
+    assert got.shape == (1, 1, 2, 4) and hits["flaky"] == 2
+
+
+def test_truncated_multipart_is_corrupt(faulty, policy):
+    base, _ = faulty
+    with pytest.raises(CorruptDicomError) as err:
+        read_frames_numpy(_row(base, "truncated"))
+    assert _url(base, "truncated") in str(err.value) and "truncated" in str(err.value)
+
+
+def test_short_part_is_corrupt_naming_the_frame(faulty, policy):
+    base, _ = faulty
+    with pytest.raises(CorruptDicomError) as err:
+        read_frames_numpy(_row(base, "short"))
+    assert err.value.frame == 0 and "frame 0" in str(err.value)
+    assert "short" in str(err.value) and "10 bytes" in str(err.value)
+    assert "instances/short" in str(err.value)
+
+
+def test_wrong_number_of_parts_is_corrupt(faulty, policy):
+    base, _ = faulty
+    with pytest.raises(CorruptDicomError) as err:
+        read_frames_numpy(_row(base, "parts", frames=2))
+    assert "asked for 2 frame(s), the response has 1 part(s)" in str(err.value)
+    assert "instances/parts/frames/1,2" in str(err.value)
+
+
+def test_a_body_cut_short_is_retried_then_corrupt(faulty, policy):
+    base, hits = faulty
+    with pytest.raises(CorruptDicomError) as err:
+        read_frames_numpy(_row(base, "cut"))
+    assert _url(base, "cut") in str(err.value) and "Content-Length" in str(err.value)
+    assert hits["cut"] == policy.retries + 1
+
+
+def test_a_server_that_stops_answering_is_a_timeout(faulty, policy, monkeypatch):
+    base, hits = faulty
+    monkeypatch.setattr(policy, "retries", 1)
+    with pytest.raises(RemoteTimeoutError) as err:
+        read_frames_numpy(_row(base, "stall"))
+    assert _url(base, "stall") in str(err.value) and "no answer" in str(err.value)
+    assert hits["stall"] == 2 and TOKEN not in str(err.value)
+
+
+# --------------------------------------------------------------------------- multipart
+def test_multipart_parser_streams_parts_with_their_headers():
+    body = (
+        b"ignored preamble\r\n--b1\r\nContent-Type: application/octet-stream;"
+        b" transfer-syntax=1.2.840.10008.1.2.4.50\r\nContent-Length: 5\r\n\r\nab\r\nc\r\n"
+        b"--b1\r\nContent-Type: image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90\r\n\r\n"
+        b"--b1x--\r\n--b1--\r\n"
+    )
+    ctype = 'multipart/related; type="application/octet-stream"; boundary="b1"'
+    for size in (1, 3, len(body)):  # any chunking, the delimiter split across chunks
+        chunks = (body[i : i + size] for i in range(0, len(body), size))
+        parts = list(iter_parts(chunks, ctype, "http://h/x"))
+        assert [p.body for p in parts] == [b"ab\r\nc", b"--b1x--"]
+        assert [p.transfer_syntax for p in parts] == [
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.90",
+        ]
+    with pytest.raises(CorruptDicomError, match="truncated"):
+        list(iter_parts(iter([body[:60]]), ctype, "http://h/x"))
+    with pytest.raises(CorruptDicomError, match="expected a multipart"):
+        list(iter_parts(iter([b""]), "application/dicom", "http://h/x"))
+
+
+# --------------------------------------------------------------------------- training
+@pytest.mark.parametrize("workers", [0, 2])
+def test_datamodule_trains_the_demo_model_from_orthanc(orthanc, uploaded, tmp_path, workers):  # noqa: F811
+    import pytorch_lightning as pl
+
+    from torchdicom.demo import DemoClassifier
+    from torchdicom.transforms import Rescale
+
+    cache = tmp_path / "index.parquet"
+    dm = torchdicom.DicomDataModule(
+        DicomWebSource(
+            orthanc.dicomweb_url, headers={"Authorization": orthanc.auth_header["Authorization"]}
+        ),
+        labels=lambda path: int(path[-1]) % 2,
+        frames="first",
+        size=(32, 32),
+        channels=1,
+        batch_size=2,
+        num_workers=workers,
+        val_fraction=0.3,
+        index_cache=cache,
+        gpu_transforms=Rescale(),
+    )
+    model = DemoClassifier(in_channels=1, n_classes=2, size=32)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert trainer.state.finished
+    assert cache.is_file()  # prepare_data scanned the server into the index cache
+    assert len(dm.dataset.rows) == len(uploaded)
+    assert "data" not in dm.hparams  # the source (its credentials) stays out of checkpoints
