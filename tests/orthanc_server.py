@@ -61,9 +61,12 @@ def find_orthanc() -> tuple[Path, Path, dict[str, str]] | str:
                 tried.append(str(binary))
                 continue
             binary = Path(found)
+        # Real files first: in a dpkg -x tree the plugins folder holds absolute symlinks,
+        # which point into the system (or nowhere), not into the tree.
         plugins = sorted(
             glob.glob(str(root / "usr/share/orthanc/plugins/libOrthancDicomWeb.so*"))
-            + glob.glob(str(root / "usr/lib/orthanc/libOrthancDicomWeb.so*"))
+            + glob.glob(str(root / "usr/lib/orthanc/libOrthancDicomWeb.so*")),
+            key=lambda p: (os.path.islink(p), p),
         )
         if not plugins:
             tried.append(f"{root}: Orthanc without the DICOMweb plugin (orthanc-dicomweb)")
