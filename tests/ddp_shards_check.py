@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # two ranks on a small CPU box
     warnings.filterwarnings("ignore")  # Lightning's hints about workers and logging
-    dataset = DicomShardDataset(manifest, shuffle=True, seed=7)
+    dataset = DicomShardDataset(manifest, shuffle=True, seed=7, batch_size=2)
     loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=Collate())
     trainer = ddp_trainer(epochs)
     trainer.fit(_Recorder(out, dataset), train_dataloaders=loader)

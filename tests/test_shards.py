@@ -145,12 +145,22 @@ def test_first_frames_collate_and_labels(collection, tmp_path):
             "000000001.dcm",
             "000000001.json",
         ]
-    ds = DicomShardDataset(str(tmp_path / "{000..001}.tar"), frames="first")
-    assert ds.classes == ["clear", "lesion"]
-    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=Collate())))
-    assert batch["image"].shape == (3, 1, 32, 32)
-    for path, label in zip(batch["path"], batch["label"].tolist()):
-        assert ds.classes[label] == labels[path]
+    for batch_size in (None, 3):  # items read one by one / into one batch buffer
+        ds = DicomShardDataset(
+            str(tmp_path / f"{{000..{len(report.shards) - 1:03d}}}.tar"),
+            frames="first",
+            batch_size=batch_size,
+        )
+        assert ds.classes == ["clear", "lesion"]
+        batches = list(DataLoader(ds, batch_size=3, collate_fn=Collate()))
+        n = len(ct)
+        assert ds.total == n
+        assert [len(b["path"]) for b in batches] == [min(3, n - k) for k in range(0, n, 3)]
+        for batch in batches:
+            assert batch["image"].shape[1:] == (1, 32, 32)
+            for image, path, label in zip(batch["image"], batch["path"], batch["label"].tolist()):
+                assert ds.classes[label] == labels[path]
+                torch.testing.assert_close(image, _expected(path, 0, ds.dtype))
 
 
 # --------------------------------------------------------------------------- splitting

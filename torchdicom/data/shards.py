@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from torchdicom._runtime import batch_buffer, run_in_slices
 from torchdicom.data._base import _TORCH_DTYPES, _YBR, _into_dtype, _meta, stored_dtype
 from torchdicom.errors import (
     CorruptDicomError,
@@ -69,7 +70,7 @@ from torchdicom.errors import (
     TorchDicomError,
 )
 from torchdicom.export import MANIFEST_NAME, SHARD_TABLE_SUFFIX
-from torchdicom.io.frames import read_frames_numpy
+from torchdicom.io.frames import native_layout, read_frames_numpy
 from torchdicom.io.header import frame_row
 from torchdicom.io.schema import INDEX_SCHEMA
 from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, PATH, YBR
@@ -80,6 +81,16 @@ log = logging.getLogger("torchdicom.data")
 
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _SPOOL_CHUNK = 16 * 2**20  # bytes per range request when spooling a remote shard
+
+
+class _Pending(NamedTuple):
+    """An item located but not read yet: its shard, offset-table member, row and frame."""
+
+    url: str
+    member: dict[str, Any]
+    row: dict[str, Any]
+    frame: int
+    index: int
 
 
 class _Shard(NamedTuple):
@@ -240,6 +251,11 @@ class DicomShardDataset(IterableDataset):
             requests into a local sparse file (default for remote shards); ``False``
             reads each frame from the store in place (a request per frame).
         spool_dir: where spooled shards go (default: the system's temporary folder).
+        batch_size: the DataLoader's ``batch_size``, when given: each run of that many items
+            of a worker whose frames are uncompressed with one shape is read straight into
+            one (B, C, H, W) batch buffer and :class:`~torchdicom.data.Collate` hands it on
+            without stacking a copy (as DicomDataset's batches). Any other DataLoader batch
+            size still gives correct batches, stacked.
 
     Item (dict), as :class:`~torchdicom.data.DicomDataset`'s: ``image`` (C, H, W) in
     :attr:`dtype`; ``slope``, ``intercept``, ``window_center``, ``window_width``,
@@ -279,8 +295,12 @@ class DicomShardDataset(IterableDataset):
         storage_options: dict[str, Any] | None = None,
         spool: bool | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
+        batch_size: int | None = None,
     ):
         super().__init__()
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+            raise ValueError(f"batch_size must be None or a positive int. Got: {batch_size!r}")
+        self.batch_size = batch_size
         if frames not in ("all", "first"):
             raise ValueError(f"frames must be 'all' or 'first'. Got: {frames!r}")
         if epoch_rule not in ("pad", "drop"):
@@ -469,12 +489,32 @@ class DicomShardDataset(IterableDataset):
                 f"epoch_rule='drop' leaves no item to each of {world} ranks: the shards hold"
                 f" only {self.total}"
             )
-        for shard, first, stop in self.segments(epoch, rank, world, worker, workers):
-            positions = np.arange(first, stop)
-            if self.shuffle:
-                rng = np.random.default_rng([self.seed, epoch, rank, worker, shard])
-                positions = rng.permutation(positions)
-            yield from self._read_segment(shard, positions)
+        size = self.batch_size or 1
+        pending: list[_Pending] = []
+        # The shards whose items are pending stay open (a spooled shard stays on disk) until
+        # their chunk is read: a chunk may straddle two shards.
+        held: list[contextlib.ExitStack] = []
+        try:
+            for shard, first, stop in self.segments(epoch, rank, world, worker, workers):
+                positions = np.arange(first, stop)
+                if self.shuffle:
+                    rng = np.random.default_rng([self.seed, epoch, rank, worker, shard])
+                    positions = rng.permutation(positions)
+                if not len(positions):
+                    continue
+                held.append(contextlib.ExitStack())
+                for entry in self._entries(shard, positions, held[-1]):
+                    pending.append(entry)
+                    if len(pending) == size:
+                        yield from self._read_chunk(pending)
+                        pending = []
+                        while len(held) > 1:
+                            held.pop(0).close()
+            if pending:
+                yield from self._read_chunk(pending)
+        finally:
+            for stack in held:
+                stack.close()
 
     def _table(self, shard: int) -> dict[str, Any]:
         """The shard's offset table, with each member's first item (the last one is kept)."""
@@ -575,9 +615,11 @@ class DicomShardDataset(IterableDataset):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _read_segment(self, shard: int, positions: np.ndarray) -> Iterator[dict[str, Any]]:
-        if not len(positions):
-            return
+    def _entries(
+        self, shard: int, positions: np.ndarray, stack: contextlib.ExitStack
+    ) -> Iterator[_Pending]:
+        """The items at ``positions`` of a shard, located (nothing read yet); the shard is
+        opened (checked, spooled) on ``stack``."""
         table = self._table(shard)
         starts = table["_starts"]
         located = [
@@ -585,24 +627,57 @@ class DicomShardDataset(IterableDataset):
             for p in positions
             for m in [int(np.searchsorted(starts, int(p), side="right")) - 1]
         ]
+        where = stack.enter_context(self._opened(shard, table, [m for m, _ in located]))
         url = self.shards[shard].url
-        with self._opened(shard, table, [m for m, _ in located]) as where:
-            rows: dict[int, dict[str, Any]] = {}
-            for (m, within), p in zip(located, positions):
-                member = table["members"][m]
-                row = rows.get(m)
-                if row is None:
-                    row = rows[m] = self._member_row(member, where)
-                frame = within if self.frames == "all" else 0
-                try:
-                    item = self._item(row, member, frame, int(self._base[shard]) + int(p))
-                except TorchDicomError as exc:
-                    raise type(exc)(
-                        _display(url),
-                        f"member {member['member']} (from {row['source_path']}): {exc.reason}",
-                        frame=exc.frame,
-                    ) from None
-                yield item
+        rows: dict[int, dict[str, Any]] = {}
+        for (m, within), p in zip(located, positions):
+            member = table["members"][m]
+            row = rows.get(m)
+            if row is None:
+                row = rows[m] = self._member_row(member, where)
+            frame = within if self.frames == "all" else 0
+            yield _Pending(url, member, row, frame, int(self._base[shard]) + int(p))
+
+    def _read_chunk(self, chunk: list[_Pending]) -> Iterator[dict[str, Any]]:
+        """The items of ``chunk``; native frames of one layout are read straight into one
+        (B, C, H, W) batch buffer whose slots the items' images are (Collate hands it on
+        without a copy, as for DicomDataset's batches)."""
+        images: list[torch.Tensor | None] = [None] * len(chunk)
+        layouts = {native_layout(e.row) for e in chunk}
+        layout = layouts.pop() if len(layouts) == 1 else None
+        if len(chunk) > 1 and layout is not None and layout.dtype == self._stored:
+            like = torch.from_numpy(np.empty(0, self._stored))
+            buffer = batch_buffer(like, len(chunk), layout.shape)
+            slots = buffer.numpy()
+
+            def read(k0: int, k1: int) -> None:
+                for k in range(k0, k1):
+                    with self._naming(chunk[k]):
+                        read_frames_numpy(chunk[k].row, chunk[k].frame, out=slots[k : k + 1])
+
+            if get_worker_info() is None:
+                # In the main process the preads overlap on the runtime's threads (the GIL
+                # is released while the kernel copies); workers already read in parallel.
+                run_in_slices(len(chunk), read, slots[0].size)
+            else:
+                read(0, len(chunk))
+            images = list(buffer.unbind(0))
+        for entry, image in zip(chunk, images):
+            with self._naming(entry):
+                yield self._item(entry, image)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _naming(entry: _Pending) -> Iterator[None]:
+        """Errors of the read routes name the shard, the member and the source file."""
+        try:
+            yield
+        except TorchDicomError as exc:
+            raise type(exc)(
+                _display(entry.url),
+                f"member {entry.member['member']} (from {entry.row['source_path']}): {exc.reason}",
+                frame=exc.frame,
+            ) from None
 
     def _member_row(self, member: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
         row = _typed_row(member["row"])
@@ -612,14 +687,16 @@ class DicomShardDataset(IterableDataset):
         row["member_size"] = int(member["size"])
         return row
 
-    def _item(self, row: dict[str, Any], member: dict[str, Any], frame: int, index: int):
+    def _item(self, entry: _Pending, image: torch.Tensor | None) -> dict[str, Any]:
+        row, member, frame, index = entry.row, entry.member, entry.frame, entry.index
         keep_ybr = (
             self.color == "ybr"
             and int(row["samples_per_pixel"]) == 3
             and str(row["photometric"]) in _YBR
         )
-        values = read_frames_numpy(row, frame, as_rgb=not keep_ybr)
-        image = torch.from_numpy(_into_dtype(values, self._stored, row["path"])[0])
+        if image is None:
+            values = read_frames_numpy(row, frame, as_rgb=not keep_ybr)
+            image = torch.from_numpy(_into_dtype(values, self._stored, row["path"])[0])
         item: dict[str, Any] = {IMAGE: image, **_meta(frame_row(row, frame))}
         item[YBR] = keep_ybr
         if self._has_labels:
