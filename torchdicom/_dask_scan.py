@@ -332,7 +332,7 @@ def index_partition(
         TorchDicomError: the partition could not be listed or its part not written,
             naming the partition and the reason (a bad *file* is an ``errors`` row).
     """
-    from torchdicom.index import _scan_paths, _write_parquet_atomic
+    from torchdicom.index import _rows_table, _scan_paths, _write_table_atomic
     from torchdicom.sources.remote import configure
 
     for protocol, opts in (storage_options or {}).items():
@@ -361,26 +361,23 @@ def index_partition(
     ):
         return {**entry, "rows": info["rows"], "errors": info["errors"], "reused": True}
     # A stale part still holds the rows of its unchanged files: reuse them by (size, mtime).
-    index, _ = _scan_paths(
+    rows, errors, _ = _scan_paths(
         paths,
         workers=0,
         cached_from=target if info is not None else None,
         progress=False,
         salt=salt,
     )
-    extra = {
-        "partition": part.id,
-        "fingerprint": fingerprint,
-        "rows": len(index.df),
-        "errors": len(index.errors),
-    }
+    counts = {"rows": len(rows), "errors": len(errors)}
+    extra = {"partition": part.id, "fingerprint": fingerprint, **counts}
+    # Straight from the rows to arrow: the worker never needs a DataFrame.
     try:
-        _write_parquet_atomic(index.df, index.errors, target, salt, extra)
+        _write_table_atomic(_rows_table(rows, errors, salt, extra), target)
     except OSError as exc:
         raise TorchDicomError(
             part.describe(), f"part {target} not written: {_short(exc)}"
         ) from None
-    return {**entry, "rows": len(index.df), "errors": len(index.errors), "reused": False}
+    return {**entry, **counts, "reused": False}
 
 
 # --------------------------------------------------------------------------- running it
@@ -650,8 +647,8 @@ def read_partitioned(folder: Path) -> Any:
         tables.append(table.replace_schema_metadata(None))
     if not tables:
         return DicomIndex(_empty_rows())
-    # An all-missing column is parquet's null type in one part and a real type in another;
-    # pandas writes a string column as string or large_string: "permissive" unifies both.
+    # Parts share the fixed schema of _rows_table; "permissive" also takes string next to
+    # large_string, and null next to a type, should a part come from another pyarrow.
     both = pa.concat_tables(tables, promote_options="permissive")
     df, errors = _split_table(both)
     return DicomIndex(df, errors)

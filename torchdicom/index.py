@@ -250,6 +250,66 @@ def _combined_table(
     return table.replace_schema_metadata(meta)
 
 
+def _arrow_type(kind: str):
+    import pyarrow as pa
+
+    return {
+        "str": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "floats": pa.list_(pa.float64()),
+        "ints": pa.list_(pa.int64()),
+    }[kind]
+
+
+def _rows_table(
+    rows: list[IndexRow],
+    errors: list[tuple[str, str, str, int, int]],
+    salt: str | None = None,
+    extra: dict[str, Any] | None = None,
+):
+    """Rows and error tuples as the table :func:`_combined_table` makes of a DataFrame
+    (read back by :func:`_split_table` alike), built column by column with no DataFrame:
+    a Dask partition writes its part this way, as pandas costs tens of ms per partition
+    in fixed overheads. The schema is fixed, so every part has the same one."""
+    import pyarrow as pa
+
+    rows = sorted(rows, key=lambda r: r["path"])
+    errors = sorted(errors)
+    n_err = len(errors)
+    arrays = []
+    fields = []
+    for name, kind in INDEX_SCHEMA.items():
+        values: list[Any] = [row[name] for row in rows]
+        if name == "path":
+            values += [e[0] for e in errors]
+        elif name == "size":
+            values += [e[3] for e in errors]
+        elif name == "mtime_ns":
+            values += [e[4] for e in errors]
+        else:
+            # The fills of a failed file's cells, as _combined_table's _typed(fill_missing).
+            values += [KIND_FILLS[kind]] * n_err
+        arrays.append(pa.array(values, type=_arrow_type(kind)))
+        fields.append(pa.field(name, _arrow_type(kind)))
+    arrays.append(pa.array([None] * len(rows) + [e[1] for e in errors], type=pa.string()))
+    arrays.append(pa.array([None] * len(rows) + [e[2] for e in errors], type=pa.string()))
+    fields += [pa.field("error_type", pa.string()), pa.field("error", pa.string())]
+    info = {"schema_version": _SCHEMA_VERSION, "salt": salt_fingerprint(salt), **(extra or {})}
+    schema = pa.schema(fields, metadata={b"torchdicom": json.dumps(info).encode()})
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _write_table_atomic(table, path: Path) -> None:
+    """A parquet table to ``path``, atomically, owner-only."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, mode=0o600) as f:
+        pq.write_table(table, f)
+
+
 def _write_parquet_atomic(
     df: pd.DataFrame,
     errors: pd.DataFrame,
@@ -259,13 +319,8 @@ def _write_parquet_atomic(
 ) -> None:
     """Rows and errors as one parquet file; ``salt`` is the one the patient hashes were made
     with (its fingerprint is stored), ``extra`` more entries of the torchdicom metadata."""
-    import pyarrow.parquet as pq
-
-    table = _combined_table(df, errors, salt, extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Owner-only, as the index has always been written.
-    with atomic_write(path, mode=0o600) as f:
-        pq.write_table(table, f)
+    _write_table_atomic(_combined_table(df, errors, salt, extra), path)
 
 
 def _read_parquet(path: Path, salt: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -495,13 +550,14 @@ def scan(
             configure(protocol, storage_options)
     paths = _collect_paths(source, progress)
     n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    index, changed = _scan_paths(
+    rows, errors, changed = _scan_paths(
         paths,
         workers=n_workers,
         cached_from=None if cache is None else Path(cache),
         progress=progress,
         salt=resolve_salt(salt),
     )
+    index = _index_of(rows, errors)
     if cache is not None and changed:
         try:
             _write_parquet_atomic(index.df, index.errors, Path(cache), resolve_salt(salt))
@@ -520,8 +576,8 @@ def _scan_paths(
     cached_from: Path | None,
     progress: bool,
     salt: str,
-) -> tuple[DicomIndex, bool]:
-    """Index ``paths``, reusing the rows of an earlier index file whose (size, mtime) — or,
+) -> tuple[list[IndexRow], list[tuple[str, str, str, int, int]], bool]:
+    """Parse the headers of ``paths``, reusing the rows of an earlier index file whose (size, mtime) — or,
     remote, (size, ETag) — still hold.
 
     Args:
@@ -533,8 +589,9 @@ def _scan_paths(
         salt: the key of the patient hashes.
 
     Returns:
-        The index, and whether it differs from ``cached_from`` (a file was parsed, or
-        one it held is gone), i.e. whether a cache should be rewritten.
+        The rows, the ``(path, error_type, reason, size, mtime_ns)`` errors (both in no
+        particular order), and whether they differ from ``cached_from`` (a file was
+        parsed, or one it held is gone), i.e. whether a cache should be rewritten.
     """
     from tqdm.auto import tqdm
 
@@ -614,11 +671,10 @@ def _scan_paths(
     finally:
         bar.close()
 
-    index = _index_of(rows, errors)
     for e in errors:
         log.debug("not indexed: %s", e[2])
     changed = bool(todo) or len(cached) + len(cached_errors) != len(paths)
-    return index, changed
+    return rows, errors, changed
 
 
 def _frame_of(rows: list[IndexRow]) -> pd.DataFrame:
