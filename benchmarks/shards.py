@@ -16,7 +16,8 @@ ways, in the same run, median of several epochs after a warm-up epoch:
 
 Remote = moto's S3 server in its own process on 127.0.0.1 (as benchmarks.remote), first as
 it is, then with an added per-request latency (``--latency-ms``, 20 ms by default): an
-``asyncio.sleep`` before every GET *and* every HEAD/info request of s3fs, on both sides.
+``asyncio.sleep`` before every request s3fs sends (its ``_call_s3``: GET, HEAD, LIST),
+on both sides.
 
 Not a timed test: moto is a Python server, so the remote figures measure it too; the
 ratios between the two ways under the same latency are the point.
@@ -94,17 +95,22 @@ def run(quick: bool = False, n: int = 512, maxcount: int = 128, latency_ms: floa
                 "local: per-file (DicomDataset)": torchdicom.DicomDataset(
                     root / "ct", frames="first"
                 ),
-                "local: shards (DicomShardDataset)": DicomShardDataset(report.manifest),
+                "local: shards (DicomShardDataset)": DicomShardDataset(
+                    report.manifest, batch_size=BATCH
+                ),
             }
             far = {
                 "s3: per-file (DicomDataset, 32 ranges per batch)": torchdicom.DicomDataset(
                     "s3://bench/ct", storage_options=options, frames="first"
                 ),
                 "s3: shards, spooled": DicomShardDataset(
-                    "s3://bench/shards/shards.json", storage_options=options
+                    "s3://bench/shards/shards.json", storage_options=options, batch_size=BATCH
                 ),
                 "s3: shards, a range per frame (spool=False)": DicomShardDataset(
-                    "s3://bench/shards/shards.json", storage_options=options, spool=False
+                    "s3://bench/shards/shards.json",
+                    storage_options=options,
+                    spool=False,
+                    batch_size=BATCH,
                 ),
             }
             for ds in [*ways.values(), *far.values()]:
@@ -113,17 +119,18 @@ def run(quick: bool = False, n: int = 512, maxcount: int = 128, latency_ms: floa
             times = medians_s([lambda ds=ds: _epoch(ds) for ds in both.values()], repeats)
             fps.update({name: n / t for name, t in zip(both, times)})
 
-            real_get, real_info = fs._cat_file, fs._info
+            import s3fs
 
-            async def slow_get(*args, **kwargs):
+            # Every S3 request of s3fs (GET, HEAD, LIST) goes through _call_s3: the
+            # latency is added there, for every filesystem instance (the sync methods are
+            # bound at construction, so patching an instance's _cat_file misses most).
+            real_call = s3fs.S3FileSystem._call_s3
+
+            async def slow_call(self, *args, **kwargs):
                 await asyncio.sleep(latency_ms / 1000)
-                return await real_get(*args, **kwargs)
+                return await real_call(self, *args, **kwargs)
 
-            async def slow_info(*args, **kwargs):
-                await asyncio.sleep(latency_ms / 1000)
-                return await real_info(*args, **kwargs)
-
-            fs._cat_file, fs._info = slow_get, slow_info
+            s3fs.S3FileSystem._call_s3 = slow_call
             try:
                 slow = list(far.items())[:2]  # a range per frame at 20 ms: see the row above
                 times = medians_s(
@@ -132,7 +139,7 @@ def run(quick: bool = False, n: int = 512, maxcount: int = 128, latency_ms: floa
                 for (name, _), t in zip(slow, times):
                     fps[f"{name} + {latency_ms:g} ms per request"] = n / t
             finally:
-                fs._cat_file, fs._info = real_get, real_info
+                s3fs.S3FileSystem._call_s3 = real_call
     finally:
         remote.configure("s3", {})
         server.terminate()
@@ -145,7 +152,7 @@ def run(quick: bool = False, n: int = 512, maxcount: int = 128, latency_ms: floa
         f" DataLoader (batch {BATCH}, 0 workers, Collate); median of {repeats} epochs after a"
         f" warm-up epoch (latency rows: {max(2, repeats // 2)}). S3 = moto {_version('moto')}"
         f" server (its own process) on 127.0.0.1, s3fs {_version('s3fs')}; latency = an"
-        f" asyncio.sleep before every GET and HEAD. {platform.machine()}, {os.cpu_count()} CPUs,"
+        f" asyncio.sleep before every S3 request (s3fs _call_s3). {platform.machine()}, {os.cpu_count()} CPUs,"
         f" Python {platform.python_version()}, torch {torch.__version__}.",
         "",
         "| read | frames/s | vs local per-file |",

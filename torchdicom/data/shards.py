@@ -81,6 +81,7 @@ log = logging.getLogger("torchdicom.data")
 
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _SPOOL_CHUNK = 16 * 2**20  # bytes per range request when spooling a remote shard
+_JSON_MAX = 2**30  # an offset table or manifest larger than this is not one
 
 
 class _Pending(NamedTuple):
@@ -133,8 +134,11 @@ def _read_json(url: str, what: str) -> dict[str, Any]:
         if _is_remote(url):
             from torchdicom.sources import remote
 
-            size, _ = remote.info(url)
-            text = remote.read_range(url, 0, size)
+            # One ranged GET up to a bound no table reaches (a whole-object read costs a HEAD
+            # for the size first on s3fs: a round trip per shard and epoch).
+            text = remote.read_range(url, 0, _JSON_MAX)
+            if len(text) >= _JSON_MAX:
+                raise CorruptDicomError(_display(url), f"{what} is larger than {_JSON_MAX} bytes")
         else:
             from torchdicom.sources.remote import local_path
 
