@@ -25,13 +25,14 @@ of files/s against workers (``scan_dask_workers.png``).
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,11 +44,10 @@ matplotlib.use("Agg")  # headless: benchmarks run on servers
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import psutil
 from pydicom.uid import generate_uid
 
 from benchmarks._common import ct_dataset, medians_s, warm_page_cache
-from torchdicom import scan
+from torchdicom import DicomIndex, scan
 from torchdicom.index import _index_of, _typed
 from torchdicom.io.header import header_row
 from torchdicom.io.schema import INDEX_COLUMNS
@@ -85,38 +85,72 @@ def _write_collection(root: Path, n: int) -> list[Path]:
     return paths
 
 
-class _PeakRss:
-    """Peak RSS of this process while the block runs, sampled every 2 ms."""
+_MEMORY_PROBE = """
+import json, sys, threading
+import psutil
+from torchdicom import scan
+root, warm, address, out = sys.argv[1:5]
 
-    def __init__(self) -> None:
+
+class Peak:
+    # Peak RSS of this process above its RSS at start(), sampled every millisecond.
+    def start(self):
         self.process = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
+        self.base = self.peak = self.process.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
 
-    def __enter__(self) -> _PeakRss:
-        gc.collect()
-        self.start = self.process.memory_info().rss
-        self.peak = self.start
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
+    def sample(self):
+        while not self.stop.wait(0.001):
             self.peak = max(self.peak, self.process.memory_info().rss)
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
+    def growth(self):
+        self.stop.set()
+        self.thread.join()
+        return max(self.peak, self.process.memory_info().rss) - self.base
 
 
-def _rss() -> int:
-    return psutil.Process().memory_info().rss
+def start(dask_worker):
+    dask_worker.torchdicom_peak = Peak()
+    dask_worker.torchdicom_peak.start()
+
+
+def growth(dask_worker):
+    return dask_worker.torchdicom_peak.growth()
+
+
+peak = Peak()
+if address == "-":
+    scan(warm, workers=0, progress=False)  # imports and first-call caches
+    peak.start()
+    index = scan(root, workers=0, progress=False)
+    print(json.dumps({"client": peak.growth(), "rows": len(index)}))
+else:
+    from distributed import Client
+
+    client = Client(address)
+    scan(warm, executor=client, cache=out + "-warm", progress=False)
+    client.run(start)
+    peak.start()
+    index = scan(root, executor=client, cache=out, progress=False)
+    mine = peak.growth()
+    workers = list(client.run(growth).values())
+    print(json.dumps({"client": mine, "rows": len(index), "workers": workers}))
+"""
+
+
+def _memory_probe(root: Path, warm: Path, address: str | None, out: Path) -> dict:
+    """Peak RSS growth of a fresh client process scanning ``root`` (and of the workers),
+    after a warm-up scan of ``warm``."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(root), str(warm), address or "-", str(out)],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _frame_build_us(rows: list[dict], repeats: int) -> tuple[float, float]:
@@ -204,35 +238,48 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
                 for _ in range(repeats)
             )
             parquet_bytes = sum(p.stat().st_size for p in kept.glob("part-*.parquet"))
-
-            # Memory: this process (the client) and the workers, per indexed file.
-            with _PeakRss() as local_peak:
-                local_index = scan(root, workers=0, progress=False)
-            del local_index
-            worker_before = clients[2].run(_rss)
-            out = Path(tmp) / "idx-memory"
-            with _PeakRss() as client_peak:
-                held = scan(root, executor=clients[2], cache=out, progress=False)
-            worker_after = clients[2].run(_rss)
-            frame_bytes = int(held.df.memory_usage(deep=True).sum())
-            del held
+            # The client's share: reading the parts back into one DataFrame (serial).
+            read_s = statistics.median(
+                _timed(lambda: DicomIndex.read(kept)) for _ in range(repeats)
+            )
+            frame_bytes = int(far.df.memory_usage(deep=True).sum())
         finally:
             for workers in (1, 2):
                 clients[workers].close()
                 clusters[workers].close()
 
+        # Memory: fresh processes, so that the RSS growth is this scan's alone.
+        warm = Path(tmp) / "warm"
+        _write_collection(warm, 2 * _PATIENTS * _SERIES)
+        local_mem = _memory_probe(root, warm, None, Path(tmp) / "idx-mem-local")
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            dask_mem = _memory_probe(root, warm, cluster.scheduler_address, Path(tmp) / "idx-mem")
+            del client
+
         rows = [header_row(str(p)) for p in paths]
         before_us, now_us = _frame_build_us(rows, repeats)
 
     load_after = os.getloadavg()[0]
-    worker_growth = [worker_after[w] - worker_before[w] for w in worker_before]
+    worker_growth = dask_mem["workers"]
     in_process = rates["scan(root, workers=0): in-process"]
     pool = rates["scan(root, workers=2): process pool"]
     one = rates["scan(root, executor=client): Dask, 1 worker"]
     two = rates["scan(root, executor=client): Dask, 2 workers"]
     efficiency = two / (2 * one)
-    projected_rate = _TARGET_CORES * one * efficiency
-    hours = _TARGET_FILES / projected_rate / 3600
+    # The workers' phase (listing, parsing, writing parts) scales with workers; the client's
+    # read-back of the parts into one DataFrame does not: project them apart.
+    read_per_file = read_s / n
+    one_workers = n / (n / one - read_s)
+    two_workers = n / (n / two - read_s)
+    worker_efficiency = two_workers / (2 * one_workers)
+    projected_rate = _TARGET_CORES * one_workers * worker_efficiency
+    worker_hours = _TARGET_FILES / projected_rate / 3600
+    read_hours = _TARGET_FILES * read_per_file / 3600
 
     _plot(plot_dir / PLOT, in_process, pool, one, two)
 
@@ -270,15 +317,16 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         "",
         f"![files/s against workers]({PLOT})",
         "",
-        "**Memory per indexed file**",
+        "**Memory per indexed file** (fresh processes, peak RSS growth during the scan, sampled"
+        " every millisecond, after a warm-up scan; the index is held at the end)",
         "",
         "| what | bytes per file |",
         "|---|---:|",
-        f"| this process, peak RSS growth, scan(root, workers=0) | {local_peak.growth / n:,.0f} |",
-        f"| the Dask client, peak RSS growth, scan(executor=client) (index read back) |"
-        f" {client_peak.growth / n:,.0f} |",
-        f"| each Dask worker, RSS growth after its partitions (2 workers:"
-        f" {', '.join(f'{g / 2**20:+.1f} MiB' for g in worker_growth)}) |"
+        f"| scan(root, workers=0), the scanning process | {local_mem['client'] / n:,.0f} |",
+        f"| scan(root, executor=client), the client (lists folders, reads the index back) |"
+        f" {dask_mem['client'] / n:,.0f} |",
+        f"| scan(root, executor=client), the 2 workers together"
+        f" ({', '.join(f'{g / 2**20:+.1f} MiB' for g in worker_growth)}) |"
         f" {sum(worker_growth) / n:,.0f} |",
         f"| DataFrame row (memory_usage(deep=True)) | {frame_bytes / n:,.0f} |",
         f"| parquet parts on disk | {parquet_bytes / n:,.0f} |",
@@ -288,17 +336,24 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         f" {now_us:.1f} µs/row ({before_us / now_us:.2f}x).",
         "",
         f"**Projection: {_TARGET_FILES / 1e6:.0f} M files on {_TARGET_CORES} cores:"
-        f" {hours:.2f} h** ({projected_rate:,.0f} files/s) = {_TARGET_CORES} Dask worker"
-        f" processes x the measured 1-worker rate ({one:,.0f} files/s) x the scaling"
-        f" efficiency measured at 2 ({efficiency:.2f}). Assumptions: the efficiency measured"
-        " at 2 workers holds at 64 (not measured here: scheduler overhead per partition is"
-        " small next to seconds of parsing per partition, but a shared file system's"
-        " metadata server may not keep up); headers are read at page-cache speed, i.e. I/O"
-        " is not the bound (a cold disk or a network file system adds its per-file latency,"
-        " hidden only by more threads per worker); partitions are many more than workers"
-        " and of similar size; one core per worker process. The client holds one row per"
-        f" file when it reads the index back: {frame_bytes / n * _TARGET_FILES / 2**30:.1f}"
-        " GiB of DataFrame for 10 M files (the parquet parts:"
+        f" {worker_hours:.2f} h on the workers + {read_hours:.2f} h reading the index back on"
+        f" the client** (skip the latter by reading the parts where they are needed). Workers:"
+        f" {_TARGET_CORES} processes x the measured 1-worker rate without the client's read-back"
+        f" ({one_workers:,.0f} files/s) x the scaling efficiency measured at 2"
+        f" ({worker_efficiency:.2f}) = {projected_rate:,.0f} files/s. Read-back:"
+        f" {read_per_file * 1e6:.1f} µs/file on one core (DicomIndex.read of the parts; with"
+        f" {_PATIENTS + 1} parts of ~{n // (_PATIENTS * _SERIES) * _SERIES} files, each part's"
+        " fixed cost is in it: an upper bound for parts of thousands of files)."
+        " Assumptions: the efficiency measured at 2 workers holds at 64 (not measured here;"
+        " the scheduler's cost per partition is small next to the seconds of parsing in a"
+        " partition of thousands of files, but a shared file system's metadata server may"
+        " not keep up); headers are read at page-cache speed, i.e. I/O is not the bound (a"
+        " cold disk or a network file system adds its per-file latency, hidden only by more"
+        " threads per worker); partitions are many more than workers and of similar size;"
+        " one core per worker process; the 2 cores here are shared with other jobs, so the"
+        " measured per-core rate is a lower bound. The client holds one row per file when it"
+        f" reads the index back: {frame_bytes / n * _TARGET_FILES / 2**30:.1f} GiB of"
+        " DataFrame for 10 M files (the parquet parts:"
         f" {parquet_bytes / n * _TARGET_FILES / 2**30:.1f} GiB); the listing itself never"
         f" reaches it. For comparison, one in-process scan() would take"
         f" {_TARGET_FILES / in_process / 3600:.1f} h.",
