@@ -600,9 +600,10 @@ def read_native_batch(
     ]
     if not jobs:
         return done
-    from torchdicom.sources.remote import is_remote, open_checked, read_ranges
+    from torchdicom.sources.remote import is_remote, open_checked, read_ranges_into
 
-    urls, starts, ends, versions, keep = [], [], [], [], []
+    urls, starts, views, versions, keep = [], [], [], [], []
+    scratch: list[np.ndarray | None] = []  # per range: None when read into the slot itself
     for k in jobs:
         row = rows[k]
         if not is_remote(row["path"]):
@@ -619,23 +620,32 @@ def read_native_batch(
         start = int(row["pixel_offset"]) + int(frames[k]) * frame_bytes
         urls.append(row["path"])
         starts.append(start)
-        ends.append(start + frame_bytes)
+        # Where the file's sample order is the slot's, the bytes land in the slot itself
+        # (cached blocks are read straight into it); interleaved samples need a transpose.
+        interleaved = layout[0] > 1 and int(row["planar_configuration"]) == 0
+        direct = not interleaved and slots[k].flags.c_contiguous
+        scratch.append(None if direct else np.empty(frame_bytes, np.uint8))
+        views.append(memoryview(slots[k] if direct else scratch[-1]).cast("B"))
         versions.append((int(row["size"]), str(row.get("etag") or "")))  # block cache key
         keep.append(k)
     try:
-        blobs = read_ranges(urls, starts, ends, versions=versions)
+        got = read_ranges_into(urls, starts, views, versions=versions)
     except TorchDicomError:
+        for k in keep:
+            slots[k][...] = 0  # maybe partly written: the item path starts from a clean slot
         return done
-    for k, blob in zip(keep, blobs):
+    for k, n, buffer in zip(keep, got, scratch):
         row, slot = rows[k], slots[k]
-        if len(blob) != slot.nbytes:
+        if n != slot.nbytes:
+            slot[...] = 0  # a short object: the item path reads it again and raises
             continue
-        spp, h, w = slot.shape
-        values = np.frombuffer(blob, slot.dtype)
-        if spp > 1 and int(row["planar_configuration"]) == 0:
-            slot[...] = values.reshape(h, w, spp).transpose(2, 0, 1)
-        else:
-            slot[...] = values.reshape(spp, h, w)
+        if buffer is not None:
+            spp, h, w = slot.shape
+            values = buffer.view(slot.dtype)
+            if spp > 1 and int(row["planar_configuration"]) == 0:
+                slot[...] = values.reshape(h, w, spp).transpose(2, 0, 1)
+            else:
+                slot[...] = values.reshape(spp, h, w)
         bits_stored = int(row["bits_stored"])
         if bits_stored < int(row["bits_allocated"]) and row["pixel_keyword"] == "PixelData":
             _clear_unused_bits(slots[k : k + 1], bits_stored)

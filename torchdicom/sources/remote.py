@@ -66,6 +66,7 @@ __all__ = [
     "policy",
     "read_range",
     "read_ranges",
+    "read_ranges_into",
 ]
 
 log = logging.getLogger("torchdicom.sources")
@@ -388,9 +389,36 @@ def read_ranges(
     if not urls:
         return []
     cache = _block_cache() if versions is not None else None
+    if cache is None:
+        return _fetch_ranges(urls, starts, ends)
+    buffers = [bytearray(max(end - start, 0)) for start, end in zip(starts, ends)]
+    views = [memoryview(b) for b in buffers]
+    filled = cache.read_into(urls, starts, views, versions)  # type: ignore[arg-type]
+    return [bytes(view[:n]) for view, n in zip(views, filled)]
+
+
+def read_ranges_into(
+    urls: Sequence[str],
+    starts: Sequence[int],
+    views: Sequence[memoryview],
+    *,
+    versions: Sequence[Version | None] | None = None,
+) -> list[int]:
+    """:func:`read_ranges` into the caller's buffers: range ``i`` is ``len(views[i])``
+    bytes from ``starts[i]``. Returns the bytes filled per view (fewer where the object
+    ends early: the caller reports it). Cached blocks are read straight into the views.
+    """
+    if not urls:
+        return []
+    cache = _block_cache() if versions is not None else None
     if cache is not None:
-        return cache.read_ranges(urls, starts, ends, versions)  # type: ignore[arg-type]
-    return _fetch_ranges(urls, starts, ends)
+        return cache.read_into(urls, starts, views, versions)  # type: ignore[arg-type]
+    ends = [start + len(view) for start, view in zip(starts, views)]
+    filled = []
+    for view, data in zip(views, _fetch_ranges(urls, starts, ends)):
+        view[: len(data)] = data
+        filled.append(len(data))
+    return filled
 
 
 def _fetch_ranges(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
@@ -476,24 +504,26 @@ class BlockCache:
     def _length(self, size: int, block: int) -> int:
         return max(0, min(self.block_bytes, size - block * self.block_bytes))
 
-    def _get(self, key: str, block: int, length: int, lo: int, hi: int) -> bytes | None:
-        """Bytes ``[lo, hi)`` of a cached block of ``length`` bytes (one copy: only the part
-        a read wants leaves the page cache); ``None`` when it is not cached."""
+    def _get_into(self, key: str, block: int, length: int, lo: int, dst: memoryview) -> bool:
+        """Fill ``dst`` with bytes ``[lo, lo + len(dst))`` of a cached block of ``length``
+        bytes, read straight into the caller's buffer (no intermediate object: fresh
+        half-megabyte buffers per frame cost more in page faults than the read itself);
+        ``False`` when the block is not cached."""
         path = self._path(key, block)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError:  # absent, or evicted by another process meanwhile
-            return None
+            return False
         try:
-            if os.fstat(fd).st_size != length:  # not a block of this object: fetch it again
+            if os.fstat(f.fileno()).st_size != length:  # not a block of this object
                 path.unlink(missing_ok=True)
-                return None
-            data = os.pread(fd, hi - lo, lo) if hasattr(os, "pread") else _seek_read(fd, lo, hi)
+                return False
+            f.seek(lo)
+            return f.readinto(dst) == len(dst)
         except OSError:
-            return None
+            return False
         finally:
-            os.close(fd)
-        return data if len(data) == hi - lo else None
+            f.close()
 
     def _put(self, key: str, block: int, data: bytes) -> None:
         if not self.enabled:
@@ -541,41 +571,43 @@ class BlockCache:
                 stacklevel=4,
             )
 
-    def read_ranges(
+    def read_into(
         self,
         urls: Sequence[str],
         starts: Sequence[int],
-        ends: Sequence[int],
+        views: Sequence[memoryview],
         versions: Sequence[Version | None],
-    ) -> list[bytes]:
-        """The ranges, cached blocks from disk, the missing blocks in one batch of requests."""
+    ) -> list[int]:
+        """Fill each view from its range (cached blocks from disk, the missing blocks in
+        one batch of requests); returns the bytes filled per view (fewer: the object ends
+        there)."""
         bsize = self.block_bytes
-        out: list[bytes] = [b""] * len(urls)
-        # Per range: its pieces, bytes read from disk or (block, lo, hi) still to fetch.
-        parts: dict[int, list[Any]] = {}
+        filled = [0] * len(urls)
+        # Pieces still to fetch: (range, block, lo, hi, offset in the view).
+        todo: list[tuple[int, int, int, int, int]] = []
         missing: dict[tuple[str, Version], set[int]] = {}
         plain: list[int] = []  # ranges read without the cache (no version, no ETag)
-        for i, (url, start, end, version) in enumerate(zip(urls, starts, ends, versions)):
-            if version is not None and version[1]:
-                size = int(version[0])
-                end = min(end, size)  # past the indexed size: a short result, as from the store
-                if end <= start:
-                    continue
-                key = self._key(url, version)
-                pieces: list[Any] = []
-                for block in range(start // bsize, (end - 1) // bsize + 1):
-                    length = self._length(size, block)
-                    lo, hi = max(start - block * bsize, 0), min(end - block * bsize, length)
-                    data = self._get(key, block, length, lo, hi)
-                    if data is None:
-                        missing.setdefault((url, version), set()).add(block)
-                        pieces.append((block, lo, hi))
-                    else:
-                        self.hits += 1
-                        pieces.append(data)
-                parts[i] = pieces
-            elif end > start:
-                plain.append(i)
+        for i, (url, start, view, version) in enumerate(zip(urls, starts, views, versions)):
+            end = start + len(view)
+            if version is None or not version[1]:
+                if end > start:
+                    plain.append(i)
+                continue
+            size = int(version[0])
+            end = min(end, size)  # past the indexed size: a short result, as from the store
+            filled[i] = max(end - start, 0)
+            if end <= start:
+                continue
+            key = self._key(url, version)
+            for block in range(start // bsize, (end - 1) // bsize + 1):
+                length = self._length(size, block)
+                lo, hi = max(start - block * bsize, 0), min(end - block * bsize, length)
+                at = block * bsize + lo - start
+                if self._get_into(key, block, length, lo, view[at : at + hi - lo]):
+                    self.hits += 1
+                else:
+                    missing.setdefault((url, version), set()).add(block)
+                    todo.append((i, block, lo, hi, at))
         runs: list[tuple[str, Version, int, int]] = []  # (url, version, first, last block)
         for (url, version), blocks in missing.items():
             self.misses += len(blocks)
@@ -589,7 +621,7 @@ class BlockCache:
             (url, first * bsize, min((last + 1) * bsize, int(version[0])))
             for url, version, first, last in runs
         ]
-        requests += [(urls[i], starts[i], ends[i]) for i in plain]
+        requests += [(urls[i], starts[i], starts[i] + len(views[i])) for i in plain]
         fetched = _fetch_ranges(*zip(*requests)) if requests else []
         got: dict[tuple[str, Version], dict[int, bytes]] = {}
         for (url, version, first, last), data in zip(runs, fetched):
@@ -597,30 +629,19 @@ class BlockCache:
             for block in range(first, last + 1):
                 piece = data[(block - first) * bsize : (block - first + 1) * bsize]
                 if len(piece) != self._length(int(version[0]), block):
-                    break  # the object is shorter than its row: never cached; the caller sees it
+                    have[block] = piece  # the object is shorter than its row: never cached
+                    break
                 have[block] = piece
                 self._put(key, block, piece)
+        for i, block, lo, hi, at in todo:
+            piece = got[(urls[i], versions[i])].get(block, b"")[lo:hi]  # type: ignore[index]
+            views[i][at : at + len(piece)] = piece
+            if len(piece) < hi - lo:  # a short fetch: the bytes end here
+                filled[i] = min(filled[i], at + len(piece))
         for i, data in zip(plain, fetched[len(runs) :]):
-            out[i] = data
-        for i, pieces in parts.items():
-            have = got.get((urls[i], versions[i]), {})  # type: ignore[arg-type]
-            joined = []
-            for piece in pieces:
-                if isinstance(piece, tuple):
-                    block, lo, hi = piece
-                    piece = have.get(block, b"")[lo:hi]
-                    if len(piece) < hi - lo:  # a short fetch: the bytes end here
-                        joined.append(piece)
-                        break
-                joined.append(piece)
-            out[i] = joined[0] if len(joined) == 1 else b"".join(joined)
-        return out
-
-
-def _seek_read(fd: int, lo: int, hi: int) -> bytes:
-    """``os.pread`` where the platform lacks it (Windows)."""
-    os.lseek(fd, lo, os.SEEK_SET)
-    return os.read(fd, hi - lo)
+            views[i][: len(data)] = data
+            filled[i] = len(data)
+        return filled
 
 
 _CACHE: BlockCache | None = None
@@ -769,15 +790,14 @@ class RemoteHandle:
         self.etag = etag
 
     def read_into(self, view: memoryview, offset: int, path: str, frame: int | None) -> None:
-        version = None if self.etag is None else (self.size, self.etag)
-        data = read_range(self.url, offset, offset + len(view), version=version)
-        if len(data) < len(view):
+        versions = None if self.etag is None else [(self.size, self.etag)]
+        got = read_ranges_into([self.url], [offset], [view], versions=versions)[0]
+        if got < len(view):
             raise CorruptDicomError(
                 display(path),
-                f"pixel data ends early: the object returned {len(data)} of {len(view)} bytes",
+                f"pixel data ends early: the object returned {got} of {len(view)} bytes",
                 frame=frame,
             )
-        view[:] = data
 
     def pread(self, n: int, at: int) -> bytes:
         if at >= self.size:
