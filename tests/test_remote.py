@@ -236,6 +236,25 @@ def test_cached_remote_rescan_stats_each_object_once(memory, tmp_path, monkeypat
     assert parsed == [url] and third.df["etag"][0] != first.df["etag"][0]
 
 
+def test_cached_remote_failure_is_parsed_again_after_a_same_size_fix(files, tmp_path):
+    """A remote object that failed, then replaced by a valid one of the same size (only
+    its ETag tells): a rescan against the index cache indexes it, not the old failure."""
+    fs = fsspec.filesystem("memory")
+    good = files[-3].read_bytes()  # CT_small.dcm
+    bad = bytes(len(good))  # same size, no DICOM in it
+    url = "memory://td-refix/one.dcm"
+    cache = tmp_path / "index.parquet"
+    fs.pipe(url, bad)
+    try:
+        first = scan("memory://td-refix", cache=cache, progress=False)
+        assert len(first) == 0 and len(first.errors) == 1
+        fs.pipe(url, good)
+        again = scan("memory://td-refix", cache=cache, progress=False)
+    finally:
+        fs.rm("/td-refix", recursive=True)
+    assert len(again) == 1 and len(again.errors) == 0
+
+
 def test_a_server_ignoring_ranges_is_an_error_not_wrong_bytes(memory, policy, monkeypatch):
     fs, names = memory
     url = "memory://td-test/set/" + next(u for u, f in names.items() if f.name == "CT_small.dcm")

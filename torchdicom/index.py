@@ -638,7 +638,9 @@ def _scan_paths(
             rows.append(hit)
             continue
         err = cached_errors.get(p)
-        if err is not None and err[2] == size and err[3] == mtime:
+        # A remote failure is parsed again: the errors table keeps no ETag, and an object
+        # replaced by one of the same size (fixed, re-uploaded) must not stay a failure.
+        if err is not None and err[2] == size and err[3] == mtime and p not in remote_meta:
             errors.append((p, err[0], err[1], size, mtime))
             continue
         todo.append(p)
