@@ -477,6 +477,36 @@ def test_s3_batch_is_one_cat_ranges_call(s3, monkeypatch):
         )
 
 
+def test_storage_options_are_kept_per_bucket(s3, files, policy, monkeypatch):
+    """Two buckets with different options in one process: each object is read with its
+    bucket's, whichever was registered last (here: an endpoint where nothing listens)."""
+    _fs, options, names = s3
+    monkeypatch.setattr(remote, "_OPTIONS", dict(remote._OPTIONS))  # restored afterwards
+    monkeypatch.setattr(policy, "retries", 0)
+    with socket.socket() as sock:  # a port nothing listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    elsewhere = {
+        "key": "OTHERKEY",
+        "secret": "other-secret-value",
+        "endpoint_url": dead,
+        "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}},
+    }
+    index = scan("s3://td-bucket/set", progress=False, storage_options=options)
+    remote.configure("s3://td-elsewhere/x", elsewhere)  # the protocol's default now
+    assert remote.options("s3://td-elsewhere/y")["endpoint_url"] == dead
+    assert remote.options("s3://td-bucket/set/a.dcm")["endpoint_url"] == options["endpoint_url"]
+    row = next(r for r in index.rows() if r["path"].endswith("CT_small.dcm"))
+    np.testing.assert_array_equal(
+        read_frames_numpy(row), read_frames_numpy(str(names[row["path"].rsplit("/", 1)[-1]]))
+    )
+    with pytest.raises(RemoteError) as err:
+        remote.read_range("s3://td-elsewhere/x/a.dcm", 0, 4)
+    assert "other-secret-value" not in str(err.value) and "OTHERKEY" not in str(err.value)
+    remote.configure("s3", {})  # a protocol reset clears its buckets too
+    assert remote.options("s3://td-bucket/set/a.dcm") == {}
+
+
 def test_s3_missing_object_names_the_url(s3, policy):
     with pytest.raises(RemoteNotFoundError, match=re.escape("s3://td-bucket/set/absent.dcm")):
         torchdicom.read_frames("s3://td-bucket/set/absent.dcm")

@@ -511,7 +511,7 @@ def scan(
         >>> len(index), index.df.loc[0, "modality"]
         (1, 'CT')
     """
-    from torchdicom.sources.remote import configure, is_remote
+    from torchdicom.sources.remote import bucket_root, configure, is_remote
 
     index_rows = getattr(source, "index_rows", None)
     if callable(index_rows):
@@ -546,8 +546,8 @@ def scan(
         if not isinstance(source, str | os.PathLike):
             source = [os.fspath(s) for s in source]  # a generator is read once, here
         urls = [os.fspath(source)] if isinstance(source, str | os.PathLike) else source
-        for protocol in {u.split("://", 1)[0] for u in urls if is_remote(u)}:
-            configure(protocol, storage_options)
+        for bucket in {bucket_root(u) for u in urls if is_remote(u)}:
+            configure(bucket, storage_options)  # that bucket's options, and the protocol's
     paths = _collect_paths(source, progress)
     n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
     rows, errors, changed = _scan_paths(

@@ -69,13 +69,14 @@ def _as_index(
 ) -> tuple[DicomIndex, Path | None]:
     """A DicomIndex and the collection root (for relative label/mask paths; None for URLs)."""
     from torchdicom.sources.dicomweb import is_dicomweb
-    from torchdicom.sources.remote import configure, is_remote
+    from torchdicom.sources.remote import bucket_root, configure, is_remote
 
     if isinstance(source, DicomIndex):
         index = source
         root = None
-        for protocol in {p.split("://", 1)[0] for p in index.df["path"] if is_remote(p)}:
-            configure(protocol, storage_options)
+        # Per bucket: options registered earlier for one of these buckets must not win.
+        for bucket in {bucket_root(p) for p in index.df["path"] if is_remote(p)}:
+            configure(bucket, storage_options)
     elif callable(getattr(source, "index_rows", None)):
         # A source that indexes itself (torchdicom.sources.dicomweb.DicomWebSource).
         index = scan(source, progress=False)
@@ -398,10 +399,10 @@ class _Base(Dataset):
             restore(state["_dicomweb"])
         options = state.get("_storage_options")
         if options is not None:  # a worker started by spawn: the registry is empty there
-            from torchdicom.sources.remote import configure
+            from torchdicom.sources.remote import bucket_root, configure, is_remote
 
-            for protocol in {r["path"].split("://", 1)[0] for r in self.rows if "://" in r["path"]}:
-                configure(protocol, options)
+            for bucket in {bucket_root(r["path"]) for r in self.rows if is_remote(r["path"])}:
+                configure(bucket, options)
 
     @property
     def skipped(self) -> int:

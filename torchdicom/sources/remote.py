@@ -23,9 +23,11 @@ adlfs, HTTP), and errors mapped to torchdicom's:
 Credentials (``storage_options`` values, URL user info) never reach a message or a log line:
 every text is scrubbed of them first.
 
-``storage_options`` are registered per protocol and process with :func:`configure`
-(``scan`` / the datasets do it for you); one filesystem per (protocol, options) per
-process, re-created after a fork (fsspec's own instance cache is keyed by process).
+``storage_options`` are registered per bucket (and as the protocol's default) and process
+with :func:`configure` (``scan`` / the datasets do it for you), so buckets or endpoints
+with different credentials can be read side by side; one filesystem per (protocol,
+options) per process, re-created after a fork (fsspec's own instance cache is keyed by
+process).
 """
 
 from __future__ import annotations
@@ -155,31 +157,56 @@ def _protocol(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-def configure(url_or_protocol: str, storage_options: dict[str, Any] | None) -> None:
-    """Register ``storage_options`` for a protocol (``"s3"`` or any ``s3://…`` URL) in this process.
+def bucket_root(url: str) -> str:
+    """The part of a URL that storage options are registered for: protocol and bucket /
+    container / host (``s3://bucket``, ``https://host:port``)."""
+    protocol, _, rest = url.partition("://")
+    return f"{protocol.lower()}://{rest.split('/', 1)[0]}"
 
-    ``None`` leaves the registration as it is; ``{}`` resets it to the defaults.
+
+def configure(url_or_protocol: str, storage_options: dict[str, Any] | None) -> None:
+    """Register ``storage_options`` in this process, for a protocol (``"s3"``) or for a
+    URL's bucket (``"s3://bucket/prefix"``: that bucket, and the protocol's default).
+
+    Objects of a bucket with options of its own use those; any other object of the
+    protocol uses the protocol's, the last registered. So two buckets (or endpoints)
+    with different credentials can be read side by side. ``None`` leaves the
+    registrations as they are; ``{}`` resets them to the defaults (for a protocol: its
+    buckets' too).
     """
     if storage_options is None:
         return
-    protocol = _protocol(url_or_protocol) if "://" in url_or_protocol else url_or_protocol
     with _LOCK:
-        _OPTIONS[protocol] = dict(storage_options)
+        if "://" not in url_or_protocol:
+            if not storage_options:
+                prefix = f"{url_or_protocol}://"
+                for key in [k for k in _OPTIONS if k.startswith(prefix)]:
+                    del _OPTIONS[key]
+            _OPTIONS[url_or_protocol] = dict(storage_options)
+            return
+        _OPTIONS[_protocol(url_or_protocol)] = dict(storage_options)
+        _OPTIONS[bucket_root(url_or_protocol)] = dict(storage_options)
 
 
-def options(protocol: str) -> dict[str, Any]:
-    """The registered storage options of a protocol (a copy; never log it)."""
-    return dict(_OPTIONS.get(protocol, {}))
+def options(url_or_protocol: str) -> dict[str, Any]:
+    """The storage options a URL's objects are read with, or a protocol's (a copy; never log it)."""
+    if "://" in url_or_protocol:
+        found = _OPTIONS.get(bucket_root(url_or_protocol))
+        if found is not None:
+            return dict(found)
+        url_or_protocol = _protocol(url_or_protocol)
+    return dict(_OPTIONS.get(url_or_protocol, {}))
 
 
 def filesystem(url: str):
-    """The process's fsspec filesystem for ``url``'s protocol and registered options."""
+    """The process's fsspec filesystem for ``url``: its protocol, with the options
+    registered for its bucket, else for its protocol."""
     import fsspec
 
     protocol = _protocol(url)
     try:
         # fsspec caches instances per (class, arguments, process).
-        return fsspec.filesystem(protocol, **_OPTIONS.get(protocol, {}))
+        return fsspec.filesystem(protocol, **options(url))
     except (ImportError, ValueError) as exc:
         raise RemoteError(
             display(url),
