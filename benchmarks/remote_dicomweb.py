@@ -147,7 +147,7 @@ def measure(
             web = torchdicom.DicomDataset(source, frames="first")
             assert len(web) == n
             batches = -(-n // BATCH)
-            dicomweb._LIVE.clear()  # the hook is on the registered session's copies
+            dicomweb.forget_sessions()  # the next requests use the hooked session
             asked.clear()
             _Loader(web, 0).epoch()
             frame_requests = sum("/frames/" in url for url in asked)

@@ -234,7 +234,7 @@ def test_dataset_reads_concurrently_and_survives_pickling(orthanc, uploaded):  #
     # counter crosses only through spawn itself), in a process with an empty registry.
     state = {**ds.__dict__, "_dicomweb": pickle.loads(pickle.dumps(ds._dicomweb))}
     dicomweb._REGISTERED.clear()
-    dicomweb._LIVE.clear()
+    dicomweb.forget_sessions()
     again = object.__new__(type(ds))
     again.__setstate__(state)  # registers the headers it brought
     np.testing.assert_array_equal(again[0]["image"].numpy(), want[0].numpy())
