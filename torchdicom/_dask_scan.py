@@ -28,8 +28,13 @@ it finished.
 When every partition is done the client writes ``manifest.json`` (format, schema version,
 salt fingerprint, and per partition: id, kind, location, part file, rows, errors,
 fingerprint) and removes parts of partitions no longer listed (another partitioning, a
-deleted folder). :func:`read_partitioned` (``DicomIndex.read(folder)``) reads the parts
-the manifest names.
+deleted folder): an index folder holds one source, written by one scan at a time.
+:func:`read_partitioned` (``DicomIndex.read(folder)``) reads the parts the manifest names.
+
+Partitions are folders, so their sizes follow the archive's layout: a flat folder of a
+million files is one partition, parsed by one worker (give such a source as a list, cut
+into ``partition_files`` slices, or choose a ``partition_depth`` that reaches folders of
+thousands of files).
 
 The salt is resolved once, on the client, and travels in every task, so patient hashes
 (and the patient-level splits made from them) are the same on every node whatever each
@@ -44,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -66,6 +72,8 @@ MANIFEST = "manifest.json"
 _FORMAT = "torchdicom partitioned index"
 _MANIFEST_VERSION = 1
 _PART_PREFIX = "part-"
+
+log = logging.getLogger(__name__)
 
 PartitionKind = Literal["tree", "flat", "files", "remote-tree", "remote-flat"]
 
@@ -234,12 +242,13 @@ def _remote_entries(prefix: str, kind: Literal["file", "directory"]) -> list[str
         )
     except DicomFileNotFoundError:
         return []
-    urls = [
+    own = fs._strip_protocol(prefix).rstrip("/")
+    return sorted(
         e["name"] if "://" in e["name"] else fs.unstrip_protocol(e["name"])
         for e in entries
-        if e.get("type") == kind
-    ]
-    return sorted(u for u in urls if u.rstrip("/") != prefix.rstrip("/"))
+        # Some stores list a prefix's own marker object among its entries.
+        if e.get("type") == kind and fs._strip_protocol(e["name"]).rstrip("/") != own
+    )
 
 
 # --------------------------------------------------------------------------- the worker's task
@@ -297,16 +306,11 @@ def _part_info(target: Path) -> dict[str, Any] | None:
 
     try:
         return _index_info(target, pq.read_schema(target).metadata)
-    except (OSError, TorchDicomError, ValueError) as exc:
-        if not isinstance(exc, FileNotFoundError):
-            import logging
-
-            logging.getLogger(__name__).warning("%s: rescanned: %s", target, _short(exc))
+    except FileNotFoundError:
         return None
-    except Exception as exc:  # pyarrow raises its own ArrowInvalid for a torn footer
-        import logging
-
-        logging.getLogger(__name__).warning("%s: rescanned: %s", target, _short(exc))
+    # pyarrow's ArrowInvalid (a torn footer, not parquet) is a ValueError.
+    except (OSError, ValueError, TorchDicomError) as exc:
+        log.warning("%s: rescanned: %s", target, _short(exc))
         return None
 
 
@@ -433,6 +437,7 @@ def _run_on_client(
         for part in parts
     }
     entries: dict[str, dict[str, Any]] = {}
+    files = 0
     bar = tqdm(total=len(parts), desc="indexing partitions", unit="part", disable=not progress)
     try:
         for future in as_completed(futures):
@@ -446,8 +451,9 @@ def _run_on_client(
                     part.describe(), f"failed on the cluster: {type(exc).__name__}: {_short(exc)}"
                 ) from None
             entries[part.id] = entry
+            files += entry["rows"] + entry["errors"]
             bar.update(1)
-            bar.set_postfix(files=sum(e["rows"] + e["errors"] for e in entries.values()))
+            bar.set_postfix(files=files)
     except BaseException:
         client.cancel(list(futures))
         raise
@@ -503,8 +509,11 @@ def _run(
     from distributed import Client, LocalCluster
 
     n = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    # Processes, one thread each: header parsing holds the GIL.
+    # Processes, one thread each: header parsing holds the GIL. The workers' statistical
+    # profiler (a stack sample every 10 ms) is off: on this pure-Python task it took the GIL
+    # often enough to cost ~40% of the throughput (benchmarks/scan_dask.py).
     with (
+        dask.config.set({"distributed.worker.profile.enabled": False}),
         LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
