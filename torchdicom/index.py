@@ -498,8 +498,9 @@ def scan(
             partitions (each folder at that depth is one partition, walked whole by a
             worker; the files directly in a shallower folder are one partition of it).
         partition_files: Dask only: files per partition when ``source`` is a list.
-        retries: Dask only: how often a partition whose task raised is run again (a
-            worker that dies is replaced and its partition rescheduled by the scheduler).
+        retries: ``distributed`` only: how often a partition whose task raised is run
+            again (a worker that dies is replaced and its partition rescheduled by the
+            scheduler); dask's local schedulers run each partition once.
 
     Returns:
         :class:`DicomIndex` with ``df`` (one row per readable file, sorted by
