@@ -240,6 +240,30 @@ def test_dataset_reads_concurrently_and_survives_pickling(orthanc, uploaded):  #
     np.testing.assert_array_equal(again[0]["image"].numpy(), want[0].numpy())
 
 
+def test_a_batch_of_dicomweb_frames_is_requested_together_into_one_buffer(orthanc, uploaded, index):  # noqa: F811
+    same = index.df[(index.df["modality"] == "CT") & (index.df["rows"] == 64)]
+    assert len(same) >= 2
+    session = _session()
+    asked: list[str] = []
+    session.hooks["response"].append(lambda response, **_: asked.append(response.url))
+    dicomweb.register(orthanc.dicomweb_url, session)
+    try:
+        ds = torchdicom.DicomDataset(
+            torchdicom.DicomIndex(same.reset_index(drop=True), index.errors.iloc[:0]),
+            frames="first",
+        )
+        items = ds.__getitems__(list(range(len(ds))))
+    finally:
+        dicomweb.register(orthanc.dicomweb_url, _session())
+    # One frame request per item (read_batch, in flight together), none again per item.
+    assert sum("/frames/" in url for url in asked) == len(ds)
+    # The items are slots of one (B, C, H, W) batch buffer.
+    assert len({item["image"].untyped_storage().data_ptr() for item in items}) == 1
+    for row, item in zip(ds.rows, items):
+        want = read_frames_numpy(str(_local(uploaded, row)), 0)[0]
+        np.testing.assert_array_equal(item["image"].numpy(), want)
+
+
 def test_read_batch_matches_item_reads(index):
     rows = list(index.rows())
     frames = [[0] for _ in rows]

@@ -388,6 +388,10 @@ def native_layout(row: dict[str, Any]) -> NativeLayout | None:
     Args:
         row: an index row.
 
+    DICOMweb rows (frames by WADO-RS) have a layout too, whatever the transfer syntax
+    the server sends: their frames decode to it (:func:`read_native_batch` requests a
+    batch's frames together).
+
     Returns:
         ``NativeLayout(dtype, (C, H, W))``: the stored dtype (as in
         :func:`read_frames`) and frame shape; ``None`` for compressed,
@@ -398,10 +402,22 @@ def native_layout(row: dict[str, Any]) -> NativeLayout | None:
         >>> native_layout(row_for_path(get_testdata_file("CT_small.dcm")))
         NativeLayout(dtype=dtype('int16'), shape=(1, 128, 128))
     """
-    if not _is_native(row):
+    if not _is_native(row) and not _dicomweb_layout(row):
         return None
     shape = (int(row["samples_per_pixel"]), int(row["rows"]), int(row["columns"]))
     return NativeLayout(_native_dtype(row), shape)
+
+
+def _dicomweb_layout(row: dict[str, Any]) -> bool:
+    # A DICOMweb row's frames decode to the stored dtype and (C, H, W) shape whatever the
+    # transfer syntax the server sends: the datasets' batch path may hold them in one
+    # buffer, and read_native_batch requests the batch's frames together. Not YBR (the
+    # batch path reads RGB) nor 1-bit data, as for local files.
+    return (
+        _is_dicomweb(row)
+        and int(row["bits_allocated"]) in (8, 16, 32, 64)
+        and not str(row["photometric"]).startswith("YBR")
+    )
 
 
 # --------------------------------------------------------------------------- file access
@@ -572,6 +588,33 @@ def _read_native(
     return out
 
 
+def _read_dicomweb_batch(
+    rows: Sequence[dict[str, Any]], frames: Sequence[int], slots: np.ndarray, done: list[bool]
+) -> None:
+    """The DICOMweb rows of a batch: their frames requested together, ``max_in_flight`` at a
+    time (:func:`torchdicom.sources.dicomweb.read_batch`), decoded into their slots. A row
+    that fails or decodes to another shape / dtype is left to the item path."""
+    jobs = [
+        k
+        for k, row in enumerate(rows)
+        if _is_dicomweb(row)
+        and native_layout(row) == (slots.dtype, slots.shape[1:])
+        and 0 <= int(frames[k]) < int(row["frames"])
+    ]
+    if len(jobs) < 2:
+        return
+    from torchdicom.sources.dicomweb import read_batch
+
+    got = read_batch([rows[k] for k in jobs], [[int(frames[k])] for k in jobs], errors="return")
+    for k, frame in zip(jobs, got):
+        if isinstance(frame, np.ndarray) and (frame.shape[1:], frame.dtype) == (
+            slots.shape[1:],
+            slots.dtype,
+        ):
+            slots[k] = frame[0]
+            done[k] = True
+
+
 def read_native_batch(
     rows: Sequence[dict[str, Any]], frames: Sequence[int], slots: np.ndarray
 ) -> list[bool]:
@@ -580,6 +623,7 @@ def read_native_batch(
     The batch path of the datasets for remote objects (fsspec URLs): every item's frame
     is one byte range, and the ranges of the whole batch go to the store together
     (concurrently, :attr:`torchdicom.sources.RemotePolicy.max_in_flight` at a time).
+    DICOMweb rows: the batch's WADO-RS frame requests, as many in flight.
     Local rows, rows the native route does not read, rows of another dtype than
     ``slots`` and rows that fail (stale, missing, short) are left out (``False``): the
     item path reads them and raises as it always does.
@@ -593,6 +637,7 @@ def read_native_batch(
         Which slots were filled.
     """
     done = [False] * len(rows)
+    _read_dicomweb_batch(rows, frames, slots, done)
     jobs = [
         k
         for k, row in enumerate(rows)

@@ -748,7 +748,8 @@ def read_batch(
     frames: Sequence[Sequence[int]],
     max_in_flight: int | None = None,
     as_rgb: bool = True,
-) -> list[np.ndarray]:
+    errors: str = "raise",
+) -> list[Any]:
     """Frames of many DICOMweb rows, ``max_in_flight`` requests at a time.
 
     Args:
@@ -757,19 +758,38 @@ def read_batch(
         max_in_flight: concurrent requests (default ``policy.max_in_flight``); with a
             server far away, throughput grows with it until the server or the link is busy.
 
+        errors: ``"raise"`` the first row's error (after every request ended), or
+            ``"return"`` each row's :class:`TorchDicomError` in its place.
+
     Returns:
-        One (F, C, H, W) array per row.
+        One (F, C, H, W) array per row (or its error, with ``errors="return"``).
     """
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return'. Got: {errors!r}")
+
+    def one(row: dict[str, Any], picked: Sequence[int]) -> Any:
+        try:
+            return read_frames_dicomweb(row, list(picked), None, as_rgb)
+        except TorchDicomError as exc:
+            if errors == "raise":
+                raise
+            return exc
+
     n = max_in_flight or remote.policy.max_in_flight
     if n <= 1 or len(rows) <= 1:
-        return [read_frames_dicomweb(r, list(f), None, as_rgb) for r, f in zip(rows, frames)]
+        return [one(r, f) for r, f in zip(rows, frames)]
     pool = _pool(n)
-    futures = [
-        pool.submit(read_frames_dicomweb, row, list(picked), None, as_rgb)
-        for row, picked in zip(rows, frames)
-    ]
+    futures = [pool.submit(one, row, picked) for row, picked in zip(rows, frames)]
     # At most n of them run at once (the pool's threads); every one is waited for.
-    return [future.result() for future in futures]
+    results, first = [], None
+    for future in futures:
+        try:
+            results.append(future.result())
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+    return results
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, pool)
