@@ -351,3 +351,26 @@ def test_two_rank_gloo_ddp_fit_streams_from_shards(tmp_path):
     first = [i for b in json.loads((out / "rank0_epoch0.json").read_text()) for i in b]
     second = [i for b in json.loads((out / "rank0_epoch1.json").read_text()) for i in b]
     assert first != second  # set_epoch reshuffled
+
+
+def test_memory_spool_is_removed_and_truncation_named(exported, tmp_path):
+    index, _, _ = exported
+    fs = fsspec.filesystem("memory")
+    try:
+        to_webdataset(index, "memory://td-shards/cut/%06d.tar", maxcount=4)
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        ds = DicomShardDataset("memory://td-shards/cut/shards.json", spool_dir=spool)
+        stream = iter(ds)
+        for _ in range(5):  # into the second shard: the third is being fetched ahead
+            next(stream)
+        assert list(spool.iterdir())
+        stream.close()  # the consumer stops early
+        assert not list(spool.iterdir())
+        data = fs.cat_file("/td-shards/cut/000001.tar")
+        fs.pipe_file("/td-shards/cut/000001.tar", data[: len(data) // 2])
+        with pytest.raises(CorruptDicomError, match=r"000001\.tar.*truncated.*member"):
+            _items(DicomShardDataset("memory://td-shards/cut/shards.json", spool_dir=spool))
+        assert not list(spool.iterdir())
+    finally:
+        fs.rm("/td-shards", recursive=True)

@@ -56,6 +56,7 @@ import posixpath
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -92,6 +93,17 @@ class _Pending(NamedTuple):
     row: dict[str, Any]
     frame: int
     index: int
+
+
+class _Opened(NamedTuple):
+    """A segment whose shard is open: its table, located items and where the routes read."""
+
+    shard: int
+    positions: np.ndarray
+    table: dict[str, Any]
+    located: list[tuple[int, int]]  # (member, item within the member) per position
+    where: dict[str, Any]
+    stack: contextlib.ExitStack
 
 
 class _Shard(NamedTuple):
@@ -326,6 +338,7 @@ class DicomShardDataset(IterableDataset):
         self.shards, labels, classes = self._load(source)
         self._register()
         self.classes: list[str] | None = classes
+        self._codes = {name: code for code, name in enumerate(classes or [])}
         self._has_labels = labels
         self._counts = [s.frames if frames == "all" else s.members for s in self.shards]
         # Each shard's first item in the export's order: the items' ``index``.
@@ -498,16 +511,18 @@ class DicomShardDataset(IterableDataset):
         # The shards whose items are pending stay open (a spooled shard stays on disk) until
         # their chunk is read: a chunk may straddle two shards.
         held: list[contextlib.ExitStack] = []
+        segments = []
+        for shard, first, stop in self.segments(epoch, rank, world, worker, workers):
+            positions = np.arange(first, stop)
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, epoch, rank, worker, shard])
+                positions = rng.permutation(positions)
+            if len(positions):
+                segments.append((shard, positions))
         try:
-            for shard, first, stop in self.segments(epoch, rank, world, worker, workers):
-                positions = np.arange(first, stop)
-                if self.shuffle:
-                    rng = np.random.default_rng([self.seed, epoch, rank, worker, shard])
-                    positions = rng.permutation(positions)
-                if not len(positions):
-                    continue
-                held.append(contextlib.ExitStack())
-                for entry in self._entries(shard, positions, held[-1]):
+            for opened in self._open_ahead(segments):
+                held.append(opened.stack)
+                for entry in self._entries(opened):
                     pending.append(entry)
                     if len(pending) == size:
                         yield from self._read_chunk(pending)
@@ -619,11 +634,9 @@ class DicomShardDataset(IterableDataset):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _entries(
-        self, shard: int, positions: np.ndarray, stack: contextlib.ExitStack
-    ) -> Iterator[_Pending]:
-        """The items at ``positions`` of a shard, located (nothing read yet); the shard is
-        opened (checked, spooled) on ``stack``."""
+    def _prepare(self, shard: int, positions: np.ndarray) -> _Opened:
+        """Read the shard's offset table, locate the items at ``positions`` and open the
+        shard (checked; a remote one spooled) on a stack the caller closes."""
         table = self._table(shard)
         starts = table["_starts"]
         located = [
@@ -631,10 +644,49 @@ class DicomShardDataset(IterableDataset):
             for p in positions
             for m in [int(np.searchsorted(starts, int(p), side="right")) - 1]
         ]
-        where = stack.enter_context(self._opened(shard, table, [m for m, _ in located]))
+        stack = contextlib.ExitStack()
+        try:
+            where = stack.enter_context(self._opened(shard, table, [m for m, _ in located]))
+        except BaseException:
+            stack.close()
+            raise
+        return _Opened(shard, positions, table, located, where, stack)
+
+    def _open_ahead(self, segments: list[tuple[int, np.ndarray]]) -> Iterator[_Opened]:
+        """The segments' shards opened in order; remote ones one ahead, on a thread.
+
+        While a worker reads one shard's frames, the next shard's offset table, size check
+        and spool download run in the background: a stream pays the store's latency once,
+        not once per shard. At most two spooled shards per worker are on disk at a time
+        (three while a batch straddles two).
+        """
+        if not segments:
+            return
+        if not _is_remote(self.shards[segments[0][0]].url):
+            for segment in segments:
+                yield self._prepare(*segment)
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="torchdicom-shard-ahead")
+        ahead: Future[_Opened] | None = pool.submit(self._prepare, *segments[0])
+        try:
+            for k in range(len(segments)):
+                assert ahead is not None
+                current, ahead = ahead.result(), None
+                if k + 1 < len(segments):
+                    ahead = pool.submit(self._prepare, *segments[k + 1])
+                yield current  # the caller holds current.stack from here
+        finally:
+            if ahead is not None:  # the consumer stopped early: remove the prefetched spool
+                with contextlib.suppress(BaseException):
+                    ahead.result().stack.close()
+            pool.shutdown(wait=True)
+
+    def _entries(self, opened: _Opened) -> Iterator[_Pending]:
+        """The items of an opened segment, located (nothing read yet)."""
+        table, where, shard = opened.table, opened.where, opened.shard
         url = self.shards[shard].url
         rows: dict[int, dict[str, Any]] = {}
-        for (m, within), p in zip(located, positions):
+        for (m, within), p in zip(opened.located, opened.positions):
             member = table["members"][m]
             row = rows.get(m)
             if row is None:
@@ -706,7 +758,7 @@ class DicomShardDataset(IterableDataset):
         if self._has_labels:
             label = member.get("label")
             if self.classes is not None:
-                label = self.classes.index(str(label))
+                label = self._codes[str(label)]
             item[LABEL] = label
         item.update({PATH: row["source_path"], FRAME: frame, INDEX: index})
         if self.transform is not None:
