@@ -12,11 +12,10 @@ the Debian packages ``orthanc`` + ``orthanc-dicomweb``), indexes them with
 * with an added per-request latency (``--latency-ms``, 20 ms by default): **injected in
   the client session** — a ``requests`` transport adapter that sleeps before sending
   each request (it travels with the session to DataLoader workers), so concurrent
-  requests overlap their waits as they would on a network — read by the dataset (its
-  batch of 32 is fetched on the runtime's threads, ``torch.get_num_threads()`` in
-  flight, or ``W`` workers x that) and by ``torchdicom.sources.dicomweb.read_batch``
-  with 1, 8 and 32 requests in flight (``max_in_flight``, default
-  ``torchdicom.sources.policy.max_in_flight``).
+  requests overlap their waits as they would on a network — with 1 and with
+  ``torchdicom.sources.policy.max_in_flight`` (32) requests of a batch in flight (the
+  dataset's batch path sends a batch's frame requests together,
+  ``torchdicom.sources.dicomweb.read_batch``; with ``W`` workers up to ``W`` times that).
 
 Medians of several epochs after a warm-up epoch; the ratios are taken within this run.
 Not a timed test: the figures move with the machine's load.
@@ -102,7 +101,7 @@ def measure(
         "n": int, "repeats": int, "latency_ms": float, "workers": int, "orthanc": str}``.
     """
     import torchdicom
-    from torchdicom.sources import dicomweb
+    from torchdicom.sources import dicomweb, remote
 
     sys.path.insert(0, str(_ROOT))
     from tests.orthanc_server import PASSWORD, USER, OrthancServer, find_orthanc
@@ -153,30 +152,19 @@ def measure(
             frame_requests = sum("/frames/" in url for url in asked)
             timed("Orthanc DICOMweb, 0 workers", loader_epoch(web, 0))
             timed(f"Orthanc DICOMweb, {workers} workers", loader_epoch(web, workers))
-            rows = [web.rows[i] for i in range(n)]
-            first = [[0]] * n
-
-            def batch_epoch(max_in_flight: int):
-                def epoch() -> int:
-                    for k in range(0, n, BATCH):
-                        dicomweb.read_batch(
-                            rows[k : k + BATCH], first[k : k + BATCH], max_in_flight
-                        )
-                    return n
-
-                return epoch
-
-            timed("Orthanc read_batch, 32 in flight", batch_epoch(32))
-
             lat = f"+{latency_ms:g} ms"
             dicomweb.register(server.dicomweb_url, _session(auth, latency_ms / 1000))
-            threads = torch.get_num_threads()
-            timed(f"Orthanc {lat}, dataset ({threads} threads), 0 workers", loader_epoch(web, 0), 2)
-            timed(f"Orthanc {lat}, dataset, {workers} workers", loader_epoch(web, workers), 2)
-            for in_flight in (1, 8, 32):
-                timed(
-                    f"Orthanc {lat}, read_batch, {in_flight} in flight", batch_epoch(in_flight), 2
-                )
+            saved = remote.policy.max_in_flight
+            try:
+                remote.policy.max_in_flight = 1
+                timed(f"Orthanc {lat}, 1 in flight, 0 workers", loader_epoch(web, 0), 2)
+            finally:
+                remote.policy.max_in_flight = saved
+            timed(f"Orthanc {lat}, {saved} in flight, 0 workers", loader_epoch(web, 0))
+            timed(
+                f"Orthanc {lat}, {saved} in flight, {workers} workers",
+                loader_epoch(web, workers),
+            )
         finally:
             for loader in loaders:
                 loader.close()
@@ -189,6 +177,7 @@ def measure(
         "repeats": repeats,
         "latency_ms": latency_ms,
         "workers": workers,
+        "max_in_flight": remote.policy.max_in_flight,
         "orthanc": version,
     }
 
@@ -205,7 +194,7 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0, workers: in
         " with its DICOMweb plugin (Debian packages, its own process on 127.0.0.1), indexed"
         " by DicomWebSource (QIDO-RS + WADO-RS metadata); every file's frame by WADO-RS frame"
         " retrieval (transfer-syntax=*); DicomDataset + DataLoader batch 32 unless said;"
-        f" median of {figures['repeats']} epochs (2 in the latency rows) after a warm-up."
+        f" median of {figures['repeats']} epochs (2 in the 1-in-flight row) after a warm-up."
         f" {platform.machine()}, {torch.get_num_threads()} torch threads,"
         f" Python {platform.python_version()}, torch {torch.__version__}.",
         "",
@@ -215,19 +204,20 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0, workers: in
     for label, value in fps.items():
         lines.append(f"| {label} | {value:,.0f} | {value / local:.2f}x |")
     lat = f"+{figures['latency_ms']:g} ms"
-    base = fps["Orthanc read_batch, 32 in flight"]
-    held = fps[f"Orthanc {lat}, read_batch, 32 in flight"]
+    inflight = figures["max_in_flight"]
+    base = fps["Orthanc DICOMweb, 0 workers"]
+    held = fps[f"Orthanc {lat}, {inflight} in flight, 0 workers"]
+    one = fps[f"Orthanc {lat}, 1 in flight, 0 workers"]
     lines += [
         "",
         f"Requests per batch: {figures['requests_per_batch']:.2f} WADO-RS frame requests"
-        f" (one per item; {figures['batches']} batches). The latency is a sleep before each"
-        " request in the client session's transport adapter, so concurrent requests overlap"
-        f" their waits. With {lat} per request, 32 requests in flight hold"
-        f" {held / base:.0%} of the zero-latency read_batch rate and {held / local:.0%} of the"
-        " local read; 1 in flight holds"
-        f" {fps[f'Orthanc {lat}, read_batch, 1 in flight'] / base:.0%}."
-        " Knob: `torchdicom.sources.policy.max_in_flight` (read_batch), the runtime's threads"
-        " and DataLoader workers (datasets).",
+        f" (one per item, sent together; {figures['batches']} batches). The latency is a"
+        " sleep before each request in the client session's transport adapter (it travels"
+        " with the session to the workers), so concurrent requests overlap their waits."
+        f" With {lat} per request, {inflight} requests in flight hold {held / base:.0%} of the"
+        f" zero-latency DICOMweb rate and {held / local:.0%} of the local read; 1 in flight"
+        f" holds {one / base:.0%}. Knob: `torchdicom.sources.policy.max_in_flight` (frame"
+        " requests of one batch, per process).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -110,6 +110,10 @@ class OrthancServer:
             "AuthenticationEnabled": True,
             "RegisteredUsers": {USER: PASSWORD},
             "HttpTimeout": 30,
+            # One HTTP thread per open connection: the client keeps one per request thread
+            # (max_in_flight per process, times DataLoader workers). With fewer threads a
+            # connection beyond them waits for a keep-alive one to time out (about 1 s).
+            "HttpThreadsCount": 160,
             "StableAge": 1,
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
