@@ -41,7 +41,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: benchmarks run on servers
 
-import dask
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -197,17 +196,14 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         reference = scan(root, workers=0, progress=False)
         assert len(reference) == n and not len(reference.errors)
 
-        # Keys: worker count; 0 is 1 worker with Dask's default worker profiler on. The
-        # others are what scan(executor="dask") starts itself: the profiler off.
         starts: dict[int, float] = {}
         clusters = {}
         clients = {}
-        for key, workers in ((1, 1), (2, 2), (0, 1)):
+        for key, workers in ((1, 1), (2, 2)):
             t = time.perf_counter()
-            with dask.config.set({"distributed.worker.profile.enabled": key == 0}):
-                clusters[key] = LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-                )
+            clusters[key] = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
             clients[key] = Client(clusters[key])
             starts[key] = time.perf_counter() - t
         try:
@@ -229,7 +225,6 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
                 ),
                 "scan(root, executor=client): Dask, 1 worker": dask_pass(1),
                 "scan(root, executor=client): Dask, 2 workers": dask_pass(2),
-                "scan(root, executor=client): Dask, 1 worker, worker profiler on": dask_pass(0),
             }
             times = medians_s(list(passes.values()), repeats)
             rates = {name: n / t for name, t in zip(passes, times, strict=True)}
@@ -258,7 +253,6 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         _write_collection(warm, 2 * _PATIENTS * _SERIES)
         local_mem = _memory_probe(root, warm, None, Path(tmp) / "idx-mem-local")
         with (
-            dask.config.set({"distributed.worker.profile.enabled": False}),
             LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
             ) as cluster,
@@ -296,10 +290,8 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         f" CPUs shared with other jobs (load average {load_before:.1f} before,"
         f" {load_after:.1f} after), Python {platform.python_version()}. Dask LocalCluster of"
         f" worker processes, one thread each, started before the timing (1 worker:"
-        f" {starts[1]:.1f} s, 2 workers: {starts[2]:.1f} s), with the workers' statistical"
-        " profiler off as scan(executor='dask') starts them (one row: on, Dask's default);"
-        " every Dask pass writes a fresh index folder (all partitions parsed) and reads it"
-        " back. Took"
+        f" {starts[1]:.1f} s, 2 workers: {starts[2]:.1f} s); every Dask pass writes a fresh"
+        " index folder (all partitions parsed) and reads it back. Took"
         f" {time.perf_counter() - t0:.0f} s.",
         "",
         "| scan | workers | files/s | µs/file | vs in-process |",
@@ -310,7 +302,6 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         "scan(root, workers=2): process pool": 2,
         "scan(root, executor=client): Dask, 1 worker": 1,
         "scan(root, executor=client): Dask, 2 workers": 2,
-        "scan(root, executor=client): Dask, 1 worker, worker profiler on": 1,
     }
     for name, rate in rates.items():
         lines.append(

@@ -42,11 +42,6 @@ node's environment says. It travels in the task graph: on a cluster across machi
 Dask's TLS. A task that raises is retried ``retries`` times; a worker that dies is
 replaced and its partition rescheduled by the scheduler (``distributed.scheduler.
 allowed-failures`` times). A bad file is a row of ``errors`` and never fails its task.
-
-On a cluster of your own, start the workers with ``distributed.worker.profile.enabled:
-false`` (as the LocalCluster of ``executor="dask"`` is): Dask's statistical profiler
-samples the worker's stack every 10 ms, which on this pure-Python work costs a large share
-of the throughput (see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -514,11 +509,8 @@ def _run(
     from distributed import Client, LocalCluster
 
     n = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    # Processes, one thread each: header parsing holds the GIL. The workers' statistical
-    # profiler (a stack sample every 10 ms, taking the GIL) is off: it slows this
-    # pure-Python work (profiler on/off rows of benchmarks/scan_dask.py).
+    # Processes, one thread each: header parsing holds the GIL.
     with (
-        dask.config.set({"distributed.worker.profile.enabled": False}),
         LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
