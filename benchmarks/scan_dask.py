@@ -179,14 +179,18 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
     Args:
         quick: at most 600 files, fewer repeats.
         n: number of files.
-        plot_dir: where ``scan_dask_workers.png`` goes (default: the benchmarks folder).
+        plot_dir: where ``scan_dask_workers.png`` goes (default: the benchmarks folder;
+            with ``quick``, the temporary folder).
     """
     from distributed import Client, LocalCluster
 
     if quick:
         n = min(n, 600)
     repeats = 3 if quick else 7
-    plot_dir = Path(plot_dir) if plot_dir is not None else HERE
+    if plot_dir is None:
+        # A quick run leaves the recorded plot alone (as python -m benchmarks --quick does).
+        plot_dir = Path(tempfile.gettempdir()) if quick else HERE
+    plot_dir = Path(plot_dir)
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="torchdicom-bench-scan-dask-") as tmp:
@@ -388,7 +392,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scan_dask", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="at most 600 files, 3 repeats")
     parser.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
-    parser.add_argument("--plots", default=None, help="folder for the PNG (default: benchmarks/)")
+    parser.add_argument(
+        "--plots",
+        default=None,
+        help="folder for the PNG (default: benchmarks/; --quick: the temporary folder)",
+    )
     args = parser.parse_args(argv)
     print(run(quick=args.quick, n=args.n, plot_dir=args.plots))
 
