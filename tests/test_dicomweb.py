@@ -178,6 +178,19 @@ def test_scan_one_study_and_one_series(orthanc, uploaded, index):  # noqa: F811
     assert list(one.df["series_instance_uid"]) == [series]
 
 
+def test_source_arguments_are_checked():
+    with pytest.raises(ValueError, match="http"):
+        DicomWebSource("s3://bucket/dicom-web")
+    with pytest.raises(ValueError, match="study"):
+        DicomWebSource("http://127.0.0.1:1/dicom-web", series="1.2.3")
+    with pytest.raises(ValueError, match="timeout"):
+        DicomWebSource("http://127.0.0.1:1/dicom-web", timeout=0)
+    # User info in the URL becomes a basic Authorization header: never in a row path.
+    source = DicomWebSource("http://user:pw123456@127.0.0.1:1/dicom-web")
+    assert source.base_url == "http://127.0.0.1:1/dicom-web" and "pw123456" not in repr(source)
+    assert source.headers["Authorization"] == "Basic " + base64.b64encode(b"user:pw123456").decode()
+
+
 # --------------------------------------------------------------------------- reads
 def test_every_remote_read_equals_the_local_read(uploaded, index):
     routes = set()

@@ -355,9 +355,11 @@ class DicomWebSource:
             raise ValueError("series needs its study (the DICOMweb paths nest series in studies)")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds. Got: {timeout}")
+        headers = dict(headers or {})
+        base_url = _without_userinfo(base_url, headers)
         self.base_url = _normal(base_url)
         self.study, self.series = study, series
-        self.session, self.headers, self.timeout = session, dict(headers or {}), timeout
+        self.session, self.headers, self.timeout = session, headers, timeout
         self.register()
 
     def register(self) -> None:
@@ -489,6 +491,20 @@ class DicomWebSource:
             except TorchDicomError as exc:
                 errors.append((path, type(exc).__name__, exc.reason, -1, -1))
         return rows, errors
+
+
+def _without_userinfo(url: str, headers: dict[str, str]) -> str:
+    """``url`` without ``user:password@``, which becomes a basic Authorization header:
+    row paths (and so index caches) never hold a password."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    headers.setdefault("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def _value(item: dict, tag: str) -> str:
