@@ -55,6 +55,7 @@ import os
 import posixpath
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
@@ -71,7 +72,7 @@ from torchdicom.errors import (
     TorchDicomError,
 )
 from torchdicom.export import MANIFEST_NAME, SHARD_TABLE_SUFFIX
-from torchdicom.io.frames import native_layout, read_frames_numpy
+from torchdicom.io.frames import native_layout, read_frames_numpy, read_native_batch
 from torchdicom.io.header import frame_row
 from torchdicom.io.schema import INDEX_SCHEMA
 from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, PATH, YBR
@@ -82,6 +83,7 @@ log = logging.getLogger("torchdicom.data")
 
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _SPOOL_CHUNK = 16 * 2**20  # bytes per range request when spooling a remote shard
+_TABLES_KEPT = 16  # offset tables kept per worker (see DicomShardDataset._table)
 _JSON_MAX = 2**30  # an offset table or manifest larger than this is not one
 
 
@@ -265,7 +267,9 @@ class DicomShardDataset(IterableDataset):
         storage_options: fsspec options for remote shards.
         spool: fetch the members a worker reads from a remote shard in large range
             requests into a local sparse file (default for remote shards); ``False``
-            reads each frame from the store in place (a request per frame).
+            reads each frame from the store in place (a range request per frame; with
+            ``batch_size`` a batch's uncompressed frames go as one batch of concurrent
+            requests, as :class:`~torchdicom.data.DicomDataset`'s).
         spool_dir: where spooled shards go (default: the system's temporary folder).
         batch_size: the DataLoader's ``batch_size``, when given: each run of that many items
             of a worker whose frames are uncompressed with one shape is read straight into
@@ -355,7 +359,7 @@ class DicomShardDataset(IterableDataset):
         # A shared integer: set_epoch in the main process reaches persistent workers too.
         self._epoch = multiprocessing.get_context().Value("q", 0)
         self._pinned: tuple[int, int] | None = None
-        self._table_cache: tuple[int, dict[str, Any]] | None = None
+        self._tables: OrderedDict[int, dict[str, Any]] = OrderedDict()
 
     # ----------------------------------------------------------------- construction
     def _load(self, source: Any) -> tuple[list[_Shard], bool, list[str] | None]:
@@ -430,7 +434,7 @@ class DicomShardDataset(IterableDataset):
         # is not initialised: they get the rank the main process has.
         if self.rank is None:
             state["_pinned"] = _rank_and_world(None, None)
-        state["_table_cache"] = None
+        state["_tables"] = OrderedDict()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -536,14 +540,23 @@ class DicomShardDataset(IterableDataset):
                 stack.close()
 
     def _table(self, shard: int) -> dict[str, Any]:
-        """The shard's offset table, with each member's first item (the last one is kept)."""
-        if self._table_cache is not None and self._table_cache[0] == shard:
-            return self._table_cache[1]
+        """The shard's offset table, with each member's first item and typed row.
+
+        The last :data:`_TABLES_KEPT` tables a worker read are kept: a later epoch that
+        reads a shard again does not fetch and parse its table again (a shard is never
+        changed in place by the export; a rewritten one fails the size check).
+        """
+        cached = self._tables.get(shard)
+        if cached is not None:
+            self._tables.move_to_end(shard)
+            return cached
         url = self.shards[shard].url
         table = _read_json(url + SHARD_TABLE_SUFFIX, "offset table")
         members = table["members"]
         per = [int(m["row"]["frames"]) if self.frames == "all" else 1 for m in members]
         table["_starts"] = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
+        for m in members:
+            m["_typed"] = _typed_row(m["row"])
         if int(table["tar_size"]) != self.shards[shard].tar_size or len(members) != (
             self.shards[shard].members
         ):
@@ -552,7 +565,9 @@ class DicomShardDataset(IterableDataset):
                 "its offset table does not match the manifest (the shard was rewritten after"
                 " the manifest): export again",
             )
-        self._table_cache = (shard, table)
+        self._tables[shard] = table
+        while len(self._tables) > _TABLES_KEPT:
+            self._tables.popitem(last=False)
         return table
 
     def _truncated(self, url: str, table: dict[str, Any], size: int) -> CorruptDicomError:
@@ -705,9 +720,14 @@ class DicomShardDataset(IterableDataset):
             like = torch.from_numpy(np.empty(0, self._stored))
             buffer = batch_buffer(like, len(chunk), layout.shape)
             slots = buffer.numpy()
+            # Remote members read in place (spool=False): the chunk's frames as one batch of
+            # concurrent range requests, as DicomDataset's batches; local rows are left here.
+            done = read_native_batch([e.row for e in chunk], [e.frame for e in chunk], slots)
 
             def read(k0: int, k1: int) -> None:
                 for k in range(k0, k1):
+                    if done[k]:
+                        continue
                     with self._naming(chunk[k]):
                         read_frames_numpy(chunk[k].row, chunk[k].frame, out=slots[k : k + 1])
 
@@ -736,7 +756,7 @@ class DicomShardDataset(IterableDataset):
             ) from None
 
     def _member_row(self, member: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
-        row = _typed_row(member["row"])
+        row = dict(member["_typed"])
         row["source_path"] = row["path"]
         row.update(where)
         row["member_offset"] = int(member["offset"])
