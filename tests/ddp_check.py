@@ -33,9 +33,9 @@ _parsed: list[str] = []
 _scan_one = torchdicom.index._scan_one
 
 
-def _counting_scan_one(path: str) -> Any:
+def _counting_scan_one(path: str, salt: str | None = None) -> Any:
     _parsed.append(path)
-    return _scan_one(path)
+    return _scan_one(path, salt)
 
 
 # Small folders are parsed in the calling process: every header this rank parses passes here.

@@ -285,9 +285,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = index_module._scan_one
 
-    def spy(path: str):
+    def spy(path: str, salt: str | None = None):
         seen.append(path)
-        return real(path)
+        return real(path, salt)
 
     monkeypatch.setattr(index_module, "_scan_one", spy)
     return seen
