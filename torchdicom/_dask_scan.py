@@ -388,6 +388,7 @@ def index_partition(
 def _require_dask() -> None:
     try:
         import dask  # noqa: F401
+        import distributed  # noqa: F401
     except ImportError:
         raise ImportError(
             "scan(executor=...) needs dask: pip install 'torchdicom[dask]' (dask[distributed])"
