@@ -507,6 +507,31 @@ def test_storage_options_are_kept_per_bucket(s3, files, policy, monkeypatch):
     assert remote.options("s3://td-bucket/set/a.dcm") == {}
 
 
+def test_a_batch_across_buckets_reads_each_with_its_options(s3_server, s3, files, monkeypatch):
+    """Ranges of two buckets with different options in one batch: one batch call per
+    filesystem, each range with its bucket's."""
+    fs, options, _names = s3
+    monkeypatch.setattr(remote, "_OPTIONS", dict(remote._OPTIONS))  # restored afterwards
+    other = {**options, "endpoint_url": s3_server.replace("127.0.0.1", "localhost")}
+    data = files[-3].read_bytes()
+    remote.configure("s3://td-bucket/set", options)
+    remote.configure("s3://td-second/set", other)
+    fs_other = remote.filesystem("s3://td-second/set")
+    assert fs_other is not fs
+    fs_other.mkdir("td-second")
+    for url in ("s3://td-bucket/mixed/a.dcm", "s3://td-second/set/b.dcm"):
+        remote.filesystem(url).pipe(url, data)
+    calls = []
+    real = remote._cat_ranges
+    monkeypatch.setattr(
+        remote, "_cat_ranges", lambda u, a, b: calls.append(list(u)) or real(u, a, b)
+    )
+    urls = ["s3://td-bucket/mixed/a.dcm", "s3://td-second/set/b.dcm"] * 2
+    got = remote.read_ranges(urls, [0, 128, 128, 0], [4, 132, 132, 4])
+    assert got == [data[0:4], b"DICM", b"DICM", data[0:4]]
+    assert sorted(calls) == [["s3://td-bucket/mixed/a.dcm"] * 2, ["s3://td-second/set/b.dcm"] * 2]
+
+
 def test_s3_missing_object_names_the_url(s3, policy):
     with pytest.raises(RemoteNotFoundError, match=re.escape("s3://td-bucket/set/absent.dcm")):
         torchdicom.read_frames("s3://td-bucket/set/absent.dcm")

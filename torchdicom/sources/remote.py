@@ -84,7 +84,13 @@ class RemotePolicy:
         timeout_s: overall limit of one request on async filesystems (s3, gs, az,
             http); client timeouts (s3fs ``config_kwargs={"read_timeout": …}``) still
             apply beneath it.
-        max_in_flight: concurrent requests of one :func:`read_ranges` call (a batch).
+        max_in_flight: concurrent requests of one :func:`read_ranges` call (a
+            DataLoader batch: one range per frame, the ranges of one object that touch
+            merged into one request). Per process: with ``W`` DataLoader workers up to
+            ``W x max_in_flight`` requests are in flight, the next batches' while the
+            current one trains. A batch waits one round trip plus its transfer; more in
+            flight than a batch has ranges changes nothing, so against a high-latency
+            store raise the batch size or the workers, not only this.
         recheck_s: an object's size / ETag is checked against its index row at most
             once per this many seconds per process (0: before every read). Within that
             window an object rewritten in place is not noticed: a read may return the
@@ -477,7 +483,23 @@ def _fetch_exact(urls: Sequence[str], starts: Sequence[int], ends: Sequence[int]
     (retried and mapped one by one)."""
     if len(urls) == 1:
         return [read_range(urls[0], starts[0], ends[0])]
-    out: list[bytes] = []
+    # One call per filesystem: a batch may span buckets read with different options.
+    groups: dict[int, list[int]] = {}
+    roots = {bucket_root(url) for url in urls}
+    if len(roots) > 1:
+        by_root = {where: id(filesystem(where)) for where in roots}  # fsspec's cached instances
+        for i, url in enumerate(urls):
+            groups.setdefault(by_root[bucket_root(url)], []).append(i)
+    if len(groups) > 1:
+        out: list[bytes] = [b""] * len(urls)
+        for members in groups.values():
+            picked = _fetch_exact(
+                [urls[i] for i in members], [starts[i] for i in members], [ends[i] for i in members]
+            )
+            for i, data in zip(members, picked):
+                out[i] = data
+        return out
+    out = []
     for url, start, end, data in zip(urls, starts, ends, _cat_ranges(urls, starts, ends)):
         if isinstance(data, BaseException):
             data = read_range(url, start, end)
