@@ -108,8 +108,12 @@ class RemotePolicy:
             read once is read from local disk afterwards, in every process of the
             machine (DataLoader workers, DDP ranks) that uses the directory. Blocks are
             keyed by (URL, size, ETag): an object whose ETag changed never serves its
-            old blocks (its rows are stale; a rescan's rows key new blocks). Objects
-            without an ETag (``""``) are not cached. Defaults to the environment
+            old blocks (its rows are stale; a rescan's rows key new blocks). The ETag is
+            the one last checked (``recheck_s``): a block fetched while its object is
+            rewritten in place within that window is stored under the old ETag, and
+            would be served again if the object ever returned to that content; where
+            objects are rewritten in place, set ``recheck_s = 0`` (as without a cache).
+            Objects without an ETag (``""``) are not cached. Defaults to the environment
             variable ``TORCHDICOM_BLOCK_CACHE`` (so that spawn-started workers see it).
             An unwritable directory turns the cache off with one warning.
         block_cache_block_bytes: bytes per cached block; the first read of a frame
