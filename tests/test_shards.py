@@ -374,3 +374,27 @@ def test_memory_spool_is_removed_and_truncation_named(exported, tmp_path):
         assert not list(spool.iterdir())
     finally:
         fs.rm("/td-shards", recursive=True)
+
+
+def test_epoch_rules_and_arguments(exported):
+    _, _, report = exported
+    total = DicomShardDataset(report.manifest).total
+    world = 4
+    pad = [DicomShardDataset(report.manifest, rank=r, world_size=world) for r in range(world)]
+    drop = [
+        DicomShardDataset(report.manifest, rank=r, world_size=world, epoch_rule="drop")
+        for r in range(world)
+    ]
+    assert {len(d) for d in pad} == {math.ceil(total / world)}
+    assert {len(d) for d in drop} == {total // world}
+    seen_pad = Counter(it["index"] for d in pad for it in _items(d))
+    seen_drop = Counter(it["index"] for d in drop for it in _items(d))
+    assert set(seen_pad) == set(range(total)) and sum(seen_pad.values()) == len(pad[0]) * world
+    assert max(seen_drop.values()) == 1 and sum(seen_drop.values()) == total - total % world
+    too_many = DicomShardDataset(report.manifest, rank=0, world_size=total + 1, epoch_rule="drop")
+    with pytest.raises(ValueError, match="leaves no item"):
+        _items(too_many)
+    with pytest.raises(ValueError, match="both rank and world_size"):
+        DicomShardDataset(report.manifest, rank=0)
+    with pytest.raises(ValueError, match="epoch_rule"):
+        DicomShardDataset(report.manifest, epoch_rule="repeat")
