@@ -570,3 +570,24 @@ def test_datamodule_trains_the_demo_model_from_orthanc(orthanc, uploaded, tmp_pa
     assert cache.is_file()  # prepare_data scanned the server into the index cache
     assert len(dm.dataset.rows) == len(uploaded)
     assert "data" not in dm.hparams  # the source (its credentials) stays out of checkpoints
+
+
+def test_datamodule_scans_a_remote_url_in_prepare_data_and_setup_reads_the_cache(tmp_path):
+    """An fsspec URL is indexed once per node, in prepare_data, like a local folder; setup
+    (every rank) reads that index back instead of listing the store again."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    names = ["CT_small.dcm", "MR_small.dcm"]
+    for name in names:
+        fs.pipe(f"memory://td-dm-cache/{name}", Path(get_testdata_file(name)).read_bytes())
+    cache = tmp_path / "index.parquet"
+    dm = torchdicom.DicomDataModule("memory://td-dm-cache", index_cache=cache, batch_size=1)
+    try:
+        dm.prepare_data()
+        assert cache.is_file() and len(torchdicom.DicomIndex.read_parquet(cache).df) == 2
+        fs.rm("memory://td-dm-cache/MR_small.dcm")  # a listing now would find one object
+        dm.setup("fit")
+        assert len(dm.dataset.rows) == 2  # the index prepare_data wrote
+    finally:
+        fs.rm("memory://td-dm-cache", recursive=True)
