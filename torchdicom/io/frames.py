@@ -1655,9 +1655,11 @@ class Route(NamedTuple):
 # In order; the last accepts every row. A new route (a faster codec, a remote
 # byte source, GPU decode) is one new entry before the one it replaces.
 ROUTES: tuple[Route, ...] = (
-    # Before the others: a DICOMweb row has no file offsets; network-bound, so parallel.
-    Route("DICOMweb (WADO-RS frames)", _is_dicomweb, _read_dicomweb, parallel=True),
     Route("native", _is_native, _read_native),
+    # Right after the hot path, before every file route: a DICOMweb row has no file offset
+    # (pixel_offset -1, no spans), so native never takes it and the others must not.
+    # Network-bound, so parallel.
+    Route("DICOMweb (WADO-RS frames)", _is_dicomweb, _read_dicomweb, parallel=True),
     Route("packed bits", _is_packed_bits, _read_packed_bits),
     Route("JPEG 8-bit by span (Pillow)", _pillow_jpeg, _read_jpeg_pillow, parallel=True),
     Route(
