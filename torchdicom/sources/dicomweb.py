@@ -248,7 +248,7 @@ def _classify(url: str, exc: BaseException) -> TorchDicomError | _Retry:
     if status is not None:
         return _status_error(url, status, getattr(response, "reason", "") or "")
     if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower():
-        return _Retry(f"no answer within {_short(exc)}", timed_out=True)
+        return _Retry(f"no answer within the timeout ({_short(exc)})", timed_out=True)
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return _Retry(
             f"the response body ended before its Content-Length ({_short(exc)})", cut_off=True
