@@ -340,8 +340,9 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         f" {now_us:.1f} µs/row ({before_us / now_us:.2f}x).",
         "",
         f"**Projection: {_TARGET_FILES / 1e6:.0f} M files on {_TARGET_CORES} cores:"
-        f" {worker_hours:.2f} h on the workers + {read_hours:.2f} h reading the index back on"
-        f" the client** (skip the latter by reading the parts where they are needed). Workers:"
+        f" {worker_hours:.3f} h ({worker_hours * 60:.1f} min) on the workers +"
+        f" {read_hours:.3f} h ({read_hours * 60:.1f} min) reading the index back on the"
+        f" client** (skip the latter by reading the parts where they are needed). Workers:"
         f" {_TARGET_CORES} processes x the measured 1-worker rate without the client's read-back"
         f" ({one_workers:,.0f} files/s) x the scaling efficiency measured at 2"
         f" ({worker_efficiency:.2f}) = {projected_rate:,.0f} files/s. Read-back:"
@@ -360,7 +361,7 @@ def run(quick: bool = False, n: int = 3000, plot_dir: str | os.PathLike[str] | N
         " DataFrame for 10 M files (the parquet parts:"
         f" {parquet_bytes / n * _TARGET_FILES / 2**30:.1f} GiB); the listing itself never"
         f" reaches it. For comparison, one in-process scan() would take"
-        f" {_TARGET_FILES / in_process / 3600:.1f} h.",
+        f" {_TARGET_FILES / in_process / 3600:.2f} h on one core.",
     ]
     return "\n".join(lines)
 
