@@ -262,6 +262,40 @@ def test_a_killed_worker_partition_is_retried(tmp_path):
     assert len(far.errors) == 3
 
 
+class KillAlways(WorkerPlugin):
+    """Kills its worker process at the first header it parses, every time."""
+
+    def setup(self, worker) -> None:
+        from torchdicom import index
+
+        def scan_one(path: str, salt: str | None = None):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        index._scan_one = scan_one
+
+
+def test_a_partition_that_kills_every_worker_names_itself(tmp_path):
+    root = _copy_set(tmp_path)
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cl,
+        Client(cl) as client,
+    ):
+        client.register_plugin(KillAlways())
+        with pytest.raises(TorchDicomError, match=r"partition \w+ \((tree|flat) .*KilledWorker"):
+            scan(root, executor=client, cache=tmp_path / "idx", progress=False)
+    assert not (tmp_path / "idx" / MANIFEST).exists()  # no index claims to be complete
+
+
+def test_the_client_lists_folders_not_files(collection):
+    parts = list_partitions(collection, 2)
+    assert {p.kind for p in parts} == {"flat", "tree"}
+    assert all(p.files == () for p in parts)
+    assert len(parts) < 40
+
+
 def test_bad_files_land_in_errors(tmp_path):
     root = tmp_path / "set"
     write_ct_series(root / "good", 2)

@@ -449,7 +449,7 @@ def _run_on_client(
                 raise
             except Exception as exc:  # KilledWorker: it died allowed-failures times
                 raise TorchDicomError(
-                    part.describe(), f"failed on the cluster: {type(exc).__name__}: {_short(exc)}"
+                    part.describe(), f"failed on the cluster: {_short(exc)}"
                 ) from None
             entries[part.id] = entry
             files += entry["rows"] + entry["errors"]
