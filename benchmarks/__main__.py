@@ -60,6 +60,8 @@ SECTIONS = (
         "scaling", "## Scaling and memory (python -m benchmarks.scaling)", "benchmarks.scaling"
     ),
     Section("remote", "## Remote (python -m benchmarks.remote)", "benchmarks.remote"),
+    Section("shards", "## Shards (python -m benchmarks.shards)", "benchmarks.shards"),
+    Section("scan_dask", "## Dask scan (python -m benchmarks.scan_dask)", "benchmarks.scan_dask"),
 )
 
 _VERSIONS = (

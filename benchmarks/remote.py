@@ -173,8 +173,8 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0, workers: in
                     moto_lat,
                     cache_dir=blocks,
                 ),
-                # ORTHANC DICOMweb: the lead merges the rows of benchmarks/remote_dicomweb.py
-                # here ("Orthanc DICOMweb, 0 workers", "... +latency"), same files and loader.
+                # Orthanc (DICOMweb) is measured after this table by benchmarks.remote_dicomweb:
+                # same files, loader and latency, its own interleaved rows (a server of its own).
             ]
             times = medians_s([row.epoch for row in rows], repeats)
             remote.policy.block_cache_dir = blocks
@@ -194,7 +194,25 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0, workers: in
                 server.stop()
     fps = {row.label: n / t for row, t in zip(rows, times)}
     cpu = {row.label: row.cpu_ms(n) for row in rows}
-    return _report(fps, cpu, sent, batches, n, repeats, latency_ms, workers, notes)
+    report = _report(fps, cpu, sent, batches, n, repeats, latency_ms, workers, notes)
+    return report + "\n\n" + _dicomweb(quick, n, latency_ms, workers)
+
+
+def _dicomweb(quick: bool, n: int, latency_ms: float, workers: int) -> str:
+    """The Orthanc DICOMweb rows (:mod:`benchmarks.remote_dicomweb`) as a subsection.
+
+    Orthanc missing is said in the report (the object-storage rows stand on their own);
+    any other failure propagates.
+    """
+    from benchmarks import remote_dicomweb
+
+    try:
+        text = remote_dicomweb.run(quick=quick, n=n, latency_ms=latency_ms, workers=workers)
+    except remote_dicomweb.OrthancMissing as exc:
+        return f"### DICOMweb (Orthanc)\n\nnot measured: {exc}\n"
+    return text.replace(
+        "## DICOMweb (python -m benchmarks.remote_dicomweb)", "### DICOMweb (Orthanc)", 1
+    )
 
 
 class _Row:

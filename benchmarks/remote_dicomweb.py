@@ -39,7 +39,12 @@ from requests.adapters import HTTPAdapter
 
 from benchmarks._common import median_s, warm_page_cache, write_ct
 
-__all__ = ["measure", "run"]
+__all__ = ["OrthancMissing", "measure", "run"]
+
+
+class OrthancMissing(RuntimeError):
+    """Orthanc or its DICOMweb plugin is not installed here (the message says what is missing)."""
+
 
 BATCH = 32
 _ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +113,7 @@ def measure(
 
     found = find_orthanc()
     if isinstance(found, str):
-        raise RuntimeError(found)
+        raise OrthancMissing(found)
     if quick:
         n = min(n, 64)
     repeats = 3 if quick else 5
