@@ -326,7 +326,8 @@ def index_partition(
         part: the partition.
         out: the partitioned index folder (reachable from this worker).
         salt: the key of the patient hashes (resolved on the client).
-        storage_options: per fsspec protocol, registered in this process first.
+        storage_options: per bucket (``s3://bucket``, see
+            :func:`torchdicom.sources.remote.bucket_root`), registered in this process first.
 
     Returns:
         The partition's manifest entry: id, kind, location, part file, rows, errors,
@@ -339,8 +340,8 @@ def index_partition(
     from torchdicom.index import _rows_table, _scan_paths, _write_table_atomic
     from torchdicom.sources.remote import configure
 
-    for protocol, opts in (storage_options or {}).items():
-        configure(protocol, opts)
+    for bucket, opts in (storage_options or {}).items():
+        configure(bucket, opts)
     try:
         paths = _list_partition(part)
     except TorchDicomError as exc:
@@ -545,7 +546,7 @@ def dask_scan(
         TorchDicomError: a partition could not be listed or written, or failed on the
             cluster (its worker died too often), naming the partition.
     """
-    from torchdicom.sources.remote import configure, is_remote
+    from torchdicom.sources.remote import bucket_root, configure, is_remote
 
     if retries < 0:
         raise ValueError(f"retries must be >= 0. Got: {retries}")
@@ -554,10 +555,10 @@ def dask_scan(
         if not isinstance(source, str | os.PathLike):
             source = [os.fspath(s) for s in source]  # a generator is read once, here
         urls = [os.fspath(source)] if isinstance(source, str | os.PathLike) else source
-        protocols = {u.split("://", 1)[0] for u in urls if is_remote(u)}
-        options = {protocol: dict(storage_options) for protocol in protocols}
-        for protocol in protocols:
-            configure(protocol, storage_options)
+        # Per bucket, as scan() registers them: each task registers them again on its worker.
+        options = {bucket_root(u): dict(storage_options) for u in urls if is_remote(u)}
+        for bucket in options:
+            configure(bucket, storage_options)
     parts = list_partitions(source, partition_depth, partition_files)
     with contextlib.ExitStack() as stack:
         if out is None:
