@@ -52,6 +52,11 @@ SECTIONS = (
     Section("io", "## I/O (python -m benchmarks.io)", "benchmarks.io"),
     Section("scan", "## Scan (python -m benchmarks.scan)", "benchmarks.scan"),
     Section(
+        "scan_dask",
+        "## Distributed scan (python -m benchmarks.scan_dask)",
+        "benchmarks.scan_dask",
+    ),
+    Section(
         "transforms", "## Transforms (python -m benchmarks.transforms)", "benchmarks.transforms"
     ),
     Section("loader", "## Loader (python -m benchmarks.loader)", "benchmarks.loader"),
@@ -61,7 +66,6 @@ SECTIONS = (
     ),
     Section("remote", "## Remote (python -m benchmarks.remote)", "benchmarks.remote"),
     Section("shards", "## Shards (python -m benchmarks.shards)", "benchmarks.shards"),
-    Section("scan_dask", "## Dask scan (python -m benchmarks.scan_dask)", "benchmarks.scan_dask"),
 )
 
 _VERSIONS = (
