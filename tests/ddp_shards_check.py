@@ -2,12 +2,12 @@
 
 Usage: ``python tests/ddp_shards_check.py MANIFEST OUT_DIR [EPOCHS]``
 
-Trains a trivial model on a :class:`~torchdicom.data.shards.DicomShardDataset` (shuffled,
-2 DataLoader workers per rank) with ``strategy="ddp"``, ``accelerator="cpu"``,
-``devices=2`` (Lightning starts the second rank by re-running this script), and writes
-``OUT_DIR/rank<R>_epoch<E>.json``: the item indices (``batch["index"]``) each rank trained
-on, one list per batch. The model calls ``set_epoch`` at the start of every epoch
-(Lightning sets the epoch of samplers only, not of iterable datasets).
+Trains a trivial model on ``DicomDataModule(shards=MANIFEST)`` (a shuffled
+:class:`~torchdicom.data.shards.DicomShardDataset`, 2 DataLoader workers per rank) with
+``strategy="ddp"``, ``accelerator="cpu"``, ``devices=2`` (Lightning starts the second rank
+by re-running this script), and writes ``OUT_DIR/rank<R>_epoch<E>.json``: the item indices
+(``batch["index"]``) each rank trained on, one list per batch. Nothing here calls
+``set_epoch``: the DataModule's train loader sets the epoch from the trainer's each epoch.
 """
 
 from __future__ import annotations
@@ -22,25 +22,19 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddp_check import ddp_trainer, leave_process_group
 
-from torchdicom.data import Collate
-from torchdicom.data.shards import DicomShardDataset
+from torchdicom.datamodule import DicomDataModule
 
 
 class _Recorder(pl.LightningModule):
-    def __init__(self, out: Path, dataset: DicomShardDataset):
+    def __init__(self, out: Path):
         super().__init__()
         self.out = out
-        self.dataset = dataset
         self.layer = nn.Linear(1, 2)
         self.seen: list[list[int]] = []
-
-    def on_train_epoch_start(self) -> None:
-        self.dataset.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.seen.append(batch["index"].tolist())
@@ -62,10 +56,9 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # two ranks on a small CPU box
     warnings.filterwarnings("ignore")  # Lightning's hints about workers and logging
-    dataset = DicomShardDataset(manifest, shuffle=True, seed=7, batch_size=2)
-    loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=Collate())
+    data = DicomDataModule(shards=manifest, seed=7, batch_size=2, num_workers=2, frames="all")
     trainer = ddp_trainer(epochs)
-    trainer.fit(_Recorder(out, dataset), train_dataloaders=loader)
+    trainer.fit(_Recorder(out), datamodule=data)
     if trainer.global_rank == 0:
         print(f"ddp_shards_check: rank 0 done, world size {trainer.world_size}, pid {os.getpid()}")
     leave_process_group()

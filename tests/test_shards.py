@@ -22,7 +22,9 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from tests.conftest import real_file, run_ddp_script
@@ -30,6 +32,7 @@ from tests.test_remote import KEY_ID, SECRET, s3_server  # noqa: F401 - a fixtur
 from torchdicom import scan
 from torchdicom.data import Collate, DicomDataset
 from torchdicom.data.shards import DicomShardDataset, partition
+from torchdicom.datamodule import DicomDataModule
 from torchdicom.errors import CorruptDicomError
 from torchdicom.export import SHARD_TABLE_SUFFIX, to_webdataset
 from torchdicom.io.frames import read_frames, route_for
@@ -398,3 +401,260 @@ def test_epoch_rules_and_arguments(exported):
         DicomShardDataset(report.manifest, rank=0)
     with pytest.raises(ValueError, match="epoch_rule"):
         DicomShardDataset(report.manifest, epoch_rule="repeat")
+
+
+# --------------------------------------------------------------------------- size policy
+def _assert_items_equal(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if key == "index":
+            continue
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(got[key], value, equal_nan=True, rtol=0, atol=0)
+        elif isinstance(value, float) and math.isnan(value):
+            assert math.isnan(got[key]), key
+        else:
+            assert got[key] == value, key
+
+
+@pytest.mark.parametrize(
+    ("size", "resize", "channels"),
+    [((20, 28), "stretch", 1), ((24, 16), "letterbox", 3), (18, "crop", 1), (None, "stretch", 3)],
+)
+def test_size_policy_items_equal_dicomdataset(exported, size, resize, channels):
+    """The mixed collection (grey and colour, 16 to 512 pixels) through the size policy:
+    every item equals DicomDataset's over the same files, geometry keys included, and the
+    batches stack."""
+    index, _, report = exported
+    policy = {"size": size, "resize": resize, "channels": channels}
+    ds = DicomShardDataset(report.manifest, batch_size=4, **policy)
+    ref = DicomDataset(index, **policy)
+    by_source = {(ref[i]["path"], ref[i]["frame"]): ref[i] for i in range(len(ref))}
+    items = _items(ds)
+    assert len(items) == len(ref)
+    for item in items:
+        _assert_items_equal(item, by_source[(item["path"], item["frame"])])
+    if size is not None:
+        assert {"original_size", "crop", "scale", "pad"} <= set(items[0])
+        for batch in DataLoader(ds, batch_size=4, collate_fn=Collate()):
+            side = (size, size) if isinstance(size, int) else size
+            assert batch["image"].shape[1:] == (channels, *side)
+            assert batch["image"].dtype == ds.dtype
+
+
+def test_size_policy_keeps_the_batch_buffer_when_nothing_is_resized(collection, tmp_path):
+    """A policy that keeps the stored size leaves the frames in the one batch buffer they
+    were read into (Collate hands it on as the batch without a copy); one that resizes
+    reads them one by one; both give DicomDataset's items."""
+    # The three int16 slices (ct_like's uint8 files are another layout: another buffer).
+    ct = [r for r in scan(collection / "ct", progress=False).rows() if r["bits_allocated"] == 16]
+    assert len(ct) == 3
+    report = to_webdataset(ct, str(tmp_path / "%03d.tar"), maxcount=10)
+    ref = {it["path"]: it for it in DicomDataset([r["path"] for r in ct], size=32)}
+    kept = _items(DicomShardDataset(report.manifest, frames="first", size=32, batch_size=3))
+    bases = {it["image"].untyped_storage().data_ptr() for it in kept}
+    assert len(bases) == 1  # the three slots of one buffer
+    resized = _items(DicomShardDataset(report.manifest, frames="first", size=16, batch_size=3))
+    assert len({it["image"].untyped_storage().data_ptr() for it in resized}) == 3
+    for item in kept:
+        _assert_items_equal(item, ref[item["path"]])
+    assert [it["image"].shape for it in resized] == [(1, 16, 16)] * 3
+
+
+def test_size_without_channels_on_grey_and_colour_names_the_policy(exported):
+    _, _, report = exported
+    with pytest.raises(ValueError, match="channels=1"):
+        DicomShardDataset(report.manifest, size=32)
+    with pytest.raises(ValueError, match="resize"):
+        DicomShardDataset(report.manifest, size=32, channels=1, resize="squash")
+    with pytest.raises(ValueError, match="on_error"):
+        DicomShardDataset(report.manifest, on_error="ignore")
+
+
+# --------------------------------------------------------------------------- on_error
+def _damaged(tmp_path: Path, maxcount: int):
+    """Shards of 5 CT slices (16²) and two 3-frame JPEG cines (24², RGB) in which the first
+    cine member's code-streams were overwritten after export (the shard keeps its size);
+    the report and (shard, member, source file) of the damaged member."""
+    ct_like(tmp_path / "src" / "ct", n_series=1, slices=5, size=16)
+    us_cine_like(tmp_path / "src" / "us", n=2, frames=3, size=24, jpeg=True)
+    index = scan(tmp_path / "src", progress=False)
+    (tmp_path / "shards").mkdir()
+    report = to_webdataset(index, str(tmp_path / "shards" / "%06d.tar"), maxcount=maxcount)
+    for shard in report.shards:
+        table = json.loads(Path(shard + SHARD_TABLE_SUFFIX).read_text())
+        for member in table["members"]:
+            if member["row"]["transfer_syntax"] == "1.2.840.10008.1.2.4.50":
+                data = bytearray(Path(shard).read_bytes())
+                start, stop = member["offset"] + 332, member["offset"] + member["size"]
+                data[start:stop] = b"\xff" * (stop - start)
+                Path(shard).write_bytes(bytes(data))
+                return report, (shard, member["member"], member["row"]["path"])
+    raise AssertionError("no JPEG member exported")
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    return _damaged(tmp_path, maxcount=4)
+
+
+def test_a_damaged_member_raises_naming_shard_and_member(damaged):
+    report, (shard, member, source) = damaged
+    with pytest.raises(CorruptDicomError) as err:
+        _items(DicomShardDataset(report.manifest, size=16, channels=1))
+    assert shard in str(err.value) and member in str(err.value) and source in str(err.value)
+
+
+def _indices_of(report, source: str) -> set[int]:
+    """The item indices (export order, frames="all") of the frames of ``source``."""
+    found, base = set(), 0
+    for shard in report.shards:
+        for member in json.loads(Path(shard + SHARD_TABLE_SUFFIX).read_text())["members"]:
+            frames = int(member["row"]["frames"])
+            if member["row"]["path"] == source:
+                found |= set(range(base, base + frames))
+            base += frames
+    return found
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_substitutes_and_keeps_batch_counts_on_two_ranks(damaged, workers, caplog):
+    report, (shard, member, source) = damaged
+    bad = _indices_of(report, source)
+    options = {"size": 16, "channels": 1, "batch_size": 2, "shuffle": True, "seed": 5}
+    total = DicomShardDataset(report.manifest).total
+    seen: Counter[int] = Counter()
+    batch_counts = []
+    with caplog.at_level(logging.WARNING, logger="torchdicom.data"):
+        for rank in (0, 1):
+            ds = DicomShardDataset(
+                report.manifest, on_error="skip", rank=rank, world_size=2, **options
+            )
+            ds.set_epoch(1)
+            loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=Collate())
+            batches = list(loader)
+            # As many batches and items as the rank has without damage: ceil(11 / 2) items.
+            assert len(ds) == math.ceil(total / 2)
+            assert sum(len(b["index"]) for b in batches) == len(ds)
+            batch_counts.append(len(batches))
+            substituted = 0
+            for batch in batches:
+                assert batch["image"].shape[1:] == (1, 16, 16)
+                for index, path, flag in zip(
+                    batch["index"].tolist(), batch["path"], batch["substituted"].tolist()
+                ):
+                    seen[index] += 1
+                    # A substitute carries the failed item's index and another file's pixels.
+                    assert flag == (index in bad) and path != source
+                    substituted += flag
+            assert ds.skipped >= substituted  # a substitute may be tried and fail too
+    assert batch_counts[0] == batch_counts[1]
+    assert set(seen) == set(range(total))  # every item (or its substitute) once, one padded
+    assert sum(seen.values()) == 2 * math.ceil(total / 2)
+    if workers == 0:  # the warnings of worker processes do not reach caplog
+        warned = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+        assert warned and all(shard in w and member in w for w in warned)
+        assert "fragment" in warned[0]  # the reason
+
+
+# --------------------------------------------------------------------------- Lightning epochs
+class _EpochRecorder(pl.LightningModule):
+    """Records ``batch["index"]`` per epoch, and what the validation loop sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 2)
+        self.epochs: dict[int, list[int]] = {}
+        self.validated: list[int] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.epochs.setdefault(self.current_epoch, []).extend(batch["index"].tolist())
+        x = batch["image"].float().mean(dim=(1, 2, 3))[:, None]
+        return nn.functional.cross_entropy(self.layer(x), batch["label"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.validated.extend(batch["index"].tolist())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit(dm: DicomDataModule, epochs: int) -> _EpochRecorder:
+    model = _EpochRecorder()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    return model
+
+
+def test_datamodule_streams_shards_and_sets_the_epoch_of_persistent_workers(tmp_path):
+    """Two epochs through pl.Trainer with 2 persistent workers and no set_epoch in user code:
+    every item once per epoch, a new order each epoch, and each epoch's order the one
+    ``set_epoch(epoch)`` gives (the epoch reached the workers)."""
+    ct_like(tmp_path / "src", n_series=2, slices=5, size=16)
+    index = scan(tmp_path / "src", progress=False)
+    labels = {r["path"]: k % 2 for k, r in enumerate(index.rows())}
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    report = to_webdataset(index, str(tmp_path / "train" / "%06d.tar"), maxcount=4, labels=labels)
+    val = to_webdataset(
+        index.rows()[:3], str(tmp_path / "val" / "%06d.tar"), maxcount=4, labels=labels
+    )
+    options = {"batch_size": 2, "num_workers": 2, "frames": "first", "seed": 11}
+    dm = DicomDataModule(
+        shards=report.manifest, val_shards=val.manifest, persistent_workers=True, **options
+    )
+    model = _fit(dm, epochs=2)
+    n = len(index)
+    assert sorted(model.epochs) == [0, 1]
+    for epoch, seen in model.epochs.items():
+        assert sorted(seen) == list(range(n))  # every item exactly once
+        ds = DicomShardDataset(report.manifest, frames="first", shuffle=True, seed=11)
+        ds.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=Collate())
+        assert seen == [i for batch in loader for i in batch["index"].tolist()]
+    assert model.epochs[0] != model.epochs[1]
+    assert sorted(model.validated) == [0, 0, 1, 1, 2, 2]  # the val shards, each epoch
+    assert dm.skipped == 0 and dm.classes is None
+
+
+def test_datamodule_shard_arguments(exported):
+    _, _, report = exported
+    with pytest.raises(ValueError, match="one of them"):
+        DicomDataModule()
+    with pytest.raises(ValueError, match="one of them"):
+        DicomDataModule("somewhere", shards=report.manifest)
+    with pytest.raises(ValueError, match="masks"):
+        DicomDataModule(shards=report.manifest, masks="masks")
+    with pytest.raises(ValueError, match="val_shards"):
+        DicomDataModule("somewhere", val_shards=report.manifest)
+    dm = DicomDataModule(shards=report.manifest, size=(16, 16), channels=1, on_error="skip")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.train_set.size_policy.size == (16, 16) and dm.train_set.on_error == "skip"
+    assert dm.val_dataloader() == []  # no val_shards: no validation loop
+    with pytest.raises(RuntimeError, match="shards"):
+        dm.predict_dataloader()
+
+
+def test_skip_a_shard_with_nothing_readable_repeats_the_item_before(tmp_path):
+    """A damaged member alone in its shard (every substitute in the shard fails): its items
+    are copies of the item read before; with no item before, the error is raised."""
+    report, (shard, _, source) = _damaged(tmp_path, maxcount=1)
+    bad = _indices_of(report, source)
+    items = _items(DicomShardDataset(report.manifest, on_error="skip", size=16, channels=1))
+    assert [it["index"] for it in items] == list(range(len(items)))
+    before = items[min(bad) - 1]
+    for index in bad:
+        assert items[index]["substituted"] and items[index]["path"] == before["path"]
+        torch.testing.assert_close(items[index]["image"], before["image"])
+    with pytest.raises(CorruptDicomError, match="fragment"):
+        _items(DicomShardDataset([shard], on_error="skip"))

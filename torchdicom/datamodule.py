@@ -198,6 +198,7 @@ class DicomDataModule(_LightningDataModule):
             :meth:`DicomIndex.to_parquet` / ``torchdicom scan --out``, an fsspec URL
             (``s3://…``), or a :class:`~torchdicom.DicomWebSource`; a URL or server is
             scanned by :meth:`prepare_data` into the index cache, which :meth:`setup` reads.
+            None when streaming ``shards``.
         labels: a CSV path or a callable ``f(path)`` / ``f(path, frame)`` (see
             :class:`DicomDataset`). A DataFrame or a mapping works too from Python;
             the annotation lists only the types ``LightningCLI`` parses safely
@@ -249,6 +250,19 @@ class DicomDataModule(_LightningDataModule):
             the batch tensor on the device (``DicomDataset.decode_batch``) before moving the
             rest; ``image`` arrives decoded, as without it. Checked here: a CUDA device
             without CUDA raises ValueError. Not with ``cpu_transform`` or ``size``.
+        shards: instead of ``data``, the manifest (or folder, or brace pattern) of shards
+            written by :func:`~torchdicom.export.to_webdataset`: training streams from them
+            through a :class:`~torchdicom.data.shards.DicomShardDataset` (shuffled by
+            ``seed``, split across DDP ranks and workers), whose epoch the train loader sets
+            from ``trainer.current_epoch`` each time Lightning iterates it (persistent
+            workers included): no ``set_epoch`` in user code. ``frames``, ``cpu_transform``,
+            ``on_error``, ``color``, ``size`` / ``resize`` / ``channels``,
+            ``storage_options`` and the loader settings apply; labels come from the shards;
+            the splits are shard sets, not fractions (``val_fraction`` / ``test_fraction``
+            are not used). Not with ``labels``, ``masks``, ``cache_dir``,
+            ``decode_device`` or ``batching="by_size"``; no :meth:`predict_dataloader`.
+        val_shards: the validation shards (read in order, never shuffled); without them
+            there is no validation loop.
 
     Batches are dicts (see :class:`Collate`); ``image`` arrives on the device
     in the dataset's one stored dtype (:attr:`DicomDataset.dtype`: e.g. int32
@@ -258,7 +272,7 @@ class DicomDataModule(_LightningDataModule):
 
     def __init__(
         self,
-        data: str | os.PathLike[str],
+        data: str | os.PathLike[str] | None = None,
         labels: str | os.PathLike[str] | Callable[..., Any] | None = None,
         masks: MaskSource = None,
         frames: Literal["all", "first"] | int = "first",
@@ -287,8 +301,31 @@ class DicomDataModule(_LightningDataModule):
         storage_options: dict[str, Any] | None = None,
         decode_device: str | None = None,
         decode_fallback: Literal["cpu"] | None = "cpu",
+        shards: str | os.PathLike[str] | None = None,
+        val_shards: str | os.PathLike[str] | None = None,
     ):
         super().__init__()
+        if (data is None) == (shards is None):
+            raise ValueError(
+                "give data (a DICOM folder, index or URL) or shards (a shard manifest), one of"
+                f" them. Got: data={data!r}, shards={shards!r}"
+            )
+        if shards is not None:
+            given = {
+                "labels": labels is not None,
+                "masks": masks is not None,
+                "cache_dir": cache_dir is not None,
+                "decode_device": decode_device is not None,
+                "batching='by_size'": batching == "by_size",
+            }
+            if any(given.values()):
+                raise ValueError(
+                    f"{', '.join(k for k, v in given.items() if v)} cannot be used with shards"
+                    " (labels come from the shards; no masks, frame cache, GPU decode or size"
+                    " buckets when streaming shards)"
+                )
+        elif val_shards is not None:
+            raise ValueError("val_shards goes with shards=, not data=")
         decode_target(decode_device, decode_fallback)  # a clear error now, not at setup()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1. Got: {batch_size}")
@@ -315,6 +352,7 @@ class DicomDataModule(_LightningDataModule):
             # Paths as strings: checkpoints load with torch.load(weights_only=True).
             self.hparams[name] = _as_data(value)
         self.data = data
+        self.shards, self.val_shards = shards, val_shards
         self.storage_options = storage_options
         self.decode_device, self.decode_fallback = decode_device, decode_fallback
         self.labels = labels
@@ -420,7 +458,11 @@ class DicomDataModule(_LightningDataModule):
         again; the cache is rewritten atomically when anything changed. A parquet index
         given as ``data`` needs nothing, nor does a DataModule already set up (every
         ``fit`` / ``validate`` / ``test`` / ``predict`` calls this; the index is read once).
+        Shards need nothing.
         """
+        if self.shards is not None:
+            self._prepared = True
+            return
         root = self._root()
         if self._remote() and self.dataset is None:
             cache = self._remote_index_file()
@@ -449,6 +491,10 @@ class DicomDataModule(_LightningDataModule):
         changed after local rank 0's scan is parsed on that rank only.
         """
         if self.dataset is not None:
+            return
+        if self.shards is not None:
+            if self.train_set is None:
+                self.train_set, self.val_set = self._shard_sets()
             return
         root = self._root()
         if root is None:
@@ -535,10 +581,67 @@ class DicomDataModule(_LightningDataModule):
 
     @property
     def classes(self) -> list[str] | None:
+        if self.shards is not None:
+            return None if self.train_set is None else self.train_set.classes
         return None if self.dataset is None else self.dataset.classes
+
+    # ----------------------------------------------------------------- shards
+    def _shard_sets(self) -> tuple[Any, Any]:
+        """The train (shuffled) and validation (in order, or None) shard datasets."""
+        from torchdicom.data.shards import DicomShardDataset
+
+        options: dict[str, Any] = {
+            "frames": self.frames,
+            "transform": self.cpu_transform,
+            "seed": self.seed,
+            "on_error": self.on_error,
+            "color": self.color,
+            "storage_options": self.storage_options,
+            "batch_size": self.batch_size,
+            "size": self.size,
+            "resize": self.resize,
+            "channels": self.channels,
+        }
+        train = DicomShardDataset(self.shards, shuffle=True, **options)  # type: ignore[arg-type]
+        val = None
+        if self.val_shards is not None:
+            val = DicomShardDataset(self.val_shards, shuffle=False, **options)
+        return train, val
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return 0 if trainer is None else int(trainer.current_epoch)
+
+    def _shard_loader(self, dataset: Any, train: bool, drop_last: bool) -> Any:
+        """A loader over a shard dataset; the train one sets its epoch when iterated.
+
+        Lightning creates the train loader once (unless ``reload_dataloaders_every_n_epochs``)
+        and calls ``iter`` on it every epoch, after the epoch counter moved on: that is
+        where :class:`~torchdicom.data.shards.EpochLoader` sets the dataset's shared epoch,
+        before workers start (or persistent ones are told to begin the next epoch).
+        """
+        from torchdicom.data.shards import EpochLoader
+
+        if dataset is None:
+            if self.train_set is None:
+                raise RuntimeError("call setup() before asking for a DataLoader")
+            return []  # no validation / test shards: Lightning skips the loop
+        options: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+            "collate_fn": self.collate,
+            "drop_last": drop_last,
+        }
+        if train:
+            return EpochLoader(dataset, epoch=self._current_epoch, **options)
+        return DataLoader(dataset, **options)
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, subset: Subset | None, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        if self.shards is not None:
+            return self._shard_loader(subset, shuffle, drop_last)
         if subset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
         if self.batching == "by_size":
@@ -590,6 +693,11 @@ class DicomDataModule(_LightningDataModule):
         them. Under DDP, Lightning gives each rank a share (its sampler pads the shares to
         equal length by repeating items).
         """
+        if self.shards is not None:
+            raise RuntimeError(
+                "predict_dataloader reads data= (a DICOM folder or index); for shards iterate"
+                " a DicomShardDataset(shuffle=False) over them"
+            )
         if self.dataset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
         return self._loader(Subset(self.dataset, range(len(self.dataset))), shuffle=False)
@@ -623,6 +731,8 @@ class DicomDataModule(_LightningDataModule):
     @property
     def skipped(self) -> int:
         """Samples substituted because their file failed (on_error="skip"), all workers."""
+        if self.shards is not None:
+            return sum(d.skipped for d in (self.train_set, self.val_set) if d is not None)
         return 0 if self.dataset is None else self.dataset.skipped
 
     # ----------------------------------------------------------------- checkpoints

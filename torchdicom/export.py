@@ -9,8 +9,9 @@ and the frame spans shifted to tar coordinates. A reader therefore never parses 
 nor walks the tar: :class:`~torchdicom.data.shards.DicomShardDataset` reads a frame with
 one ``pread`` at ``offset inside the tar`` through the same read routes as a file
 (:data:`torchdicom.io.frames.ROUTES`). A manifest, ``shards.json`` in the shards' folder,
-sums each shard up (members, frames, pixel layouts, label classes) so that a dataset over
-thousands of shards reads one small file at construction, not every offset table.
+sums each shard up (members, frames, pixel layouts, samples per pixel, label classes) so
+that a dataset over thousands of shards reads one small file at construction, not every
+offset table.
 
 Why a sidecar and not a first tar member ``__index__.json``: the offsets are known only
 once the members are written, so a leading member would mean writing each tar twice (or
@@ -273,6 +274,7 @@ class _ShardWriter:
         self.members: list[dict[str, Any]] = []
         self.frames = 0
         self.layouts: Counter[tuple[Any, ...]] = Counter()
+        self.samples: set[int] = set()  # (0028,0002) Samples per Pixel of the members
         self.labels: list[Any] = []
 
     def add(self, name: str, data: bytes) -> int:
@@ -392,6 +394,8 @@ def to_webdataset(
                 "members": len(w.members),
                 "frames": w.frames,
                 "layouts": [[*layout, n] for layout, n in sorted(w.layouts.items())],
+                # A reader's size policy checks grey against colour without the tables.
+                "samples_per_pixel": sorted(w.samples),
             }
         )
         log.info("wrote shard %s: %d files, %d bytes", display(w.url), len(w.members), tar_size)
@@ -438,6 +442,7 @@ def to_webdataset(
             writer.members.append(member)
             writer.frames += int(row["frames"])
             writer.layouts[tuple(_plain(row[c]) for c in _LAYOUT_COLUMNS)] += 1
+            writer.samples.add(int(row["samples_per_pixel"]))
             report.written += 1
             report.frames += int(row["frames"])
             key += 1

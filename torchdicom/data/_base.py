@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +60,34 @@ _TORCH_DTYPES = {
 }
 
 _YBR = ("YBR_FULL", "YBR_FULL_422")
+# How many items a failed one may try as its substitute (on_error="skip") before the
+# error is raised after all: a run of that many bad items is no longer a stray file.
+_MAX_SUBSTITUTES = 64
+
+
+def keeps_ybr(row: Mapping[str, Any], color: str) -> bool:
+    """Whether a file's frames are handed over in YCbCr (``color="ybr"``, a YBR_FULL(_422)
+    colour file) rather than converted to RGB."""
+    return color == "ybr" and int(row["samples_per_pixel"]) == 3 and str(row["photometric"]) in _YBR
+
+
+def size_policy(
+    size: int | tuple[int, int] | None,
+    resize: str,
+    channels: Literal[1, 3] | None,
+    samples_per_pixel: Iterable[int],
+) -> SizePolicy:
+    """A dataset's :class:`SizePolicy`, checked against its files' (0028,0002) *Samples per
+    Pixel*: a size promises items that batch, so grey and colour must meet a channel policy.
+
+    Raises:
+        ValueError: bad ``size`` / ``resize`` / ``channels``; ``size`` set, ``channels``
+            None and the files mixing grey and colour.
+    """
+    policy = SizePolicy(size, resize, channels)  # type: ignore[arg-type]
+    if size is not None:
+        check_channels(list(samples_per_pixel), channels)
+    return policy
 
 
 def _as_index(
@@ -306,6 +334,34 @@ class _SkipCounter:
             self._value.value = 0
 
 
+def first_readable(
+    read: Callable[[int], dict[str, Any]],
+    attempts: int,
+    skips: _SkipCounter,
+    key: Callable[[int, TorchDicomError], str],
+) -> tuple[dict[str, Any], int]:
+    """The first item ``read(attempt)`` gives without a :class:`TorchDicomError`, and its attempt.
+
+    What ``on_error="skip"`` does in every dataset: attempt 0 is the item asked for, the
+    later ones its substitutes (the dataset decides which). Every failure is counted in
+    ``skips`` and logged once per ``key(attempt, error)``. A substitute instead of a gap
+    keeps the item count, and so the batch count of every DDP rank, unchanged: no rank
+    waits at a collective for a batch another rank does not have.
+
+    Raises:
+        TorchDicomError: the last failure, when all ``attempts`` fail.
+    """
+    last: TorchDicomError | None = None
+    for attempt in range(attempts):
+        try:
+            return read(attempt), attempt
+        except TorchDicomError as exc:
+            skips.add(key(attempt, exc), exc)
+            last = exc
+    assert last is not None, "first_readable needs at least one attempt"
+    raise last
+
+
 # A batch-buffer slot of one item: (its (C, H, W) tensor view, its (1, C, H, W) numpy view to
 # read into, or None when the pixels are there already).
 _Slot = tuple[torch.Tensor, np.ndarray | None]
@@ -414,11 +470,7 @@ class _Base(Dataset):
 
     def _keeps_ybr(self, row: Mapping[str, Any]) -> bool:
         """Whether this file's frames are handed over in YCbCr (color="ybr")."""
-        return (
-            self.color == "ybr"
-            and int(row["samples_per_pixel"]) == 3
-            and str(row["photometric"]) in _YBR
-        )
+        return keeps_ybr(row, self.color)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -573,30 +625,27 @@ class _Base(Dataset):
         i %= n
         if self.on_error == "raise":
             return self._get(i, into)
-        # Substitute the next readable sample so batch counts stay equal on
-        # every DDP rank (no rank waits at a collective for a missing batch).
-        last: TorchDicomError | None = None
-        for attempt in range(min(n, 64)):
+
+        # Substitute the next readable sample (see first_readable).
+        def read(attempt: int) -> dict[str, Any]:
             j = (i + attempt) % n
-            try:
-                # A substitute is read on its own: it may not fit the batch slot.
-                item = self._get(j, into if attempt == 0 else None)
-                if attempt > 0 and item.get(PENDING):
-                    # decode_batch finds an item's frames by its index, which will name the
-                    # failed item: the substitute is read here, on the CPU.
-                    row, frames = self._item_frames(j)
-                    shape = item[IMAGE].shape
-                    item[IMAGE] = torch.from_numpy(self._read(row, frames)).reshape(shape)
-                    item[PENDING] = False
-            except TorchDicomError as exc:
-                self._skips.add(exc.path or "?", exc)
-                last = exc
-                continue
-            item[INDEX] = i
-            item[SUBSTITUTED] = attempt > 0
+            # A substitute is read on its own: it may not fit the batch slot.
+            item = self._get(j, into if attempt == 0 else None)
+            if attempt > 0 and item.get(PENDING):
+                # decode_batch finds an item's frames by its index, which will name the
+                # failed item: the substitute is read here, on the CPU.
+                row, frames = self._item_frames(j)
+                shape = item[IMAGE].shape
+                item[IMAGE] = torch.from_numpy(self._read(row, frames)).reshape(shape)
+                item[PENDING] = False
             return item
-        assert last is not None
-        raise last
+
+        item, attempt = first_readable(
+            read, min(n, _MAX_SUBSTITUTES), self._skips, lambda _, exc: exc.path or "?"
+        )
+        item[INDEX] = i
+        item[SUBSTITUTED] = attempt > 0
+        return item
 
 
 class _ItemDataset(_Base):
@@ -618,9 +667,9 @@ class _ItemDataset(_Base):
         decode_fallback: Literal["cpu"] | None,
     ) -> None:
         """Fix what depends on the final rows: size policy, dtype, device decoding."""
-        self.size_policy = SizePolicy(size, resize, channels)  # type: ignore[arg-type]
-        if size is not None:  # a size promises items that batch: grey and colour must agree
-            check_channels([r["samples_per_pixel"] for r in self.rows], channels)
+        self.size_policy = size_policy(
+            size, resize, channels, (r["samples_per_pixel"] for r in self.rows)
+        )
         self._stored_dtype()  # decided now, from the final rows, and pickled to workers
         self._init_decode(decode_device, decode_fallback, transform, size)
 

@@ -62,10 +62,21 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from torchdicom._runtime import batch_buffer, run_in_slices
-from torchdicom.data._base import _TORCH_DTYPES, _YBR, _into_dtype, _meta, stored_dtype
+from torchdicom.data._base import (
+    _MAX_SUBSTITUTES,
+    _TORCH_DTYPES,
+    _into_dtype,
+    _meta,
+    _SkipCounter,
+    first_readable,
+    keeps_ybr,
+    size_policy,
+    stored_dtype,
+)
+from torchdicom.data.resize import ResizeMode
 from torchdicom.errors import (
     CorruptDicomError,
     DicomFileNotFoundError,
@@ -75,9 +86,9 @@ from torchdicom.export import MANIFEST_NAME, SHARD_TABLE_SUFFIX
 from torchdicom.io.frames import native_layout, read_frames_numpy, read_native_batch
 from torchdicom.io.header import frame_row
 from torchdicom.io.schema import INDEX_SCHEMA
-from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, PATH, YBR
+from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, PATH, SUBSTITUTED, YBR
 
-__all__ = ["DicomShardDataset", "partition"]
+__all__ = ["DicomShardDataset", "EpochLoader", "partition"]
 
 log = logging.getLogger("torchdicom.data")
 
@@ -85,16 +96,6 @@ _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _SPOOL_CHUNK = 16 * 2**20  # bytes per range request when spooling a remote shard
 _TABLES_KEPT = 16  # offset tables kept per worker (see DicomShardDataset._table)
 _JSON_MAX = 2**30  # an offset table or manifest larger than this is not one
-
-
-class _Pending(NamedTuple):
-    """An item located but not read yet: its shard, offset-table member, row and frame."""
-
-    url: str
-    member: dict[str, Any]
-    row: dict[str, Any]
-    frame: int
-    index: int
 
 
 class _Opened(NamedTuple):
@@ -106,6 +107,20 @@ class _Opened(NamedTuple):
     located: list[tuple[int, int]]  # (member, item within the member) per position
     where: dict[str, Any]
     stack: contextlib.ExitStack
+    whole: bool  # every member is readable (False: a spool holding the segment's only)
+
+
+class _Pending(NamedTuple):
+    """An item located but not read yet: its shard, offset-table member, row and frame, and
+    its open segment and slot there (where its substitutes come from, on_error="skip")."""
+
+    url: str
+    member: dict[str, Any]
+    row: dict[str, Any]
+    frame: int
+    index: int
+    opened: _Opened
+    slot: int  # in opened.positions; -1 for a substitute from outside the segment
 
 
 class _Shard(NamedTuple):
@@ -114,6 +129,7 @@ class _Shard(NamedTuple):
     members: int
     frames: int
     layouts: list[list[Any]]  # [pixel_keyword, bits_allocated, bits_stored, representation, n]
+    samples: list[int] | None  # distinct Samples per Pixel (None: a manifest from before them)
 
 
 # --------------------------------------------------------------------------- sources
@@ -275,16 +291,49 @@ class DicomShardDataset(IterableDataset):
             of a worker whose frames are uncompressed with one shape is read straight into
             one (B, C, H, W) batch buffer and :class:`~torchdicom.data.Collate` hands it on
             without stacking a copy (as DicomDataset's batches). Any other DataLoader batch
-            size still gives correct batches, stacked.
+            size still gives correct batches, stacked. With a size policy that changes a
+            batch's shape the frames are read one by one and resized (nothing to share).
+        on_error: ``"raise"`` (default) or ``"skip"``: an item whose member cannot be read
+            (a member damaged after export, a transform's TorchDicomError) is replaced by
+            the next readable item of the shard this worker has open (its own segment
+            first; a remote spooled shard: only that segment; none readable: a copy of the
+            item read before it), as DicomDataset substitutes the next readable file;
+            logged once per member with the shard, member and reason, and counted in
+            :attr:`skipped` (all workers); the item carries
+            ``substituted`` True and the failed item's ``index``. Item and batch counts per
+            rank stay what they are without errors. Shard-level failures (a missing,
+            truncated or rewritten shard) always raise.
+        size, resize, channels: the size policy of :class:`~torchdicom.data.DicomDataset`
+            (:class:`~torchdicom.data.resize.SizePolicy`): every item becomes ``size``
+            (H, W) by ``resize`` (``"stretch"`` / ``"letterbox"`` / ``"crop"``) in the
+            worker, in :attr:`dtype`, with ``original_size``, ``crop``, ``scale``,
+            ``pad``; ``channels`` 1 (colour → luma) or 3 (grey repeated). With ``size`` and
+            no ``channels``, shards mixing grey and colour raise ValueError here (from the
+            manifest's samples per pixel; manifests written before it are not checked).
 
-    Item (dict), as :class:`~torchdicom.data.DicomDataset`'s: ``image`` (C, H, W) in
-    :attr:`dtype`; ``slope``, ``intercept``, ``window_center``, ``window_width``,
-    ``affine`` (4, 4), ``monochrome1``, ``bits_stored``, ``signed``, ``ybr``; ``label``
-    (when the shards have labels: integers as written, strings encoded in sorted order,
-    :attr:`classes`); ``path`` (the source file's path at export); ``frame``; ``index``
-    (the item's position in the export's order, the same in every epoch).
+    Item (dict), as :class:`~torchdicom.data.DicomDataset`'s for the same files and
+    arguments: ``image`` (C, H, W) in :attr:`dtype`; ``slope``, ``intercept``,
+    ``window_center``, ``window_width``, ``affine`` (4, 4), ``monochrome1``,
+    ``bits_stored``, ``signed``, ``ybr``; ``label`` (when the shards have labels: integers
+    as written, strings encoded in sorted order, :attr:`classes`); ``path`` (the source
+    file's path at export); ``frame``; ``index`` (the item's position in the export's
+    order, the same in every epoch); with ``size``: ``original_size`` (2,), ``crop``
+    (4,), ``scale`` (2,), ``pad`` (4,); with ``on_error="skip"``: ``substituted``.
 
     Length: ``len(dataset)`` is the items *one rank* yields per epoch (see ``epoch_rule``).
+
+    Epochs: :meth:`set_epoch` writes a shared integer that DataLoader workers, persistent
+    ones included, read when an epoch's iteration starts. :class:`EpochLoader` sets it from
+    a callable each time it is iterated, and :class:`~torchdicom.DicomDataModule` (``shards=``)
+    hands Lightning such a loader reading ``trainer.current_epoch``: no user code. With a
+    plain DataLoader under Lightning call ``set_epoch`` in ``on_train_epoch_start``
+    (Lightning sets the epoch of samplers only, and an iterable dataset has none).
+
+    Limits (what :class:`~torchdicom.data.DicomDataset` has and this does not): no
+    ``masks`` (a shard carries images and labels only), no ``decode_device`` (frames are
+    decoded in the workers), no decoded-frame ``cache`` (each frame is decoded each time it
+    is read; a frame is read once per epoch anyway), no ``frames=k``. Every rank needs the
+    same ``num_workers`` (equal batch counts come from equal per-worker splits).
 
     Raises:
         CorruptDicomError: a shard shorter than its offset table says (truncated), naming
@@ -316,6 +365,10 @@ class DicomShardDataset(IterableDataset):
         spool: bool | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+        size: int | tuple[int, int] | None = None,
+        resize: ResizeMode = "stretch",
+        channels: Literal[1, 3] | None = None,
     ):
         super().__init__()
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
@@ -327,6 +380,8 @@ class DicomShardDataset(IterableDataset):
             raise ValueError(f"epoch_rule must be 'pad' or 'drop'. Got: {epoch_rule!r}")
         if color not in ("rgb", "ybr"):
             raise ValueError(f"color must be 'rgb' or 'ybr'. Got: {color!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip'. Got: {on_error!r}")
         if (rank is None) != (world_size is None):
             raise ValueError(
                 f"give both rank and world_size or neither. Got: {rank!r}, {world_size!r}"
@@ -336,7 +391,8 @@ class DicomShardDataset(IterableDataset):
         self.frames, self.transform = frames, transform
         self.shuffle, self.seed, self.epoch_rule = shuffle, int(seed), epoch_rule
         self.rank, self.world_size = rank, world_size
-        self.color = color
+        self.color, self.on_error = color, on_error
+        self._skips = _SkipCounter()
         self._storage_options = storage_options
         self.spool, self.spool_dir = spool, None if spool_dir is None else os.fspath(spool_dir)
         self.shards, labels, classes = self._load(source)
@@ -356,6 +412,10 @@ class DicomShardDataset(IterableDataset):
             itertools.repeat(r, n) for r, n in zip(layouts, weights)
         )
         self._stored = stored_dtype(rows)
+        # Manifests written before samples per pixel was recorded give nothing to check.
+        self.size_policy = size_policy(
+            size, resize, channels, (n for s in self.shards for n in s.samples or ())
+        )
         # A shared integer: set_epoch in the main process reaches persistent workers too.
         self._epoch = multiprocessing.get_context().Value("q", 0)
         self._pinned: tuple[int, int] | None = None
@@ -395,6 +455,7 @@ class DicomShardDataset(IterableDataset):
                 int(s["members"]),
                 int(s["frames"]),
                 s["layouts"],
+                s.get("samples_per_pixel"),
             )
             for s in manifest["shards"]
         ]
@@ -406,6 +467,7 @@ class DicomShardDataset(IterableDataset):
             self._configure(url)
             table = _read_json(url + SHARD_TABLE_SUFFIX, "offset table")
             counts: dict[tuple[Any, ...], int] = {}
+            samples = sorted({int(m["row"]["samples_per_pixel"]) for m in table["members"]})
             for m in table["members"]:
                 key = tuple(m["row"][c] for c in _LAYOUT_KEYS)
                 counts[key] = counts.get(key, 0) + 1
@@ -418,6 +480,7 @@ class DicomShardDataset(IterableDataset):
                     len(table["members"]),
                     sum(int(m["row"]["frames"]) for m in table["members"]),
                     [[*k, n] for k, n in counts.items()],
+                    samples,
                 )
             )
         numbers = all(isinstance(v, int | float | bool) for v in labels)
@@ -452,11 +515,22 @@ class DicomShardDataset(IterableDataset):
         """The one dtype of every item's ``image`` (the rule of :func:`~torchdicom.data._base.stored_dtype`)."""
         return _TORCH_DTYPES[self._stored]
 
+    @property
+    def skipped(self) -> int:
+        """Items substituted because their member failed (on_error="skip"; all workers,
+        since the last :meth:`reset_skipped`)."""
+        return self._skips.value
+
+    def reset_skipped(self) -> None:
+        self._skips.reset()
+
     def set_epoch(self, epoch: int) -> None:
         """Pick the epoch whose shuffle the next iteration uses (every rank: the same number).
 
-        Lightning does not call this for an iterable dataset: call it from
-        ``on_train_epoch_start`` (e.g. ``dataset.set_epoch(self.current_epoch)``).
+        The value is shared with the DataLoader's workers (persistent ones too): set it
+        before the loader is iterated. Lightning does not call this for an iterable
+        dataset: use :class:`EpochLoader` (what ``DicomDataModule(shards=...)`` does), or
+        call it from ``on_train_epoch_start`` (``dataset.set_epoch(self.current_epoch)``).
         """
         self._epoch.value = int(epoch)
 
@@ -523,18 +597,19 @@ class DicomShardDataset(IterableDataset):
                 positions = rng.permutation(positions)
             if len(positions):
                 segments.append((shard, positions))
+        previous: list[dict[str, Any]] = []  # the last item read: a substitute of last resort
         try:
             for opened in self._open_ahead(segments):
                 held.append(opened.stack)
                 for entry in self._entries(opened):
                     pending.append(entry)
                     if len(pending) == size:
-                        yield from self._read_chunk(pending)
+                        yield from self._read_chunk(pending, previous)
                         pending = []
                         while len(held) > 1:
                             held.pop(0).close()
             if pending:
-                yield from self._read_chunk(pending)
+                yield from self._read_chunk(pending, previous)
         finally:
             for stack in held:
                 stack.close()
@@ -653,19 +728,15 @@ class DicomShardDataset(IterableDataset):
         """Read the shard's offset table, locate the items at ``positions`` and open the
         shard (checked; a remote one spooled) on a stack the caller closes."""
         table = self._table(shard)
-        starts = table["_starts"]
-        located = [
-            (m, int(p) - int(starts[m]))
-            for p in positions
-            for m in [int(np.searchsorted(starts, int(p), side="right")) - 1]
-        ]
+        located = [_locate_in(table, int(p)) for p in positions]
         stack = contextlib.ExitStack()
         try:
             where = stack.enter_context(self._opened(shard, table, [m for m, _ in located]))
         except BaseException:
             stack.close()
             raise
-        return _Opened(shard, positions, table, located, where, stack)
+        whole = not _is_remote(self.shards[shard].url) or self.spool is False
+        return _Opened(shard, positions, table, located, where, stack, whole)
 
     def _open_ahead(self, segments: list[tuple[int, np.ndarray]]) -> Iterator[_Opened]:
         """The segments' shards opened in order; remote ones one ahead, on a thread.
@@ -698,25 +769,59 @@ class DicomShardDataset(IterableDataset):
 
     def _entries(self, opened: _Opened) -> Iterator[_Pending]:
         """The items of an opened segment, located (nothing read yet)."""
-        table, where, shard = opened.table, opened.where, opened.shard
-        url = self.shards[shard].url
-        rows: dict[int, dict[str, Any]] = {}
-        for (m, within), p in zip(opened.located, opened.positions):
-            member = table["members"][m]
-            row = rows.get(m)
-            if row is None:
-                row = rows[m] = self._member_row(member, where)
-            frame = within if self.frames == "all" else 0
-            yield _Pending(url, member, row, frame, int(self._base[shard]) + int(p))
+        rows: dict[int, dict[str, Any]] = {}  # a member's row, shared by its frames
+        for slot in range(len(opened.positions)):
+            yield self._entry(opened, slot, rows)
 
-    def _read_chunk(self, chunk: list[_Pending]) -> Iterator[dict[str, Any]]:
+    def _entry(
+        self,
+        opened: _Opened,
+        slot: int,
+        rows: dict[int, dict[str, Any]] | None = None,
+        position: int | None = None,
+    ) -> _Pending:
+        """Item ``slot`` of an opened segment, or (``slot`` -1) the item at ``position`` in
+        its shard, located."""
+        if slot >= 0:
+            position = int(opened.positions[slot])
+            m, within = opened.located[slot]
+        else:
+            assert position is not None
+            m, within = _locate_in(opened.table, position)
+        member = opened.table["members"][m]
+        row = None if rows is None else rows.get(m)
+        if row is None:
+            row = self._member_row(member, opened.where)
+            if rows is not None:
+                rows[m] = row
+        frame = within if self.frames == "all" else 0
+        index = int(self._base[opened.shard]) + position
+        return _Pending(self.shards[opened.shard].url, member, row, frame, index, opened, slot)
+
+    def _batch_layout(self, chunk: list[_Pending]) -> Any:
+        """The one native layout of the chunk's frames when they can be read into one batch
+        buffer that the items keep as their images, else None."""
+        if len(chunk) < 2:
+            return None
+        layouts = {native_layout(e.row) for e in chunk}
+        layout = layouts.pop() if len(layouts) == 1 else None
+        if layout is None or layout.dtype != self._stored:
+            return None
+        # A size policy that changes the shape makes a new image per item: the buffer
+        # would only be copied out of (a policy that keeps it returns the slot itself).
+        if self.size_policy and self.size_policy.output_shape(*layout.shape) != layout.shape:
+            return None
+        return layout
+
+    def _read_chunk(
+        self, chunk: list[_Pending], previous: list[dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
         """The items of ``chunk``; native frames of one layout are read straight into one
         (B, C, H, W) batch buffer whose slots the items' images are (Collate hands it on
         without a copy, as for DicomDataset's batches)."""
         images: list[torch.Tensor | None] = [None] * len(chunk)
-        layouts = {native_layout(e.row) for e in chunk}
-        layout = layouts.pop() if len(layouts) == 1 else None
-        if len(chunk) > 1 and layout is not None and layout.dtype == self._stored:
+        layout = self._batch_layout(chunk)
+        if layout is not None:
             like = torch.from_numpy(np.empty(0, self._stored))
             buffer = batch_buffer(like, len(chunk), layout.shape)
             slots = buffer.numpy()
@@ -728,8 +833,13 @@ class DicomShardDataset(IterableDataset):
                 for k in range(k0, k1):
                     if done[k]:
                         continue
-                    with self._naming(chunk[k]):
+                    try:
                         read_frames_numpy(chunk[k].row, chunk[k].frame, out=slots[k : k + 1])
+                    except TorchDicomError:
+                        # Read again on its own by the item path, which names the shard and
+                        # member, and raises or substitutes as on_error says.
+                        continue
+                    done[k] = True
 
             if get_worker_info() is None:
                 # In the main process the preads overlap on the runtime's threads (the GIL
@@ -737,10 +847,59 @@ class DicomShardDataset(IterableDataset):
                 run_in_slices(len(chunk), read, slots[0].size)
             else:
                 read(0, len(chunk))
-            images = list(buffer.unbind(0))
+            images = [v if ok else None for v, ok in zip(buffer.unbind(0), done, strict=True)]
         for entry, image in zip(chunk, images):
+            item = self._fetch(entry, image, previous)
+            previous[:] = [item]
+            yield item
+
+    def _fetch(
+        self, entry: _Pending, image: torch.Tensor | None, previous: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The item of ``entry`` (``image``: its frame, already read), or with
+        ``on_error="skip"`` the first readable substitute (see :func:`first_readable`).
+
+        Substitutes come from the shard this worker has open: the next items of the same
+        segment, wrapping around, then (unless the shard is a spool holding only the
+        segment's byte range) the shard's other items; when every one of them fails, a
+        copy of the item read before (``previous``), when there is one.
+        """
+        if self.on_error == "raise":
             with self._naming(entry):
-                yield self._item(entry, image)
+                return self._item(entry, image)
+        opened = entry.opened
+        segment = len(opened.positions)
+        others: list[int] = []
+        if opened.whole:
+            mine = {int(p) for p in opened.positions}
+            count = self._counts[opened.shard]
+            others = [p for p in range(count) if p not in mine][:_MAX_SUBSTITUTES]
+        tries = min(segment + len(others), _MAX_SUBSTITUTES)
+
+        def candidate(attempt: int) -> _Pending:
+            if attempt == 0:
+                return entry
+            if attempt < segment:
+                return self._entry(opened, (entry.slot + attempt) % segment)
+            return self._entry(opened, -1, position=others[attempt - segment])
+
+        def read(attempt: int) -> dict[str, Any]:
+            if attempt == tries:  # the whole segment failed
+                return {
+                    k: v.clone() if isinstance(v, torch.Tensor) else v
+                    for k, v in previous[0].items()
+                }
+            e = candidate(attempt)
+            with self._naming(e):
+                return self._item(e, image if attempt == 0 else None)
+
+        def key(attempt: int, exc: TorchDicomError) -> str:
+            return f"{exc.path}::{candidate(attempt).member['member']}"
+
+        item, attempt = first_readable(read, tries + len(previous[:1]), self._skips, key)
+        item[INDEX] = entry.index
+        item[SUBSTITUTED] = attempt > 0
+        return item
 
     @staticmethod
     @contextlib.contextmanager
@@ -765,11 +924,7 @@ class DicomShardDataset(IterableDataset):
 
     def _item(self, entry: _Pending, image: torch.Tensor | None) -> dict[str, Any]:
         row, member, frame, index = entry.row, entry.member, entry.frame, entry.index
-        keep_ybr = (
-            self.color == "ybr"
-            and int(row["samples_per_pixel"]) == 3
-            and str(row["photometric"]) in _YBR
-        )
+        keep_ybr = keeps_ybr(row, self.color)
         if image is None:
             values = read_frames_numpy(row, frame, as_rgb=not keep_ybr)
             image = torch.from_numpy(_into_dtype(values, self._stored, row["path"])[0])
@@ -781,9 +936,51 @@ class DicomShardDataset(IterableDataset):
                 label = self._codes[str(label)]
             item[LABEL] = label
         item.update({PATH: row["source_path"], FRAME: frame, INDEX: index})
+        if self.size_policy:
+            item = self.size_policy(item)
         if self.transform is not None:
             item = self.transform(item)
         return item
 
 
 _LAYOUT_KEYS = ("pixel_keyword", "bits_allocated", "bits_stored", "pixel_representation")
+
+
+def _locate_in(table: dict[str, Any], position: int) -> tuple[int, int]:
+    """(member, item within the member) of the item at ``position`` of a shard's table."""
+    starts = table["_starts"]
+    m = int(np.searchsorted(starts, position, side="right")) - 1
+    return m, position - int(starts[m])
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over a :class:`DicomShardDataset` that sets the dataset's epoch from
+    ``epoch()`` each time it is iterated.
+
+    An iterable dataset has no sampler whose ``set_epoch`` a training loop (Lightning's)
+    calls, so the epoch is set where every epoch starts: ``iter(loader)``. It is written
+    into the dataset's shared epoch before the workers are started or, with
+    ``persistent_workers=True``, before they are told to start the next epoch: both read
+    it when their iteration starts.
+
+    Args:
+        dataset: the shard dataset.
+        *args, **kwargs: the DataLoader's.
+        epoch: a callable giving the current epoch (e.g. the trainer's ``current_epoch``).
+
+    Example:
+        >>> loader = EpochLoader(ds, batch_size=32, num_workers=4, collate_fn=Collate(),
+        ...                      epoch=lambda: trainer.current_epoch)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, dataset: DicomShardDataset, *args: Any, epoch: Callable[[], int], **kwargs: Any
+    ):
+        if not isinstance(dataset, DicomShardDataset):
+            raise TypeError(f"EpochLoader takes a DicomShardDataset. Got: {type(dataset).__name__}")
+        super().__init__(dataset, *args, **kwargs)
+        self._epoch_of = epoch
+
+    def __iter__(self) -> Any:
+        self.dataset.set_epoch(int(self._epoch_of()))  # type: ignore[attr-defined]
+        return super().__iter__()
