@@ -8,6 +8,7 @@ and RGB)."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import pickle
 import threading
@@ -525,6 +526,16 @@ def test_multipart_parser_streams_parts_with_their_headers():
         ]
     with pytest.raises(CorruptDicomError, match="truncated"):
         list(iter_parts(iter([body[:60]]), ctype, "http://h/x"))
+    # LF-only line ends (the first delimiter line sets them): a body ending in CR keeps it.
+    lf = b"--b1 \nContent-Type: image/jpeg\n\nab\r\n--b1\ncontent-type:\n image/jls\n\nc\n--b1--"
+    for size in (1, 2, len(lf)):
+        chunks = (lf[i : i + size] for i in range(0, len(lf), size))
+        parts = list(iter_parts(chunks, "multipart/related; boundary=b1", "http://h/x"))
+        assert [p.body for p in parts] == [b"ab\r", b"c"]
+        assert [p.transfer_syntax for p in parts] == [
+            "1.2.840.10008.1.2.4.50",  # image/jpeg's default
+            "1.2.840.10008.1.2.4.80",  # a folded header: image/jls's default
+        ]
     with pytest.raises(CorruptDicomError, match="expected a multipart"):
         list(iter_parts(iter([b""]), "application/dicom", "http://h/x"))
 
@@ -591,3 +602,451 @@ def test_datamodule_scans_a_remote_url_in_prepare_data_and_setup_reads_the_cache
         assert len(dm.dataset.rows) == 2  # the index prepare_data wrote
     finally:
         fs.rm("memory://td-dm-cache", recursive=True)
+
+
+# --------------------------------------------------------------------------- other dialects
+# A small DICOMweb server of the test's own, on loopback, that answers the way servers other
+# than Orthanc do (dcm4chee-arc's capped QIDO pages with a Warning, silent caps, servers that
+# ignore limit/offset or answer 204, LF-only multipart, bare single-frame bodies, parts
+# labelled only by media type, refused transfer-syntax=*, no series metadata, BulkDataURI
+# values). It serves real files: every read must equal the local read of the same file.
+_DIALECT_FILES = (
+    "CT_small.dcm",  # native int16
+    "emri_small.dcm",  # native multi-frame uint16
+    "JPEG-LL.dcm",  # JPEG lossless SV1 (.70)
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline RGB (YBR_FULL)
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS (.80)
+    "MR_small_RLE.dcm",  # RLE (.5)
+    "emri_small_jpeg_2k_lossless.dcm",  # JPEG 2000 multi-frame (.90)
+)
+_MEDIA = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+}
+_STUDIES = ("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2")
+
+
+def _qido_item(**uids: str) -> dict:
+    tags = {"study": "0020000D", "series": "0020000E", "sop": "00080018"}
+    return {tags[k]: {"vr": "UI", "Value": [v]} for k, v in uids.items()}
+
+
+class _Archive:
+    """The instances the dialect server holds: real files under fresh UIDs."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, dict] = {}  # sop -> its study, series, file, frames
+        for k, name in enumerate(_DIALECT_FILES):
+            self.add(name, _STUDIES[k % 2], f"1.2.826.0.1.3680043.8.498.10.{k}")
+
+    def add(self, name: str, study: str, series: str, sop: str | None = None) -> str:
+        path = Path(get_testdata_file(name))
+        ds = pydicom.dcmread(path)
+        sop = sop or f"{series}.{len(self.instances) + 1}"
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        n = int(ds.get("NumberOfFrames", 1))
+        if pydicom.uid.UID(syntax).is_encapsulated:
+            stored = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=n))
+        else:
+            size = len(ds.PixelData) // n
+            stored = [ds.PixelData[i * size : (i + 1) * size] for i in range(n)]
+        meta = pydicom.dcmread(path, stop_before_pixels=True)
+        meta.StudyInstanceUID, meta.SeriesInstanceUID, meta.SOPInstanceUID = study, series, sop
+        self.instances[sop] = {
+            "study": study,
+            "series": series,
+            "file": path,
+            "syntax": syntax,
+            "stored": stored,
+            "ds": ds,
+            "json": meta.to_json_dict(bulk_data_threshold=1 << 30),
+        }
+        return sop
+
+    def native(self, sop: str, frame: int) -> bytes:
+        """A frame decoded by the server (Explicit VR Little Endian), for grey files."""
+        item = self.instances[sop]
+        if not pydicom.uid.UID(item["syntax"]).is_encapsulated:
+            return item["stored"][frame]
+        arr = item["ds"].pixel_array
+        return (arr[frame] if arr.ndim == 3 and item["ds"].get("NumberOfFrames") else arr).tobytes()
+
+
+class _Dialect(BaseHTTPRequestHandler):
+    """QIDO-RS, WADO-RS metadata / frames / bulk data in the dialect of ``options``."""
+
+    archive: _Archive
+    options: dict
+    asked: list[tuple[str, dict, str]]  # (path, query, Accept) of every request
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _json(self, results: list, headers: dict | None = None) -> None:
+        if not results and self.options.get("no_content"):
+            self.send_response(204)
+            self.end_headers()
+            return
+        body = json.dumps(results).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _status(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _page(self, results: list, query: dict) -> None:
+        """A QIDO-RS page: limit / offset obeyed, capped, or ignored, per the options."""
+        if self.options.get("ignore_paging"):
+            return self._json(results)
+        offset = int(query.get("offset", ["0"])[0])
+        limit = int(query.get("limit", [str(len(results))])[0])
+        cap = self.options.get("page_cap") or limit
+        page = results[offset : offset + min(limit, cap)]
+        more = len(results) - offset - len(page)
+        headers = {}
+        if more > 0 and cap < limit and self.options.get("warn"):
+            headers["Warning"] = (
+                f"299 {{+SERVICE}}: There are {more} additional results that can be requested"
+            )
+        self._json(page, headers)
+
+    def do_GET(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        accept = self.headers.get("Accept", "")
+        self.asked.append((parts.path, query, accept))
+        segments = parts.path.removeprefix("/dicom-web/").split("/")
+        items = self.archive.instances
+        counts = self.options.get("counts", True)
+        if segments[0] == "bulk":  # /bulk/<sop>/<tag>: a value given as BulkDataURI
+            value = self.options["bulk_values"][(segments[1], segments[2])]
+            return self._multipart([("application/octet-stream", value)])
+        if segments == ["studies"]:
+            studies = dict.fromkeys(i["study"] for i in items.values())
+            results = []
+            for study in studies:
+                item = _qido_item(study=study)
+                n = len({i["series"] for i in items.values() if i["study"] == study})
+                if counts:
+                    item["00201206"] = {"vr": "IS", "Value": [n]}
+                results.append(item)
+            return self._page(results, query)
+        study = segments[1]
+        if segments[2:] == ["series"]:
+            results = []
+            for series in dict.fromkeys(i["series"] for i in items.values() if i["study"] == study):
+                item = _qido_item(study=study, series=series)
+                if counts:
+                    n = sum(i["series"] == series for i in items.values())
+                    item["00201209"] = {"vr": "IS", "Value": [n]}
+                results.append(item)
+            return self._page(results, query)
+        series = segments[3]
+        in_series = [(s, i) for s, i in items.items() if i["series"] == series]
+        if segments[4:] == ["instances"]:
+            if self.options.get("no_instance_search"):
+                return self._status(400)
+            return self._page(
+                [_qido_item(study=study, series=series, sop=s) for s, _ in in_series], query
+            )
+        if segments[4:] == ["metadata"]:
+            if not self.options.get("series_metadata", True):
+                return self._status(404)
+            return self._json([self._metadata(s) for s, _ in in_series])
+        sop = segments[5]
+        if segments[6:] == ["metadata"]:
+            return self._json([self._metadata(sop)])
+        if segments[6] == "frames":
+            return self._frames(sop, [int(n) - 1 for n in segments[7].split(",")], accept)
+        self._status(404)
+
+    def _metadata(self, sop: str) -> dict:
+        item = self.archive.instances[sop]
+        meta = json.loads(json.dumps(item["json"]))
+        if self.options.get("ts_in_metadata", True):
+            meta["00020010"] = {"vr": "UI", "Value": [item["syntax"]]}
+        for tag in self.options.get("bulk", ()):
+            if tag in meta:
+                element = meta[tag]
+                value = "\\".join(str(v) for v in element.pop("Value"))
+                self.options.setdefault("bulk_values", {})[(sop, tag)] = value.encode()
+                element["BulkDataURI"] = (
+                    f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web/bulk/{sop}/{tag}"
+                )
+        for tag, uri in self.options.get("bulk_uris", {}).items():
+            meta[tag] = {"vr": "OW", "BulkDataURI": uri}
+        return meta
+
+    def _frames(self, sop: str, frames: list[int], accept: str) -> None:
+        item = self.archive.instances[sop]
+        refuse = self.options.get("refuse", ())
+        if "*" in refuse and "transfer-syntax=*" in accept:
+            return self._status(406)
+        if "explicit" in refuse and "transfer-syntax=" in accept:
+            return self._status(400)
+        stored_wanted = "transfer-syntax=*" in accept or item["syntax"] in accept
+        style = self.options.get("style", "octet")
+        parts = []
+        for f in frames:
+            if stored_wanted:
+                syntax, body = item["syntax"], item["stored"][f]
+            else:
+                syntax, body = "1.2.840.10008.1.2.1", self.archive.native(sop, f)
+            encapsulated = pydicom.uid.UID(syntax).is_encapsulated
+            media = _MEDIA[syntax] if encapsulated else "application/octet-stream"
+            if style == "octet":  # Orthanc's, Google's: octet-stream with the syntax
+                ctype = f"application/octet-stream; transfer-syntax={syntax}"
+            elif style == "media":  # image/* for code-streams, with the syntax
+                ctype = f"{media}; transfer-syntax={syntax}"
+            elif style == "media_no_ts":  # image/* by media type only (its default)
+                ctype = media
+            else:  # "octet_no_ts": everything unlabelled
+                ctype = "application/octet-stream"
+            parts.append((ctype, body))
+        if self.options.get("bare") and len(parts) == 1:
+            self.send_response(200)
+            self.send_header("Content-Type", parts[0][0])
+            self.send_header("Content-Length", str(len(parts[0][1])))
+            self.end_headers()
+            self.wfile.write(parts[0][1])
+            return
+        self._multipart(parts)
+
+    def _multipart(self, parts: list[tuple[str, bytes]]) -> None:
+        eol = b"\n" if self.options.get("lf") else b"\r\n"
+        boundary = "7d3c:b8=x"  # characters that need quoting in a header
+        body = b"This is a multi-part message in MIME format." + eol
+        for k, (ctype, data) in enumerate(parts):
+            body += f"--{boundary}  ".encode() + eol  # transport padding after it
+            body += f"Content-Type: {ctype}".encode() + eol
+            body += f"Content-ID: <frame{k}@test>".encode() + eol
+            body += b"Content-Location:" + eol + b" /dicom-web/somewhere" + eol  # folded
+            if not self.options.get("lf"):
+                body += f"Content-Length: {len(data)}".encode() + eol
+            body += eol + data + eol
+        body += f"--{boundary}--".encode() + eol + b"epilogue" + eol
+        self.send_response(200)
+        self.send_header(
+            "Content-Type",
+            f'multipart/related; type=application/octet-stream; boundary="{boundary}"',
+        )
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def dialect() -> Iterator:
+    """``make(**options)`` starts a dialect server; returns ``(base URL, handler class)``."""
+    servers = []
+
+    def make(**options):
+        handler = type(
+            "Handler", (_Dialect,), {"archive": _Archive(), "options": options, "asked": []}
+        )
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        base = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        return base, handler
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        dicomweb._REFUSED.clear()
+
+
+def _dialect_scan(base: str, **kwargs):
+    source = DicomWebSource(base, headers={"Authorization": f"Bearer {TOKEN}"})
+    return scan(source, progress=False, **kwargs)
+
+
+def _assert_reads_equal_local(index, archive: _Archive) -> None:
+    assert len(index.errors) == 0, index.errors.to_dict("records")
+    assert sorted(index.df["sop_instance_uid"]) == sorted(archive.instances)
+    for row in index.rows():
+        local = archive.instances[row["sop_instance_uid"]]["file"]
+        want = read_frames_numpy(str(local))
+        got = read_frames_numpy(row)
+        assert got.dtype == want.dtype and got.shape == want.shape, local.name
+        np.testing.assert_array_equal(got, want, err_msg=local.name)
+
+
+def _count(handler, suffix: str) -> int:
+    return sum(path.endswith(suffix) for path, _, _ in handler.asked)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"style": "octet"},  # Orthanc / Google
+        {"style": "media"},  # image/jpeg, image/jp2, … with their syntax
+        {"style": "media_no_ts"},  # media types only: PS3.18 defaults
+        {"style": "media_no_ts", "ts_in_metadata": False},  # Azure: no (0002,0010)
+        {"style": "octet_no_ts", "ts_in_metadata": False},  # unlabelled code-streams
+        {"style": "octet", "lf": True},  # LF-only lines, no Content-Length
+        {"style": "media", "bare": True},  # one frame as a bare body, not multipart
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_frames_read_in_each_dialect_equal_the_local_read(dialect, policy, options):
+    from torchdicom.io.frames import gpu_decodable, native_layout
+
+    base, handler = dialect(**options)
+    index = _dialect_scan(base)
+    _assert_reads_equal_local(index, handler.archive)
+    if options.get("ts_in_metadata", True) is False:
+        # Unknown until read: "" in the row, and nothing that routes on it breaks.
+        for row in index.rows():
+            assert row["transfer_syntax"] == "" and not row["encapsulated"]
+            assert route_for(row).name == "DICOMweb (WADO-RS frames)"
+            assert not gpu_decodable(row)
+            if not str(row["photometric"]).startswith("YBR"):
+                assert native_layout(row) is not None
+
+
+def test_a_server_refusing_transfer_syntax_star_is_asked_for_explicit_syntaxes(
+    dialect, policy, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="torchdicom.sources")
+    base, handler = dialect(style="media", refuse={"*"})
+    index = _dialect_scan(base)
+    _assert_reads_equal_local(index, handler.archive)
+    # Each code-stream still arrived as stored (asked for by its own syntax), not decoded.
+    compressed = {
+        sop
+        for sop, item in handler.archive.instances.items()
+        if pydicom.uid.UID(item["syntax"]).is_encapsulated
+    }
+    asked = [
+        accept
+        for path, _, accept in handler.asked
+        if "/frames/" in path and path.split("/instances/")[1].split("/")[0] in compressed
+    ]
+    assert asked and not any("transfer-syntax=1.2.840.10008.1.2.1" in a for a in asked)
+    # One 406 per server, then only the form that works.
+    star = [a for p, _, a in handler.asked if "/frames/" in p and "transfer-syntax=*" in a]
+    assert len(star) == 1
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "refused Accept" in logged and "406" in logged and TOKEN not in logged
+
+
+def test_a_server_refusing_every_explicit_syntax_gets_its_default(dialect, policy):
+    """transfer-syntax=* and any explicit one refused (400): the bare multipart/related
+    Accept gets the server's default, Explicit VR Little Endian, decoded by the server."""
+    base, handler = dialect(style="octet_no_ts", refuse={"*", "explicit"}, ts_in_metadata=False)
+    grey = [s for s, i in handler.archive.instances.items() if i["ds"].SamplesPerPixel == 1]
+    handler.archive.instances = {s: handler.archive.instances[s] for s in grey}
+    _assert_reads_equal_local(_dialect_scan(base), handler.archive)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"page_cap": 2, "warn": True, "counts": False},  # dcm4chee-arc: capped, says so
+        {"page_cap": 3, "counts": False},  # a silent cap below limit
+        {"page_cap": 1, "counts": True},  # counts tell where the end is
+        {"ignore_paging": True},  # everything, whatever limit / offset
+        {"ignore_paging": True, "counts": False, "no_content": True},
+        {"no_content": True, "counts": False},  # 204 for an empty page
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_qido_paging_dialects_neither_loop_nor_drop(dialect, policy, options):
+    base, handler = dialect(**options)
+    for _ in range(5):  # a series of 5: pages end mid-series
+        handler.archive.add("CT_small.dcm", _STUDIES[0], "1.2.826.0.1.3680043.8.498.99")
+    index = _dialect_scan(base)
+    assert len(index.errors) == 0
+    assert sorted(index.df["sop_instance_uid"]) == sorted(handler.archive.instances)
+    n_series = len({i["series"] for i in handler.archive.instances.values()})
+    searches = _count(handler, "/instances")
+    assert searches <= 2 * n_series + 12  # bounded: never a loop
+
+
+def test_qido_counts_spare_the_extra_page_request(dialect, policy):
+    base, handler = dialect()  # counts given, limit obeyed
+    _dialect_scan(base)
+    n_series = len({i["series"] for i in handler.archive.instances.values()})
+    assert _count(handler, "/instances") == n_series  # one page each, no confirmation
+    assert _count(handler, "/series") == len(_STUDIES)
+
+
+def test_an_empty_server_answering_204_is_an_empty_index(dialect, policy):
+    base, handler = dialect(no_content=True)
+    handler.archive.instances.clear()
+    index = _dialect_scan(base)
+    assert len(index.df) == 0 and len(index.errors) == 0
+
+
+def test_no_series_metadata_nor_instance_search_falls_back(dialect, policy):
+    """A server without series-level metadata (404) is asked per instance; one without
+    instance-level QIDO (400) is listed by its series metadata."""
+    base, handler = dialect(series_metadata=False)
+    _assert_reads_equal_local(_dialect_scan(base), handler.archive)
+    assert _count(handler, "/metadata") == len(handler.archive.instances) + len(
+        {i["series"] for i in handler.archive.instances.values()}
+    )
+    base, handler = dialect(no_instance_search=True)
+    _assert_reads_equal_local(_dialect_scan(base), handler.archive)
+
+
+def test_bulk_data_uris_are_fetched_only_for_what_the_row_needs(dialect, policy):
+    evil = "http://203.0.113.9/steal"  # another host: never sent the credentials
+    base, handler = dialect(
+        bulk={"00281052", "00281053", "00200032"},
+        bulk_uris={"00283006": f"{evil}/lut", "00091010": "/dicom-web/bulk/none/00091010"},
+    )
+    index = _dialect_scan(base)
+    assert len(index.errors) == 0
+    local = scan([str(i["file"]) for i in handler.archive.instances.values()], progress=False)
+    by_file = {Path(r["path"]).name: r for r in local.rows()}
+    for row in index.rows():
+        want = by_file[handler.archive.instances[row["sop_instance_uid"]]["file"].name]
+        for column in ("rescale_slope", "rescale_intercept", "position_x", "position_z"):
+            assert row[column] == want[column] or (
+                np.isnan(row[column]) and np.isnan(want[column])
+            ), column
+    fetched = [p for p, _, _ in handler.asked if p.startswith("/dicom-web/bulk/")]
+    assert fetched and not any(p.endswith(("00283006", "00091010")) for p in fetched)
+
+
+def test_scan_cache_writes_the_index_and_reuses_rows_of_listed_instances(dialect, policy, tmp_path):
+    base, handler = dialect()
+    cache = tmp_path / "dicomweb.parquet"
+    first = _dialect_scan(base, cache=cache)
+    assert cache.is_file()
+    assert sorted(torchdicom.DicomIndex.read(cache).df["path"]) == sorted(first.df["path"])
+    handler.asked.clear()
+    again = _dialect_scan(base, cache=cache)
+    assert sorted(again.df["path"]) == sorted(first.df["path"])
+    assert _count(handler, "/metadata") == 0  # the listing only
+    # One instance more in one series, one gone from another: only the new one is described.
+    sop = handler.archive.add("CT_small.dcm", _STUDIES[0], "1.2.826.0.1.3680043.8.498.10.0")
+    gone = next(s for s, i in handler.archive.instances.items() if i["series"].endswith(".1"))
+    del handler.archive.instances[gone]
+    handler.asked.clear()
+    third = _dialect_scan(base, cache=cache)
+    assert sorted(third.df["sop_instance_uid"]) == sorted(handler.archive.instances)
+    assert [p for p, _, _ in handler.asked if p.endswith("/metadata")] == [
+        "/dicom-web/studies/{}/series/{}/metadata".format(
+            _STUDIES[0], "1.2.826.0.1.3680043.8.498.10.0"
+        )
+    ]
+    assert sop in set(torchdicom.DicomIndex.read(cache).df["sop_instance_uid"])

@@ -482,6 +482,9 @@ def scan(
             location is skipped with one warning. With an ``executor``: a directory,
             the partitioned index (one parquet part per partition and a manifest,
             see :mod:`torchdicom._dask_scan`); it must be reachable by every worker.
+            With a :class:`~torchdicom.DicomWebSource`: the index is written there, and
+            the rows of instances the server still lists are reused, without asking for
+            their metadata again (the listing is always asked for).
         progress: show a tqdm progress bar.
         storage_options: fsspec options of the URLs' protocol (credentials,
             ``endpoint_url``, ``client_kwargs`` …), registered for this process
@@ -523,9 +526,26 @@ def scan(
             )
         # A source that indexes itself (a DICOMweb server: QIDO-RS + WADO-RS metadata):
         # there are no files to list or stat; it returns rows and (path, error_type,
-        # reason, size, mtime_ns) error tuples.
-        rows, errors = index_rows(progress=progress, workers=workers)
-        return _index_of(list(rows), list(errors))
+        # reason, size, mtime_ns) error tuples. With a cache, the rows of instances it
+        # still lists are reused (a SOP Instance UID names fixed content: the listing is
+        # the validity key, see DicomWebSource.index_rows) and the index is written there.
+        known: dict[str, IndexRow] = {}
+        if cache is not None and Path(cache).exists():
+            try:
+                old, _ = _read_parquet(Path(cache), salt=salt_fingerprint(resolve_salt(salt)))
+                known = {r["path"]: cast(IndexRow, r) for r in old.to_dict("records")}
+            except TorchDicomError as exc:
+                warnings.warn(f"index cache ignored and rebuilt: {exc}", stacklevel=2)
+        rows, errors = index_rows(
+            progress=progress, workers=workers, salt=resolve_salt(salt), known=known
+        )
+        index = _index_of(list(rows), list(errors))
+        if cache is not None:
+            try:
+                _write_parquet_atomic(index.df, index.errors, Path(cache), resolve_salt(salt))
+            except OSError as exc:
+                warnings.warn(f"index cache {cache} not written ({exc.strerror})", stacklevel=2)
+        return index
 
     if executor is not None:
         from torchdicom._dask_scan import dask_scan

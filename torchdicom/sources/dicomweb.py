@@ -22,6 +22,14 @@ under the base URL; datasets carry the registrations to their DataLoader workers
 values, session credentials and URL user info never reach a message or a log line: they
 are registered with the scrubber of :mod:`torchdicom.sources.remote`.
 
+Servers speak DICOMweb in dialects (tested against a loopback server in each): QIDO-RS
+pages capped below ``limit`` (with or without a ``Warning``), ``limit`` / ``offset``
+ignored, 204 for no results; no instance-level search or no series-level metadata (the
+other one is used); values as BulkDataURI; multipart bodies with LF-only lines, quoted
+boundaries, preambles and folded headers; parts labelled only by media type; one frame as
+a bare body; ``transfer-syntax=*`` refused (the frames are then asked for in the stored
+syntax, then Explicit VR Little Endian, then the server's default).
+
 Failures (bounded retries with backoff on 5xx and connection errors, per
 :data:`torchdicom.sources.remote.policy`):
 
@@ -77,12 +85,38 @@ log = logging.getLogger("torchdicom.sources")
 
 #: Row paths of DICOMweb instances start with this before the base URL's scheme.
 PREFIX = "dicomweb+"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+# What to ask for when a server refuses transfer-syntax=* (406 / 400 / 415: some PACS and
+# older gateways implement only explicit syntaxes): the row's own syntax in its media type
+# (code-streams still unchanged, see _accepts), then Explicit VR Little Endian (the
+# server decodes), then no transfer-syntax parameter at all (the server's default, which
+# PS3.18 makes Explicit VR Little Endian for application/octet-stream).
+_NATIVE_ACCEPT = (
+    f'multipart/related; type="application/octet-stream"; transfer-syntax={_EXPLICIT_LE}'
+)
+_DEFAULT_ACCEPT = 'multipart/related; type="application/octet-stream"'
+# Statuses by which a server says "not in that representation" (then the next form is tried).
+_NOT_ACCEPTABLE = frozenset({400, 406, 415})
 # Frames are asked for without gzip (requests offers it by default): compressed code-streams
 # do not shrink, and a server compressing every native frame spends its CPU on it (Orthanc:
 # 13-22 ms per 512x512x16-bit frame with gzip, about 1 ms without, on loopback).
-_FRAMES_HEADERS = {"Accept": _FRAMES_ACCEPT, "Accept-Encoding": "identity"}
-_PAGE = 1000  # QIDO-RS page size (limit); servers may return fewer, then we stop
+_FRAMES_HEADERS = {"Accept-Encoding": "identity"}
+# The default transfer syntax of each single-frame media type of PS3.18 (Table 8.7.3-5 in
+# 2024 editions; image/x-jls is the name older editions and servers use): a part whose
+# Content-Type has no transfer-syntax parameter is in its media type's default.
+_MEDIA_DEFAULTS = {
+    "application/octet-stream": _EXPLICIT_LE,
+    "image/jpeg": "1.2.840.10008.1.2.4.50",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/x-jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+    "image/x-dicom-rle": "1.2.840.10008.1.2.5",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
+_PAGE = 1000  # QIDO-RS page size (limit); servers may cap it lower (see _pages)
 _MAX_FRAMES_PER_REQUEST = 256  # keeps the frame list of one URL short
 _CHUNK = 256 * 1024
 
@@ -259,13 +293,26 @@ def _classify(url: str, exc: BaseException) -> TorchDicomError | _Retry:
 
 
 def _status_error(url: str, status: int, reason: str) -> TorchDicomError | _Retry:
+    """The error of an HTTP status; final errors carry it as ``.status`` (callers that have
+    another way to ask, e.g. per-instance metadata after a refused series metadata, look)."""
+    error: TorchDicomError
     if status == 404:
-        return RemoteNotFoundError(display(url), f"no such resource on the server (404 {reason})")
-    if status in (401, 403):
-        return RemoteError(display(url), f"access denied ({status} {reason}): check credentials")
-    if status >= 500 or status in (408, 429):
+        error = RemoteNotFoundError(display(url), f"no such resource on the server (404 {reason})")
+    elif status in (401, 403):
+        error = RemoteError(display(url), f"access denied ({status} {reason}): check credentials")
+    elif status == 501:  # "not implemented" does not change by asking again
+        error = RemoteError(display(url), f"the server does not implement this (501 {reason})")
+    elif status >= 500 or status in (408, 429):
         return _Retry(f"server error {status} {reason}")
-    return RemoteError(display(url), f"the server refused the request ({status} {reason})")
+    else:
+        error = RemoteError(display(url), f"the server refused the request ({status} {reason})")
+    error.status = status  # type: ignore[attr-defined]
+    return error
+
+
+def _status_of(error: BaseException) -> int | None:
+    """The HTTP status a final error came from (None: not from a status)."""
+    return getattr(error, "status", None)
 
 
 def _short(exc: BaseException) -> str:
@@ -379,54 +426,98 @@ class DicomWebSource:
         return f"DicomWebSource({', '.join(parts)})"
 
     # ----------------------------------------------------------------- listing
-    def _pages(self, what: str, search: Callable[..., list[dict]], **kwargs: Any) -> list[dict]:
-        """Every result of a QIDO-RS search, ``_PAGE`` at a time (``limit`` / ``offset``)."""
-        out: list[dict] = []
-        url = f"{self.base_url} ({what})"
-        while True:
-            offset = len(out)
-            page = _with_retries(
-                url,
-                f"QIDO-RS search for {what}",
-                lambda offset=offset: search(limit=_PAGE, offset=offset, **kwargs),
-            )
-            out.extend(page)
-            if len(page) < _PAGE:
-                return out
+    def _pages(
+        self, what: str, url: str, params: dict[str, Any], key: str, expected: int | None = None
+    ) -> list[dict]:
+        """Every result of a QIDO-RS search, ``_PAGE`` at a time (``limit`` / ``offset``),
+        each ``key`` (a tag, e.g. the UID the search lists) once, in the server's order.
 
-    def _series(self, client) -> list[tuple[str, str]]:
+        Servers page differently: dcm4chee-arc caps a page at its "QIDO Max Number of
+        Results" below ``limit`` and says so in a ``Warning`` header, others cap silently
+        (Google's defaults, DICOMcloud, DICOM-RST), some ignore ``limit`` / ``offset`` and
+        answer everything every time, some answer an empty result with 204. So a short
+        page ends the listing only when ``expected`` (a count the parent search reported,
+        e.g. (0020,1209) *Number of Series Related Instances*) is reached and no Warning
+        came; otherwise the next offset is asked for, and a page that brings no new
+        ``key`` (empty, or the same results again) ends it: never a loop. (A server that
+        both caps pages and ignores ``offset`` cannot be listed whole; for instances, the
+        series metadata fills in what the listing missed.)
+        """
+        out: list[dict] = []
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            page, warning = _qido(
+                self.base_url, url, {**params, "limit": _PAGE, "offset": offset}, what
+            )
+            offset += len(page)
+            fresh = 0
+            for item in page:
+                uid = _value(item, key)
+                if uid and uid not in seen:
+                    seen.add(uid)
+                    out.append(item)
+                    fresh += 1
+            if warning:
+                log.debug("%s: QIDO-RS %s: server warning %r", display(url), what, warning[:200])
+            if not fresh:
+                return out  # empty, or a server that ignores offset: nothing more to get
+            if expected is not None and len(seen) >= expected and not warning:
+                return out
+            # A full page, a capped one, or a short one with nothing to tell the end from a
+            # silent cap: the next offset says (one request more than strictly needed).
+
+    def _series(self) -> list[tuple[str, str, int | None]]:
+        """``(study, series, instances expected or None)`` of every selected series."""
+        base = self.base_url
         if self.series is not None:
-            return [(str(self.study), self.series)]
-        studies = (
-            [self.study]
-            if self.study is not None
-            else [
-                _value(s, "0020000D")
-                for s in self._pages("studies", client.search_for_studies, fields=["0020000D"])
+            return [(str(self.study), self.series, None)]
+        if self.study is not None:
+            studies: list[tuple[str, int | None]] = [(self.study, None)]
+        else:
+            studies = [
+                (_value(s, "0020000D"), _count(s, "00201206"))
+                for s in self._pages(
+                    "studies",
+                    f"{base}/studies",
+                    {"includefield": ["0020000D", "00201206"]},
+                    "0020000D",
+                )
             ]
-        )
-        # Some servers answer one result per matching instance (Orthanc 1.10 does, for a
-        # study search): each UID is kept once, in order.
-        studies = list(dict.fromkeys(studies))
-        found = []
-        for study in studies:
+        found: dict[tuple[str, str], int | None] = {}
+        for study, n_series in studies:
             for s in self._pages(
                 f"series of study {study}",
-                client.search_for_series,
-                study_instance_uid=study,
-                fields=["0020000E"],
+                f"{base}/studies/{study}/series",
+                {"includefield": ["0020000E", "00201209"]},
+                "0020000E",
+                expected=n_series,
             ):
-                found.append((study, _value(s, "0020000E")))
-        return list(dict.fromkeys(found))
+                found.setdefault((study, _value(s, "0020000E")), _count(s, "00201209"))
+        return [(study, series, n) for (study, series), n in found.items()]
 
     def index_rows(
-        self, progress: bool = True, workers: int | None = None
+        self,
+        progress: bool = True,
+        workers: int | None = None,
+        salt: str | None = None,
+        known: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, int, int]]]:
         """Index rows of the source's instances, from QIDO-RS and WADO-RS metadata (no pixels).
 
         Called by :func:`torchdicom.scan`. An instance whose metadata cannot be made into a
         row goes to the errors (``(path, error_type, reason, -1, -1)``); a series whose
         listing fails goes there once, under its series path.
+
+        Args:
+            progress: a tqdm bar over the series.
+            workers: series indexed at once (default 8, at most ``policy.max_in_flight``).
+            salt: the key of ``patient_hash`` (default: :func:`~torchdicom._privacy.resolve_salt`).
+            known: rows of an earlier scan by path (``scan(cache=…)``): a listed instance
+                whose path is there keeps that row, and a series whose listed instances
+                are all known asks for no metadata. A SOP Instance UID names one
+                instance's content for good (PS3.3), so the UIDs the listing returns are
+                the validity key; an instance no longer listed is dropped.
 
         Returns:
             ``(rows, errors)``.
@@ -436,8 +527,9 @@ class DicomWebSource:
         from torchdicom._privacy import resolve_salt
 
         self.register()
-        salt = resolve_salt()
-        series = self._series(_client(self.base_url))
+        salt = resolve_salt(salt)
+        known = known or {}
+        series = self._series()
         rows: list[dict[str, Any]] = []
         errors: list[tuple[str, str, str, int, int]] = []
         n_threads = max(1, min(workers or 8, remote.policy.max_in_flight, len(series) or 1))
@@ -445,7 +537,7 @@ class DicomWebSource:
         try:
             with ThreadPoolExecutor(n_threads, thread_name_prefix="torchdicom-qido") as pool:
                 for got_rows, got_errors in pool.map(
-                    lambda pair: self._index_series(*pair, salt), series
+                    lambda one: self._index_series(*one, salt, known), series
                 ):
                     rows.extend(got_rows)
                     errors.extend(got_errors)
@@ -455,30 +547,56 @@ class DicomWebSource:
         return rows, errors
 
     def _index_series(
-        self, study: str, series: str, salt: str
+        self,
+        study: str,
+        series: str,
+        expected: int | None,
+        salt: str,
+        known: dict[str, dict[str, Any]],
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, int, int]]]:
         base = self.base_url
-        where = f"{PREFIX}{base}/studies/{study}/series/{series}"
+        where = f"{base}/studies/{study}/series/{series}"
         rows, errors = [], []
+        client = _client(base)
+        listed: list[dict] = []
         try:
-            client = _client(base)
             listed = self._pages(
                 f"instances of series {series}",
-                client.search_for_instances,
-                study_instance_uid=study,
-                series_instance_uid=series,
-                fields=["00080018", "00100020"],
-            )
-            metadata = _with_retries(
-                f"{base}/studies/{study}/series/{series}/metadata",
-                "WADO-RS series metadata",
-                lambda: client.retrieve_series_metadata(study, series),
+                f"{where}/instances",
+                {"includefield": ["00080018"]},
+                "00080018",
+                expected=expected,
             )
         except TorchDicomError as exc:
-            return [], [(where, type(exc).__name__, str(exc), -1, -1)]
-        by_uid = {_value(m, "00080018"): m for m in metadata}
-        for sop in dict.fromkeys(_value(item, "00080018") for item in listed):
+            if _status_of(exc) not in _ASK_OTHERWISE:
+                return [], [(PREFIX + where, type(exc).__name__, str(exc), -1, -1)]
+            # No instance-level QIDO here: the series metadata lists the instances.
+            log.debug("%s: instance search refused (%s); using the series metadata", where, exc)
+        sops = [_value(item, "00080018") for item in listed]
+        by_uid: dict[str, dict] = {}
+        if not listed or any(instance_url(base, study, series, s) not in known for s in sops):
+            try:
+                metadata = _with_retries(
+                    f"{where}/metadata",
+                    "WADO-RS series metadata",
+                    lambda: client.retrieve_series_metadata(study, series),
+                )
+                by_uid = {_value(m, "00080018"): m for m in metadata}
+            except TorchDicomError as exc:
+                if not listed or _status_of(exc) not in _ASK_OTHERWISE:
+                    return [], [(PREFIX + where, type(exc).__name__, str(exc), -1, -1)]
+                # No series metadata here (e.g. a server with only instance-level WADO-RS
+                # metadata): each new instance is asked for alone below.
+                log.debug("%s: series metadata refused (%s); asking per instance", where, exc)
+        # Listed and described instances alike: a listing cut short by a server's cap, or a
+        # metadata response that leaves some out, loses nothing the other one has.
+        for sop in dict.fromkeys([*sops, *by_uid]):
+            if not sop:
+                continue
             path = instance_url(base, study, series, sop)
+            if path in known and sop not in by_uid:
+                rows.append(known[path])
+                continue
             meta = by_uid.get(sop)
             try:
                 if meta is None:  # listed but not in the series metadata: ask for it alone
@@ -491,6 +609,66 @@ class DicomWebSource:
             except TorchDicomError as exc:
                 errors.append((path, type(exc).__name__, exc.reason, -1, -1))
         return rows, errors
+
+
+# Statuses of a search or metadata request the server does not offer in that form (then the
+# other source of the same facts is used: series metadata for an instance listing, instance
+# metadata for series metadata).
+_ASK_OTHERWISE = frozenset({400, 404, 405, 406, 415, 501})
+
+
+def _count(item: dict, tag: str) -> int | None:
+    """An integer attribute of a QIDO-RS result (e.g. a related-instances count), or None."""
+    try:
+        return int(_value(item, tag))
+    except ValueError:
+        return None
+
+
+# Why QIDO-RS is not dicomweb-client's search_for_*: paging needs the response's Warning
+# header (a server saying its page was capped) and its 204, which the client drops (it logs
+# the Warning at WARNING level, once per page).
+def _qido(base: str, url: str, params: dict[str, Any], what: str) -> tuple[list[dict], str]:
+    """One QIDO-RS page: ``(results, the Warning header or "")``; 204 is no results.
+
+    Raises:
+        RemoteError and subclasses; CorruptDicomError for a body that is not DICOM JSON.
+    """
+
+    def attempt() -> tuple[list[dict], str]:
+        response = _session(base).get(
+            url,
+            params=params,
+            headers={"Accept": "application/dicom+json, application/json"},
+            timeout=_timeout(base),
+        )
+        try:
+            if response.status_code == 204:
+                return [], response.headers.get("Warning", "")
+            if response.status_code != 200:
+                raise _status_error(response.url, response.status_code, response.reason or "")
+            warning = response.headers.get("Warning", "")
+            if not response.content.strip():
+                return [], warning
+            try:
+                found = response.json()
+            except ValueError:
+                raise CorruptDicomError(
+                    display(url),
+                    f"QIDO-RS {what}: the answer is not DICOM JSON (Content-Type"
+                    f" {response.headers.get('Content-Type', '')!r})",
+                ) from None
+        finally:
+            response.close()
+        if isinstance(found, dict):  # a server answering one result as a bare object
+            found = [found]
+        if not isinstance(found, list) or not all(isinstance(x, dict) for x in found):
+            raise CorruptDicomError(
+                display(url), f"QIDO-RS {what}: expected a JSON array of data sets"
+            )
+        return found, warning
+
+    return _with_retries(url, f"QIDO-RS search for {what}", attempt)
 
 
 def _without_userinfo(url: str, headers: dict[str, str]) -> str:
@@ -521,10 +699,17 @@ def row_from_metadata(meta: dict, path: str, salt: str | None = None) -> dict[st
 
     The transfer syntax comes from (0002,0010) or (0008,3002) *Available Transfer Syntax
     UID* when the server lists them, else it stays "" until a read: each frame is decoded
-    by the transfer syntax its multipart part declares anyway.
+    by the transfer syntax its multipart part declares anyway (:func:`part_syntax`).
+
+    Values given as InlineBinary are decoded; values given as a BulkDataURI are fetched
+    only for the elements the row is built from (rescale, window, geometry, image pixel
+    description, identifiers, also inside functional groups), from the server of ``path``
+    only (the session's credentials never go to another host); other bulk data (pixel
+    data, LUT data, overlays, icons) stays unread.
 
     Raises:
         MissingPixelDataError, CorruptDicomError: as for a local file's header.
+        RemoteError: a needed bulk data value cannot be fetched.
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -532,8 +717,13 @@ def row_from_metadata(meta: dict, path: str, salt: str | None = None) -> dict[st
     from torchdicom.io.dicomfile import _short as short_exc
     from torchdicom.io.header import row_from_dataset
 
+    def bulk(tag: str, vr: str, uri: str) -> Any:
+        return _bulk_value(path, tag, vr, uri)
+
     try:
-        ds = pydicom.Dataset.from_json(meta, bulk_data_uri_handler=lambda tag, vr, uri: None)
+        ds = pydicom.Dataset.from_json(meta, bulk_data_uri_handler=bulk)
+    except TorchDicomError:
+        raise
     except Exception as exc:
         raise CorruptDicomError(
             display(path), f"metadata cannot be read: {short_exc(exc)}"
@@ -562,6 +752,73 @@ def row_from_metadata(meta: dict, path: str, salt: str | None = None) -> dict[st
     return row
 
 
+def _row_tags() -> frozenset[int]:
+    """The tags :func:`~torchdicom.io.header.row_from_dataset` reads a value of."""
+    from torchdicom.io.header import _FUNCTIONAL_GROUP_SOURCES, _LEAN_ELEMENTS
+
+    return frozenset(
+        [tag for tag, _ in _LEAN_ELEMENTS.values()]
+        + [element for _, element in _FUNCTIONAL_GROUP_SOURCES.values()]
+    )
+
+
+# Binary VRs: bulk data proper (pixel data, LUT data, overlays), never needed for a row.
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def _bulk_value(path: str, tag: str, vr: str, uri: str) -> Any:
+    """The value of a metadata element given as a BulkDataURI, when the row needs it.
+
+    PS3.18 F.2 lets a server send any long value (DS, IS, US … as well as OB / OW) by
+    reference; a row built without it would silently lose, e.g., a rescale slope.
+
+    Returns:
+        The converted value, or None (the element stays empty) for elements the row does
+        not read, binary VRs, and URIs on another server than ``path``'s.
+    """
+    from urllib.parse import urljoin, urlsplit
+
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+    from pydicom.tag import Tag
+
+    if vr in _BINARY_VRS or int(Tag(tag)) not in _row_tags():
+        return None
+    base, rest = _split(path)
+    url = urljoin(f"{base}{rest}/metadata", uri)
+    if urlsplit(url)[:2] != urlsplit(base)[:2]:
+        log.debug("%s: bulk data of (%s) is on another server: not fetched", display(path), tag)
+        return None
+
+    raw = _with_retries(url, f"WADO-RS bulk data of ({tag})", lambda: _get_bulk(base, url))
+    element = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True, False, False)
+    return convert_raw_data_element(element).value
+
+
+def _get_bulk(base: str, url: str) -> bytes:
+    """One attempt of a bulk data request on the server ``base``: the value's bytes.
+
+    PS3.18 answers bulk data as a one-part multipart/related; some servers send a bare
+    body, taken as is.
+    """
+    response = _session(base).get(
+        url,
+        headers={"Accept": f"{_DEFAULT_ACCEPT}, application/octet-stream"},
+        timeout=_timeout(base),
+    )
+    try:
+        if response.status_code != 200:
+            raise _status_error(url, response.status_code, response.reason or "")
+        content_type = response.headers.get("Content-Type", "")
+        if not content_type.lower().startswith("multipart/"):
+            return response.content
+        parts = list(iter_parts(iter([response.content]), content_type, url))
+    finally:
+        response.close()
+    if len(parts) != 1:
+        raise CorruptDicomError(display(url), f"bulk data in {len(parts)} parts, expected 1")
+    return parts[0].body
+
+
 # --------------------------------------------------------------------------- multipart
 # Why a parser of our own: dicomweb-client's retrieve_instance_frames reads the whole
 # response into memory before splitting it, and its iter_instance_frames yields the part
@@ -577,9 +834,18 @@ class Part:
     body: bytes
 
     @property
+    def media_type(self) -> str:
+        """The part's media type, lower case ("application/octet-stream" when unlabelled)."""
+        value = self.headers.get("content-type", "").split(";")[0].strip().lower()
+        return value or "application/octet-stream"
+
+    @property
     def transfer_syntax(self) -> str:
-        """The ``transfer-syntax`` parameter of the part's Content-Type ("" when absent)."""
-        return _param(self.headers.get("content-type", ""), "transfer-syntax")
+        """The ``transfer-syntax`` parameter of the part's Content-Type, else the default of
+        its media type (PS3.18: Explicit VR Little Endian for application/octet-stream,
+        JPEG baseline for image/jpeg, …); "" for a media type without one."""
+        given = _param(self.headers.get("content-type", ""), "transfer-syntax")
+        return given or _MEDIA_DEFAULTS.get(self.media_type, "")
 
 
 def _param(content_type: str, name: str) -> str:
@@ -605,6 +871,12 @@ def _param(content_type: str, name: str) -> str:
 def iter_parts(chunks: Iterator[bytes], content_type: str, url: str) -> Iterator[Part]:
     """The parts of a multipart/related body, each as soon as its last byte arrived.
 
+    Tolerates what servers send besides RFC 2046's canonical form: a quoted or bare
+    boundary, a preamble and an epilogue, LF-only line ends (the line end of the first
+    delimiter line is taken for the whole body, so a body byte ``\\r`` before a CRLF
+    delimiter is never mistaken for part of it), transport padding after a delimiter,
+    folded header lines, parts with or without Content-Length.
+
     Args:
         chunks: the body, in pieces of any size (e.g. ``response.iter_content``).
         content_type: the response's Content-Type (it names the boundary).
@@ -622,51 +894,65 @@ def iter_parts(chunks: Iterator[bytes], content_type: str, url: str) -> Iterator
     delimiter = b"--" + boundary.encode("latin-1")
     buffer = bytearray()
     chunks = iter(chunks)
-    ended = False
 
     def more() -> bool:
-        nonlocal ended
         for chunk in chunks:
             if chunk:
                 buffer.extend(chunk)
                 return True
-        ended = True
         return False
 
     def truncated(what: str) -> CorruptDicomError:
         return CorruptDicomError(display(url), f"multipart response is truncated: {what}")
+
+    def line(what: str) -> bytes:
+        """The next line of ``buffer`` without its line end (consumed)."""
+        start = 0
+        while (nl := buffer.find(b"\n", start)) < 0:
+            start = len(buffer)
+            if not more():
+                raise truncated(what)
+        text = bytes(buffer[:nl])
+        del buffer[: nl + 1]
+        return text
 
     # The preamble, up to the first delimiter.
     while (at := buffer.find(delimiter)) < 0:
         if not more():
             raise truncated("no part delimiter in the body")
     del buffer[: at + len(delimiter)]
+    eol = b""  # the body's line end, b"\r\n" or b"\n": from the first delimiter line
     count = 0
     while True:
         while len(buffer) < 2 and more():
             pass
         if buffer[:2] == b"--":
-            return  # the closing delimiter
+            return  # the closing delimiter; the epilogue is not read
         if len(buffer) < 2:
             raise truncated(f"the body ends after {count} part(s) without the closing delimiter")
-        while (end := buffer.find(b"\r\n\r\n")) < 0:
-            if not more():
-                raise truncated(f"part {count + 1} ends inside its headers")
+        rest = line(f"part {count + 1} ends inside its headers")  # transport padding, CR
+        if not eol:
+            eol = b"\r\n" if rest.endswith(b"\r") else b"\n"
         headers: dict[str, str] = {}
-        for line in bytes(buffer[:end]).decode("latin-1").split("\r\n"):
-            name, sep, value = line.partition(":")
+        last = ""
+        while header := line(f"part {count + 1} ends inside its headers").rstrip(b"\r"):
+            text = header.decode("latin-1")
+            if text[:1] in (" ", "\t") and last:  # a folded header line continues the last
+                headers[last] += " " + text.strip()
+                continue
+            name, sep, value = text.partition(":")
             if sep:
-                headers[name.strip().lower()] = value.strip()
-        del buffer[: end + 4]
-        length = headers.get("content-length")
-        closing = b"\r\n" + delimiter
-        if length is not None and length.isdigit():
+                last = name.strip().lower()
+                headers[last] = value.strip()
+        length = headers.get("content-length", "").strip()
+        closing = eol + delimiter
+        if length.isdigit():
             need = int(length) + len(closing)
             while len(buffer) < need:
                 if not more():
                     raise truncated(
                         f"part {count + 1} declares {length} bytes but the body ends after"
-                        f" {max(0, len(buffer))}"
+                        f" {len(buffer)}"
                     )
             if bytes(buffer[int(length) : need]) != closing:
                 raise CorruptDicomError(
@@ -688,40 +974,78 @@ def iter_parts(chunks: Iterator[bytes], content_type: str, url: str) -> Iterator
 
 
 # --------------------------------------------------------------------------- frame reads
-def fetch_frames(path: str, numbers: Sequence[int]) -> list[Part]:
+# Per process: Accept forms a server refused (base URL -> forms), learnt when a later form
+# worked, so one 406 is paid once per server, not once per read.
+_REFUSED: dict[str, set[str]] = {}
+
+# The media type a transfer syntax's frames travel in (PS3.18 Table 8.7.3-5).
+_SYNTAX_MEDIA = {
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57"),
+        "image/jpeg",
+    ),
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
+        "image/jphc",
+    ),
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+}
+
+
+def _accepts(syntax: str) -> list[str]:
+    """The Accept values to try, in order, for frames stored in ``syntax`` ("" unknown)."""
+    forms = [_FRAMES_ACCEPT]
+    media = _SYNTAX_MEDIA.get(syntax)
+    if media is not None:
+        forms.append(f'multipart/related; type="{media}"; transfer-syntax={syntax}')
+    return [*forms, _NATIVE_ACCEPT, _DEFAULT_ACCEPT]
+
+
+def fetch_frames(path: str, numbers: Sequence[int], syntax: str = "") -> list[Part]:
     """WADO-RS frame retrieval of 1-based frame ``numbers`` of an instance, one part each.
 
     Streams the multipart response; retries the whole request on 5xx, connection errors
     and timeouts. The response must finish within the timeout per read and ``retries``
-    times overall.
+    times overall. A server that refuses ``transfer-syntax=*`` (406, 400 or 415) is asked
+    for the stored ``syntax`` in its media type, then for Explicit VR Little Endian, then
+    with no transfer syntax (its default); what it refused is remembered for the process.
+    A single frame answered as a bare body (not multipart), as some servers do, is one part.
 
     Raises:
         RemoteNotFoundError, RemoteTimeoutError, RemoteError, CorruptDicomError.
     """
     base, rest = _split(path)
     url = f"{base}{rest}/frames/{','.join(str(n) for n in numbers)}"
-
-    def attempt() -> list[Part]:
-        session = _session(base)
-        limit = _timeout(base)
-        deadline = time.monotonic() + limit * max(4, len(numbers))
-        response = session.get(url, headers=_FRAMES_HEADERS, stream=True, timeout=(limit, limit))
+    refused = _REFUSED.get(base, set())
+    forms = [a for a in _accepts(syntax) if a not in refused] or [_DEFAULT_ACCEPT]
+    first: TorchDicomError | None = None
+    for k, accept in enumerate(forms):
         try:
-            if response.status_code != 200:
-                failure = _status_error(url, response.status_code, response.reason or "")
-                raise failure
-            content_type = response.headers.get("Content-Type", "")
-
-            def chunks() -> Iterator[bytes]:
-                for chunk in response.iter_content(_CHUNK):
-                    if time.monotonic() > deadline:
-                        # A server dripping bytes never trips the per-read timeout.
-                        raise _Retry("the response is slower than the timeout", timed_out=True)
-                    yield chunk
-
-            parts = list(iter_parts(chunks(), content_type, url))
-        finally:
-            response.close()
+            parts = _with_retries(
+                url, "WADO-RS frame retrieval", lambda accept=accept: _get_parts(url, accept)
+            )
+        except RemoteError as exc:
+            if _status_of(exc) not in _NOT_ACCEPTABLE or k == len(forms) - 1:
+                raise (first or exc) if _status_of(exc) in _NOT_ACCEPTABLE else exc from None
+            first = first or exc
+            log.debug(
+                "%s: the server refused Accept %r (%s); asking for %r",
+                display(url),
+                accept,
+                _status_of(exc),
+                forms[k + 1],
+            )
+            continue
+        if k:  # a later form worked: the earlier ones were refused for the representation
+            with _LOCK:
+                _REFUSED.setdefault(base, set()).update(forms[:k])
         if len(parts) != len(numbers):
             raise CorruptDicomError(
                 display(url),
@@ -729,8 +1053,92 @@ def fetch_frames(path: str, numbers: Sequence[int]) -> list[Part]:
                 frame=numbers[min(len(parts), len(numbers) - 1)] - 1,
             )
         return parts
+    raise AssertionError("unreachable: the last form returns or raises")  # pragma: no cover
 
-    return _with_retries(url, "WADO-RS frame retrieval", attempt)
+
+def _get_parts(url: str, accept: str) -> list[Part]:
+    """One attempt of a frame request: the parts of the response."""
+    base = _split(PREFIX + url)[0]
+    session = _session(base)
+    limit = _timeout(base)
+    frames = url.rsplit("/frames/", 1)[1].count(",") + 1
+    deadline = time.monotonic() + limit * max(4, frames)
+    response = session.get(
+        url, headers={**_FRAMES_HEADERS, "Accept": accept}, stream=True, timeout=(limit, limit)
+    )
+    try:
+        if response.status_code != 200:
+            raise _status_error(url, response.status_code, response.reason or "")
+        content_type = response.headers.get("Content-Type", "")
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in response.iter_content(_CHUNK):
+                if time.monotonic() > deadline:
+                    # A server dripping bytes never trips the per-read timeout.
+                    raise _Retry("the response is slower than the timeout", timed_out=True)
+                yield chunk
+
+        media = content_type.split(";")[0].strip().lower()
+        if frames == 1 and (media == "application/octet-stream" or media.startswith("image/")):
+            # One frame as a bare body (Azure's single-part answer, some gateways'): its
+            # Content-Type is the part's.
+            return [Part({"content-type": content_type}, b"".join(chunks()))]
+        return list(iter_parts(chunks(), content_type, url))
+    finally:
+        response.close()
+
+
+def _native_frame_bytes(row: dict[str, Any]) -> int:
+    """Bytes of one native frame of the row (1-bit data packed)."""
+    pixels = int(row["rows"]) * int(row["columns"]) * int(row["samples_per_pixel"])
+    allocated = int(row["bits_allocated"])
+    return pixels * allocated // 8 if allocated >= 8 else -(-pixels * allocated // 8)
+
+
+def _sniff(data: bytes) -> str:
+    """The transfer syntax a code-stream's first markers show ("" when not recognised)."""
+    if data[:4] == b"\xff\x4f\xff\x51" or data[4:8] == b"jP  ":  # J2K code-stream, JP2 box
+        return "1.2.840.10008.1.2.4.90"
+    if 1 <= int.from_bytes(data[:4], "little") <= 15 and data[4:8] == b"\x40\0\0\0":
+        return "1.2.840.10008.1.2.5"  # an RLE header: 1-15 segments, the first at byte 64
+    if data[:2] != b"\xff\xd8":
+        return ""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:  # JPEG markers up to the frame header
+        marker = data[at + 1]
+        if marker == 0xF7:
+            return "1.2.840.10008.1.2.4.80"  # JPEG-LS
+        if marker in (0xC0, 0xC1, 0xC3):
+            return {0xC0: "1.2.840.10008.1.2.4.50", 0xC1: "1.2.840.10008.1.2.4.51"}.get(
+                marker, "1.2.840.10008.1.2.4.70"
+            )
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return ""
+
+
+def part_syntax(part: Part, row: dict[str, Any]) -> str:
+    """The transfer syntax to decode ``part`` of ``row`` with.
+
+    The part's ``transfer-syntax`` parameter when it has one. Without it, PS3.18 says the
+    media type's default (Explicit VR Little Endian for ``application/octet-stream``,
+    JPEG baseline for ``image/jpeg`` …), but a media type covers several syntaxes
+    (``image/jpeg``: baseline, extended, lossless) and servers leave the parameter out for
+    any of them, so: the row's stored syntax when it travels in that media type, else what
+    the code-stream's first markers show, else the default. Servers also send stored
+    code-streams as plain unlabelled ``application/octet-stream``: such a part whose length
+    is not one native frame is decoded as the row's stored syntax or what its markers show.
+    """
+    given = _param(part.headers.get("content-type", ""), "transfer-syntax")
+    if given:
+        return given
+    media, stored = part.media_type, str(row["transfer_syntax"])
+    if media == "application/octet-stream":
+        if len(part.body) in (_native_frame_bytes(row), _native_frame_bytes(row) + 1):
+            return _EXPLICIT_LE
+        media = _SYNTAX_MEDIA.get(stored, media)
+    if _SYNTAX_MEDIA.get(stored) == media:
+        return stored
+    return _sniff(part.body) or part.transfer_syntax or stored or _EXPLICIT_LE
 
 
 def read_frames_dicomweb(
@@ -739,9 +1147,9 @@ def read_frames_dicomweb(
     """The read route of DICOMweb rows (see :data:`torchdicom.io.frames.ROUTES`).
 
     Fetches the 0-based frames ``idx`` (each distinct frame once, in requests of up to
-    256 frames) and decodes each part by its own transfer syntax: native bytes laid out
-    by the row, code-streams checked and decoded by the pinned plugin, exactly as the
-    local routes do.
+    256 frames) and decodes each part by its own transfer syntax (:func:`part_syntax`):
+    native bytes laid out by the row, code-streams checked and decoded by the pinned
+    plugin, exactly as the local routes do.
 
     Returns:
         (F, C, H, W) stored values, equal to :func:`torchdicom.read_frames` of the file.
@@ -753,9 +1161,9 @@ def read_frames_dicomweb(
     decoded: dict[int, np.ndarray] = {}
     for k in range(0, len(wanted), _MAX_FRAMES_PER_REQUEST):
         chunk = wanted[k : k + _MAX_FRAMES_PER_REQUEST]
-        parts = fetch_frames(path, [f + 1 for f in chunk])
+        parts = fetch_frames(path, [f + 1 for f in chunk], str(row["transfer_syntax"]))
         for frame, part in zip(chunk, parts):
-            decoded[frame] = decode_part(row, part.body, part.transfer_syntax, frame, as_rgb)
+            decoded[frame] = decode_part(row, part.body, part_syntax(part, row), frame, as_rgb)
     return stack_frames(out, [decoded[f] for f in idx], row)
 
 
