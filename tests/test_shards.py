@@ -636,6 +636,9 @@ def test_datamodule_shard_arguments(exported):
         DicomDataModule(shards=report.manifest, masks="masks")
     with pytest.raises(ValueError, match="val_shards"):
         DicomDataModule("somewhere", val_shards=report.manifest)
+    mixed = DicomDataModule(shards=report.manifest)  # grey and colour, no channel policy
+    with pytest.raises(ValueError, match="channels=1"):
+        mixed.setup("fit")
     dm = DicomDataModule(shards=report.manifest, size=(16, 16), channels=1, on_error="skip")
     dm.prepare_data()
     dm.setup("fit")

@@ -606,6 +606,11 @@ class DicomDataModule(_LightningDataModule):
         val = None
         if self.val_shards is not None:
             val = DicomShardDataset(self.val_shards, shuffle=False, **options)
+        if self.batch_size > 1:
+            # As for data=: grey and colour items would meet in a batch; say so now.
+            for shards in (train, val):
+                if shards is not None:
+                    check_channels(shards.samples_per_pixel, self.channels)
         return train, val
 
     def _current_epoch(self) -> int:

@@ -413,9 +413,7 @@ class DicomShardDataset(IterableDataset):
         )
         self._stored = stored_dtype(rows)
         # Manifests written before samples per pixel was recorded give nothing to check.
-        self.size_policy = size_policy(
-            size, resize, channels, (n for s in self.shards for n in s.samples or ())
-        )
+        self.size_policy = size_policy(size, resize, channels, self.samples_per_pixel)
         # A shared integer: set_epoch in the main process reaches persistent workers too.
         self._epoch = multiprocessing.get_context().Value("q", 0)
         self._pinned: tuple[int, int] | None = None
@@ -514,6 +512,12 @@ class DicomShardDataset(IterableDataset):
     def dtype(self) -> torch.dtype:
         """The one dtype of every item's ``image`` (the rule of :func:`~torchdicom.data._base.stored_dtype`)."""
         return _TORCH_DTYPES[self._stored]
+
+    @property
+    def samples_per_pixel(self) -> list[int]:
+        """The distinct (0028,0002) *Samples per Pixel* of the shards' files, from the
+        manifest (empty for a manifest written before it recorded them)."""
+        return sorted({n for shard in self.shards for n in shard.samples or ()})
 
     @property
     def skipped(self) -> int:
