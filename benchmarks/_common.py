@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -11,7 +12,15 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["ct_dataset", "median_s", "medians_s", "warm_page_cache", "write_ct"]
+__all__ = [
+    "EpochLoader",
+    "ct_dataset",
+    "median_s",
+    "medians_s",
+    "version",
+    "warm_page_cache",
+    "write_ct",
+]
 
 
 def medians_s(fns: list[Callable[[], object]], repeats: int, sync: bool = False) -> list[float]:
@@ -105,3 +114,39 @@ def write_ct(directory: Path, n: int, bits_stored: int = 16, high: int | None = 
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def version(dist: str) -> str:
+    """The installed version of a distribution, or ``"?"``."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+class EpochLoader:
+    """One DataLoader over a dataset (torchdicom's ``Collate``), kept across timed epochs.
+
+    Persistent workers: the timed epochs measure reading, not starting worker processes.
+    """
+
+    def __init__(self, ds: object, workers: int, batch_size: int):
+        import torch
+
+        from torchdicom import Collate
+
+        self.loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=Collate(),
+        )
+
+    def epoch(self) -> int:
+        """Read one epoch; the number of items."""
+        return sum(len(b["image"]) for b in self.loader)
+
+    def close(self) -> None:
+        # Persistent workers end with the iterator; drop it now, not at interpreter exit.
+        self.loader._iterator = None

@@ -40,7 +40,6 @@ and the run ends with issue 14's targets, met or missed.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import random
 import shutil
 import tempfile
@@ -56,7 +55,7 @@ import pydicom
 import pydicom.pixels
 from pydicom.uid import JPEG2000Lossless
 
-from benchmarks._common import median_s, warm_page_cache
+from benchmarks._common import median_s, version, warm_page_cache
 from torchdicom import read_frames, scan
 from torchdicom.samples import ct_like, siim_like, us_cine_like
 
@@ -69,13 +68,6 @@ CLIP_LEN = 16
 
 # ---------------------------------------------------------------------------
 # Peers: each returns (callable or None, reason when None).
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 def _load_dicomsdl() -> Any:
@@ -118,7 +110,7 @@ def peer_status() -> dict[str, tuple[Any, str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 obj = loader()
-            out[name] = (obj, _version(dist))
+            out[name] = (obj, version(dist))
         except Exception as exc:  # any import failure is a reason to skip, recorded verbatim
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if name == "fastai":

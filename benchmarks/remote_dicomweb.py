@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from requests.adapters import HTTPAdapter
 
-from benchmarks._common import median_s, warm_page_cache, write_ct
+from benchmarks._common import EpochLoader, median_s, warm_page_cache, write_ct
 
 __all__ = ["OrthancMissing", "measure", "run"]
 
@@ -75,27 +75,6 @@ def _session(auth: tuple[str, str], delay_s: float = 0.0):
     return session
 
 
-class _Loader:
-    """One DataLoader over a dataset, kept across epochs (persistent workers)."""
-
-    def __init__(self, ds: Any, workers: int):
-        from torchdicom import Collate
-
-        self.loader = torch.utils.data.DataLoader(
-            ds,
-            batch_size=BATCH,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=Collate(),
-        )
-
-    def epoch(self) -> int:
-        return sum(len(b["image"]) for b in self.loader)
-
-    def close(self) -> None:
-        self.loader._iterator = None
-
-
 def measure(
     quick: bool = False, n: int = 256, latency_ms: float = 20.0, workers: int = 4
 ) -> dict[str, Any]:
@@ -118,7 +97,7 @@ def measure(
         n = min(n, 64)
     repeats = 3 if quick else 5
     fps: dict[str, float] = {}
-    loaders: list[_Loader] = []
+    loaders: list[EpochLoader] = []
     auth = (USER, PASSWORD)
     with tempfile.TemporaryDirectory(prefix="torchdicom-bench-dicomweb-") as tmp:
         root = Path(tmp)
@@ -136,7 +115,7 @@ def measure(
                 fps[label] = n / median_s(fn, reps)
 
             def loader_epoch(ds: Any, n_workers: int):
-                loader = _Loader(ds, n_workers)
+                loader = EpochLoader(ds, n_workers, BATCH)
                 loaders.append(loader)
                 return loader.epoch
 
@@ -153,7 +132,7 @@ def measure(
             batches = -(-n // BATCH)
             dicomweb.forget_sessions()  # the next requests use the hooked session
             asked.clear()
-            _Loader(web, 0).epoch()
+            EpochLoader(web, 0, BATCH).epoch()
             frame_requests = sum("/frames/" in url for url in asked)
             timed("Orthanc DICOMweb, 0 workers", loader_epoch(web, 0))
             timed(f"Orthanc DICOMweb, {workers} workers", loader_epoch(web, workers))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import os
 import platform
 import socket
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import median_s, medians_s, warm_page_cache, write_ct
+from benchmarks._common import median_s, medians_s, version, warm_page_cache, write_ct
 
 __all__ = ["run"]
 
@@ -156,8 +155,8 @@ def run(quick: bool = False, n: int = 512, maxcount: int = 128, latency_ms: floa
         f"{n} files of 512x512 int16 CT (Explicit VR LE, {file_kib} KiB"
         f" each) in {len(report.shards)} shards of {maxcount}; every file's frame through a"
         f" DataLoader (batch {BATCH}, 0 workers, Collate); median of {repeats} epochs after a"
-        f" warm-up epoch (latency rows: {max(2, repeats // 2)}). S3 = moto {_version('moto')}"
-        f" server (its own process) on 127.0.0.1, s3fs {_version('s3fs')}; latency = an"
+        f" warm-up epoch (latency rows: {max(2, repeats // 2)}). S3 = moto {version('moto')}"
+        f" server (its own process) on 127.0.0.1, s3fs {version('s3fs')}; latency = an"
         f" asyncio.sleep before every S3 request (s3fs _call_s3). {platform.machine()}, {os.cpu_count()} CPUs,"
         f" Python {platform.python_version()}, torch {torch.__version__}.",
         "",
@@ -204,13 +203,6 @@ def _start_moto() -> tuple[subprocess.Popen, str, int]:
             time.sleep(0.1)
     server.terminate()
     raise RuntimeError("moto's server did not start within 30 s")
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 def main() -> None:
