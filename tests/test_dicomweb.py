@@ -777,14 +777,21 @@ class _Dialect(BaseHTTPRequestHandler):
         meta = json.loads(json.dumps(item["json"]))
         if self.options.get("ts_in_metadata", True):
             meta["00020010"] = {"vr": "UI", "Value": [item["syntax"]]}
-        for tag in self.options.get("bulk", ()):
+        for tag in {*self.options.get("bulk", ()), *self.options.get("bulk_un", ())}:
             if tag in meta:
                 element = meta[tag]
+                if tag in self.options.get("bulk_un", ()):
+                    element["vr"] = "UN"  # and its value by reference
                 value = "\\".join(str(v) for v in element.pop("Value"))
                 self.options.setdefault("bulk_values", {})[(sop, tag)] = value.encode()
                 element["BulkDataURI"] = (
                     f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web/bulk/{sop}/{tag}"
                 )
+        for tag in self.options.get("inline_un", ()):  # a VR the server did not know
+            if tag in meta:
+                value = "\\".join(str(v) for v in meta[tag]["Value"]).encode()
+                value += b" " * (len(value) % 2)
+                meta[tag] = {"vr": "UN", "InlineBinary": base64.b64encode(value).decode()}
         for tag, uri in self.options.get("bulk_uris", {}).items():
             meta[tag] = {"vr": "OW", "BulkDataURI": uri}
         return meta
@@ -1011,6 +1018,8 @@ def test_bulk_data_uris_are_fetched_only_for_what_the_row_needs(dialect, policy)
     evil = "http://203.0.113.9/steal"  # another host: never sent the credentials
     base, handler = dialect(
         bulk={"00281052", "00281053", "00200032"},
+        inline_un={"00281050", "00281051"},
+        bulk_un={"00180050"},
         bulk_uris={"00283006": f"{evil}/lut", "00091010": "/dicom-web/bulk/none/00091010"},
     )
     index = _dialect_scan(base)
@@ -1019,7 +1028,15 @@ def test_bulk_data_uris_are_fetched_only_for_what_the_row_needs(dialect, policy)
     by_file = {Path(r["path"]).name: r for r in local.rows()}
     for row in index.rows():
         want = by_file[handler.archive.instances[row["sop_instance_uid"]]["file"].name]
-        for column in ("rescale_slope", "rescale_intercept", "position_x", "position_z"):
+        for column in (
+            "rescale_slope",
+            "rescale_intercept",
+            "position_x",
+            "position_z",
+            "window_center",
+            "window_width",
+            "slice_thickness",
+        ):
             assert row[column] == want[column] or (
                 np.isnan(row[column]) and np.isnan(want[column])
             ), column

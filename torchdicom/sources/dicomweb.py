@@ -721,7 +721,7 @@ def row_from_metadata(meta: dict, path: str, salt: str | None = None) -> dict[st
         return _bulk_value(path, tag, vr, uri)
 
     try:
-        ds = pydicom.Dataset.from_json(meta, bulk_data_uri_handler=bulk)
+        ds = pydicom.Dataset.from_json(_resolve_un(meta), bulk_data_uri_handler=bulk)
     except TorchDicomError:
         raise
     except Exception as exc:
@@ -752,6 +752,65 @@ def row_from_metadata(meta: dict, path: str, salt: str | None = None) -> dict[st
     return row
 
 
+_NUMERIC_VRS = {"DS": float, "FL": float, "FD": float, "IS": int, "SL": int, "SS": int}
+_NUMERIC_VRS.update({"SV": int, "UL": int, "US": int, "UV": int})
+
+
+def _resolve_un(meta: dict) -> dict:
+    """DICOM JSON with VR UN elements of dictionary tags given their dictionary VR.
+
+    Servers send UN for elements whose VR they do not know (an instance stored in Implicit
+    VR Little Endian, or received that way). pydicom converts an UN InlineBinary of a known
+    tag to the known VR's value but keeps VR UN, and then refuses the element, so one such
+    element (say (0028,1050) *Window Center*) would make the whole instance unreadable.
+    Values are decoded here by the dictionary VR; an UN BulkDataURI gets that VR (then
+    :func:`_bulk_value` decides by it); a value that cannot be decoded, or a tag whose VR
+    the dictionary leaves ambiguous (``US or SS``), is left out. Sequences are walked.
+    """
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+    from pydicom.tag import Tag
+
+    out: dict = {}
+    for tag, element in meta.items():
+        if not isinstance(element, dict):
+            out[tag] = element
+            continue
+        vr = element.get("vr")
+        if vr == "SQ" and isinstance(element.get("Value"), list):
+            items = [_resolve_un(i) if isinstance(i, dict) else i for i in element["Value"]]
+            element = {**element, "Value": items}
+        elif vr == "UN":
+            try:
+                known = dictionary_VR(Tag(tag))
+            except (KeyError, ValueError):
+                out[tag] = element  # a private or unknown tag: stays UN bytes
+                continue
+            if known == "UN":
+                out[tag] = element
+                continue
+            if " " in known or known == "SQ":
+                continue  # ambiguous VR or a sequence in bytes: left out
+            element = {**element, "vr": known}
+            if "InlineBinary" in element and known not in _BINARY_VRS:
+                try:
+                    raw = base64.b64decode(element.pop("InlineBinary"))
+                    raw_element = RawDataElement(
+                        Tag(tag), known, len(raw), raw, 0, False, True, False, False
+                    )
+                    value = convert_raw_data_element(raw_element).value
+                except Exception:
+                    continue
+                values = list(value) if isinstance(value, list | tuple) else [value]
+                if known == "PN":
+                    element["Value"] = [{"Alphabetic": str(v)} for v in values]
+                else:
+                    kind = _NUMERIC_VRS.get(known, str)
+                    element["Value"] = [kind(v) for v in values if v is not None]
+        out[tag] = element
+    return out
+
+
 def _row_tags() -> frozenset[int]:
     """The tags :func:`~torchdicom.io.header.row_from_dataset` reads a value of."""
     from torchdicom.io.header import _FUNCTIONAL_GROUP_SOURCES, _LEAN_ELEMENTS
@@ -774,7 +833,8 @@ def _bulk_value(path: str, tag: str, vr: str, uri: str) -> Any:
 
     Returns:
         The converted value, or None (the element stays empty) for elements the row does
-        not read, binary VRs, and URIs on another server than ``path``'s.
+        not read, binary VRs (UN of a dictionary tag has its VR by then, see
+        :func:`_resolve_un`), and URIs on another server than ``path``'s.
     """
     from urllib.parse import urljoin, urlsplit
 
