@@ -784,9 +784,9 @@ class _Dialect(BaseHTTPRequestHandler):
                     element["vr"] = "UN"  # and its value by reference
                 value = "\\".join(str(v) for v in element.pop("Value"))
                 self.options.setdefault("bulk_values", {})[(sop, tag)] = value.encode()
-                element["BulkDataURI"] = (
-                    f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web/bulk/{sop}/{tag}"
-                )
+                # Built from the request's Host header, as Orthanc and dcm4chee-arc do.
+                host = self.headers["Host"]
+                element["BulkDataURI"] = f"http://{host}/dicom-web/bulk/{sop}/{tag}"
         for tag in self.options.get("inline_un", ()):  # a VR the server did not know
             if tag in meta:
                 value = "\\".join(str(v) for v in meta[tag]["Value"]).encode()

@@ -40,7 +40,8 @@ Failures (bounded retries with backoff on 5xx and connection errors, per
   :class:`~torchdicom.errors.CorruptDicomError` naming the URL and frame;
 * 401 / 403 and 5xx after the retries → :class:`~torchdicom.errors.RemoteError`.
 
-``requests`` and ``dicomweb-client`` (``pip install torchdicom[dicomweb]``) load on first use.
+``requests`` (``pip install torchdicom[dicomweb]``) loads on first use. dicomweb-client is
+not used: see the comments above :func:`_get_json` and :class:`Part` for why.
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ class _Retry(Exception):
 
 
 def _classify(url: str, exc: BaseException) -> TorchDicomError | _Retry:
-    """A requests / dicomweb-client exception as a final error or a retryable failure."""
+    """A requests exception as a final error or a retryable failure."""
     import requests
 
     response = getattr(exc, "response", None)
@@ -349,15 +350,6 @@ def _with_retries(url: str, what: str, attempt_fn: Callable[[], Any]) -> Any:
             log.debug("%s: %s failed (%s); retry in %.2fs", display(url), what, failure, wait)
             time.sleep(wait)
             attempt += 1
-
-
-def _client(base: str):
-    """A dicomweb-client client on this thread's session (its own retries off: ours apply)."""
-    from dicomweb_client.api import DICOMwebClient
-
-    client = DICOMwebClient(base, session=_session(base), timeout=_timeout(base))
-    client.set_http_retry_params(retry=False)
-    return client
 
 
 # --------------------------------------------------------------------------- the source
@@ -447,8 +439,11 @@ class DicomWebSource:
         seen: set[str] = set()
         offset = 0
         while True:
-            page, warning = _qido(
-                self.base_url, url, {**params, "limit": _PAGE, "offset": offset}, what
+            page, warning = _get_json(
+                self.base_url,
+                url,
+                {**params, "limit": _PAGE, "offset": offset},
+                f"QIDO-RS search for {what}",
             )
             offset += len(page)
             fresh = 0
@@ -557,7 +552,6 @@ class DicomWebSource:
         base = self.base_url
         where = f"{base}/studies/{study}/series/{series}"
         rows, errors = [], []
-        client = _client(base)
         listed: list[dict] = []
         try:
             listed = self._pages(
@@ -576,11 +570,7 @@ class DicomWebSource:
         by_uid: dict[str, dict] = {}
         if not listed or any(instance_url(base, study, series, s) not in known for s in sops):
             try:
-                metadata = _with_retries(
-                    f"{where}/metadata",
-                    "WADO-RS series metadata",
-                    lambda: client.retrieve_series_metadata(study, series),
-                )
+                metadata, _ = _get_json(base, f"{where}/metadata", None, "WADO-RS series metadata")
                 by_uid = {_value(m, "00080018"): m for m in metadata}
             except TorchDicomError as exc:
                 if not listed or _status_of(exc) not in _ASK_OTHERWISE:
@@ -600,11 +590,7 @@ class DicomWebSource:
             meta = by_uid.get(sop)
             try:
                 if meta is None:  # listed but not in the series metadata: ask for it alone
-                    meta = _with_retries(
-                        path[len(PREFIX) :] + "/metadata",
-                        "WADO-RS instance metadata",
-                        lambda sop=sop: client.retrieve_instance_metadata(study, series, sop),
-                    )
+                    meta = _instance_metadata(path)
                 rows.append(row_from_metadata(meta, path, salt))
             except TorchDicomError as exc:
                 errors.append((path, type(exc).__name__, exc.reason, -1, -1))
@@ -625,11 +611,16 @@ def _count(item: dict, tag: str) -> int | None:
         return None
 
 
-# Why QIDO-RS is not dicomweb-client's search_for_*: paging needs the response's Warning
+# Why not dicomweb-client for QIDO-RS and metadata: paging needs each response's Warning
 # header (a server saying its page was capped) and its 204, which the client drops (it logs
-# the Warning at WARNING level, once per page).
-def _qido(base: str, url: str, params: dict[str, Any], what: str) -> tuple[list[dict], str]:
-    """One QIDO-RS page: ``(results, the Warning header or "")``; 204 is no results.
+# the Warning at WARNING level, once per page); and its GETs send a Host header without the
+# port, from which servers build the absolute BulkDataURIs of the metadata (Orthanc then
+# answers http://host/… for a server on http://host:8042/…).
+def _get_json(
+    base: str, url: str, params: dict[str, Any] | None, what: str
+) -> tuple[list[dict], str]:
+    """One DICOM JSON request (a QIDO-RS page, WADO-RS metadata): ``(data sets, the
+    Warning header or "")``; 204 or an empty body is no data sets, one bare object is one.
 
     Raises:
         RemoteError and subclasses; CorruptDicomError for a body that is not DICOM JSON.
@@ -655,20 +646,18 @@ def _qido(base: str, url: str, params: dict[str, Any], what: str) -> tuple[list[
             except ValueError:
                 raise CorruptDicomError(
                     display(url),
-                    f"QIDO-RS {what}: the answer is not DICOM JSON (Content-Type"
+                    f"{what}: the answer is not DICOM JSON (Content-Type"
                     f" {response.headers.get('Content-Type', '')!r})",
                 ) from None
         finally:
             response.close()
-        if isinstance(found, dict):  # a server answering one result as a bare object
+        if isinstance(found, dict):  # a server answering one data set as a bare object
             found = [found]
         if not isinstance(found, list) or not all(isinstance(x, dict) for x in found):
-            raise CorruptDicomError(
-                display(url), f"QIDO-RS {what}: expected a JSON array of data sets"
-            )
+            raise CorruptDicomError(display(url), f"{what}: expected a JSON array of data sets")
         return found, warning
 
-    return _with_retries(url, f"QIDO-RS search for {what}", attempt)
+    return _with_retries(url, what, attempt)
 
 
 def _without_userinfo(url: str, headers: dict[str, str]) -> str:
@@ -1294,27 +1283,18 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return _POOL[2]
 
 
-def cached_row(path: str) -> dict[str, Any]:
-    """The row of one instance by its path (WADO-RS instance metadata; for ``read_frames``)."""
+def _instance_metadata(path: str) -> dict:
+    """The WADO-RS metadata of the instance at row path ``path``."""
     base, rest = _split(path)
     url = f"{base}{rest}/metadata"
+    found, _ = _get_json(base, url, None, "WADO-RS instance metadata")
+    if not found:
+        raise RemoteNotFoundError(display(url), "the server returned no metadata")
+    return found[0]
+
+
+def cached_row(path: str) -> dict[str, Any]:
+    """The row of one instance by its path (WADO-RS instance metadata; for ``read_frames``)."""
     from torchdicom._privacy import resolve_salt
 
-    def attempt() -> dict:
-        session = _session(base)
-        response = session.get(
-            url, headers={"Accept": "application/dicom+json"}, timeout=_timeout(base)
-        )
-        try:
-            if response.status_code != 200:
-                raise _status_error(url, response.status_code, response.reason or "")
-            return response.json()
-        finally:
-            response.close()
-
-    meta = _with_retries(url, "WADO-RS instance metadata", attempt)
-    if isinstance(meta, list):
-        if not meta:
-            raise RemoteNotFoundError(display(url), "the server returned no metadata")
-        meta = meta[0]
-    return row_from_metadata(meta, path, resolve_salt())
+    return row_from_metadata(_instance_metadata(path), path, resolve_salt())
