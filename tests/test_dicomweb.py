@@ -706,6 +706,11 @@ class _Dialect(BaseHTTPRequestHandler):
 
     def _page(self, results: list, query: dict) -> None:
         """A QIDO-RS page: limit / offset obeyed, capped, or ignored, per the options."""
+        if int(query.get("limit", ["0"])[0]) > self.options.get("max_limit", 1 << 30):
+            return self._status(400)  # Azure: limit must be 1..200
+        fields = {f for value in query.get("includefield", []) for f in value.split(",")}
+        if self.options.get("strict_fields") and fields & {"00201206", "00201209"}:
+            return self._status(400)  # an attribute this server does not keep
         if self.options.get("ignore_paging"):
             return self._json(results)
         offset = int(query.get("offset", ["0"])[0])
@@ -877,6 +882,7 @@ def dialect() -> Iterator:
             server.shutdown()
             server.server_close()
         dicomweb._REFUSED.clear()
+        dicomweb._QIDO_FORM.clear()
 
 
 def _dialect_scan(base: str, **kwargs):
@@ -985,6 +991,17 @@ def test_qido_paging_dialects_neither_loop_nor_drop(dialect, policy, options):
     n_series = len({i["series"] for i in handler.archive.instances.values()})
     searches = _count(handler, "/instances")
     assert searches <= 2 * n_series + 12  # bounded: never a loop
+
+
+def test_qido_refusals_of_limit_or_fields_step_down_once_per_server(dialect, policy):
+    """Azure's DICOM service answers 400 to limit > 200; a server may answer 400 to an
+    includefield it does not keep. The scan steps down to a plainer request, once."""
+    base, handler = dialect(max_limit=200, no_content=True)
+    _assert_reads_equal_local(_dialect_scan(base), handler.archive)
+    limits = [int(q["limit"][0]) for p, q, _ in handler.asked if "limit" in q]
+    assert limits.count(1000) == 1 and set(limits) == {1000, 200}
+    base, handler = dialect(strict_fields=True)
+    _assert_reads_equal_local(_dialect_scan(base), handler.archive)
 
 
 def test_qido_counts_spare_the_extra_page_request(dialect, policy):

@@ -439,12 +439,15 @@ class DicomWebSource:
         seen: set[str] = set()
         offset = 0
         while True:
-            page, warning = _get_json(
-                self.base_url,
-                url,
-                {**params, "limit": _PAGE, "offset": offset},
-                f"QIDO-RS search for {what}",
-            )
+            try:
+                page, warning = _qido_page(self.base_url, url, params, key, offset, what)
+            except RemoteError as exc:
+                if not offset or _status_of(exc) not in _ASK_OTHERWISE:
+                    raise
+                # A server refusing an offset past its last result (instead of answering
+                # none): the listing ended.
+                log.debug("%s: %s past the end refused (%s): done", display(url), what, exc)
+                return out
             offset += len(page)
             fresh = 0
             for item in page:
@@ -601,6 +604,54 @@ class DicomWebSource:
 # other source of the same facts is used: series metadata for an instance listing, instance
 # metadata for series metadata).
 _ASK_OTHERWISE = frozenset({400, 404, 405, 406, 415, 501})
+
+
+# QIDO-RS request forms, tried in order while a server answers 400: (limit, whether the
+# related-count fields are asked for). Azure's DICOM service refuses a limit above 200;
+# a server may refuse includefield of attributes it does not keep (the counts), and one
+# may refuse limit altogether (then it pages by its own default, and offset goes on).
+_QIDO_FORMS: tuple[tuple[int | None, bool], ...] = (
+    (_PAGE, True),
+    (200, True),
+    (200, False),
+    (None, False),
+)
+_QIDO_FORM: dict[str, int] = {}  # base URL -> the first form it accepted (per process)
+
+
+def _qido_page(
+    base: str, url: str, params: dict[str, Any], key: str, offset: int, what: str
+) -> tuple[list[dict], str]:
+    """One QIDO-RS page at ``offset``, in the first request form the server accepts.
+
+    Raises:
+        RemoteError and subclasses: as :func:`_get_json`; a 400 of the last form.
+    """
+    start = _QIDO_FORM.get(base, 0)
+    for k in range(start, len(_QIDO_FORMS)):
+        limit, with_counts = _QIDO_FORMS[k]
+        query = dict(params) if with_counts else {**params, "includefield": [key]}
+        if limit is not None:
+            query["limit"] = limit
+        query["offset"] = offset
+        try:
+            found = _get_json(base, url, query, f"QIDO-RS search for {what}")
+        except RemoteError as exc:
+            if _status_of(exc) != 400 or k == len(_QIDO_FORMS) - 1:
+                raise
+            log.debug(
+                "%s: QIDO-RS refused with limit=%s%s (%s); trying a plainer request",
+                display(url),
+                limit,
+                " and the count fields" if with_counts else "",
+                exc,
+            )
+            continue
+        if k != start:
+            with _LOCK:
+                _QIDO_FORM[base] = max(_QIDO_FORM.get(base, 0), k)
+        return found
+    raise AssertionError("unreachable: the last form returns or raises")  # pragma: no cover
 
 
 def _count(item: dict, tag: str) -> int | None:
