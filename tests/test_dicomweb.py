@@ -667,12 +667,14 @@ class _Archive:
         return sop
 
     def native(self, sop: str, frame: int) -> bytes:
-        """A frame decoded by the server (Explicit VR Little Endian), for grey files."""
+        """A frame decoded by the server (Explicit VR Little Endian): colour as RGB pixel by
+        pixel, as DCMTK (Orthanc) sends it. Decoded by torchdicom's local read, so that a
+        lossy code-stream's decode is the same on both sides."""
         item = self.instances[sop]
         if not pydicom.uid.UID(item["syntax"]).is_encapsulated:
             return item["stored"][frame]
-        arr = item["ds"].pixel_array
-        return (arr[frame] if arr.ndim == 3 and item["ds"].get("NumberOfFrames") else arr).tobytes()
+        chw = read_frames_numpy(str(item["file"]), frame)[0]
+        return np.ascontiguousarray(chw.transpose(1, 2, 0)).tobytes()
 
 
 class _Dialect(BaseHTTPRequestHandler):
@@ -824,6 +826,9 @@ class _Dialect(BaseHTTPRequestHandler):
                 ctype = f"{media}; transfer-syntax={syntax}"
             elif style == "media_no_ts":  # image/* by media type only (its default)
                 ctype = media
+            elif style == "outer":  # unlabelled parts: the response names type and syntax
+                ctype = ""
+                self.outer_syntax = syntax
             else:  # "octet_no_ts": everything unlabelled
                 ctype = "application/octet-stream"
             parts.append((ctype, body))
@@ -842,17 +847,20 @@ class _Dialect(BaseHTTPRequestHandler):
         body = b"This is a multi-part message in MIME format." + eol
         for k, (ctype, data) in enumerate(parts):
             body += f"--{boundary}  ".encode() + eol  # transport padding after it
-            body += f"Content-Type: {ctype}".encode() + eol
+            if ctype:
+                body += f"Content-Type: {ctype}".encode() + eol
             body += f"Content-ID: <frame{k}@test>".encode() + eol
             body += b"Content-Location:" + eol + b" /dicom-web/somewhere" + eol  # folded
             if not self.options.get("lf"):
                 body += f"Content-Length: {len(data)}".encode() + eol
             body += eol + data + eol
         body += f"--{boundary}--".encode() + eol + b"epilogue" + eol
+        outer = getattr(self, "outer_syntax", "")
         self.send_response(200)
         self.send_header(
             "Content-Type",
-            f'multipart/related; type=application/octet-stream; boundary="{boundary}"',
+            f'multipart/related; type=application/octet-stream; boundary="{boundary}"'
+            + (f"; transfer-syntax={outer}" if outer else ""),
         )
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -915,6 +923,7 @@ def _count(handler, suffix: str) -> int:
         {"style": "octet_no_ts", "ts_in_metadata": False},  # unlabelled code-streams
         {"style": "octet", "lf": True},  # LF-only lines, no Content-Length
         {"style": "media", "bare": True},  # one frame as a bare body, not multipart
+        {"style": "outer"},  # parts unlabelled, the syntax on the response
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -966,6 +975,10 @@ def test_a_server_refusing_every_explicit_syntax_gets_its_default(dialect, polic
     base, handler = dialect(style="octet_no_ts", refuse={"*", "explicit"}, ts_in_metadata=False)
     grey = [s for s, i in handler.archive.instances.items() if i["ds"].SamplesPerPixel == 1]
     handler.archive.instances = {s: handler.archive.instances[s] for s in grey}
+    _assert_reads_equal_local(_dialect_scan(base), handler.archive)
+    # With the stored syntax known, a lossy YBR colour code-stream decoded by the server
+    # (RGB, pixel by pixel) reads as the local decode.
+    base, handler = dialect(style="octet_no_ts", refuse={"*", "explicit"})
     _assert_reads_equal_local(_dialect_scan(base), handler.archive)
 
 

@@ -1183,9 +1183,22 @@ def _get_parts(url: str, accept: str) -> list[Part]:
             # One frame as a bare body (Azure's single-part answer, some gateways'): its
             # Content-Type is the part's.
             return [Part({"content-type": content_type}, b"".join(chunks()))]
-        return list(iter_parts(chunks(), content_type, url))
+        return [_inherit(part, content_type) for part in iter_parts(chunks(), content_type, url)]
     finally:
         response.close()
+
+
+def _inherit(part: Part, content_type: str) -> Part:
+    """``part`` labelled by the response where it is not itself: a part without a
+    Content-Type has the response's ``type``, and one without a ``transfer-syntax`` the
+    response's (some servers name the syntax once, on the response)."""
+    own = part.headers.get("content-type", "") or _param(content_type, "type")
+    outer = _param(content_type, "transfer-syntax")
+    if own and outer and outer != "*" and not _param(own, "transfer-syntax"):
+        own = f"{own}; transfer-syntax={outer}"
+    if own:
+        part.headers["content-type"] = own
+    return part
 
 
 def _native_frame_bytes(row: dict[str, Any]) -> int:
@@ -1241,6 +1254,23 @@ def part_syntax(part: Part, row: dict[str, Any]) -> str:
     return _sniff(part.body) or part.transfer_syntax or stored or _EXPLICIT_LE
 
 
+def _as_sent(row: dict[str, Any], syntax: str) -> dict[str, Any]:
+    """The row as the server sent its frame: a stored lossy colour code-stream (JPEG with
+    YBR_FULL / YBR_FULL_422) that the server decoded to native bytes (a server refusing
+    every compressed syntax) arrives as RGB, pixel by pixel: that is what DCMTK (Orthanc),
+    GDCM and pydicom make of it, and a YBR_FULL_422 frame at full size can be nothing else.
+    Only with the row's stored syntax known: a native YBR frame of a native instance is
+    decoded as YBR."""
+    stored = str(row["transfer_syntax"])
+    if (
+        stored in _SYNTAX_MEDIA
+        and not _SYNTAX_MEDIA.get(syntax)
+        and str(row["photometric"]).startswith("YBR")
+    ):
+        return {**row, "photometric": "RGB", "planar_configuration": 0}
+    return row
+
+
 def read_frames_dicomweb(
     row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
 ) -> np.ndarray:
@@ -1263,7 +1293,8 @@ def read_frames_dicomweb(
         chunk = wanted[k : k + _MAX_FRAMES_PER_REQUEST]
         parts = fetch_frames(path, [f + 1 for f in chunk], str(row["transfer_syntax"]))
         for frame, part in zip(chunk, parts):
-            decoded[frame] = decode_part(row, part.body, part_syntax(part, row), frame, as_rgb)
+            syntax = part_syntax(part, row)
+            decoded[frame] = decode_part(_as_sent(row, syntax), part.body, syntax, frame, as_rgb)
     return stack_frames(out, [decoded[f] for f in idx], row)
 
 
