@@ -360,6 +360,14 @@ class _Faulty(BaseHTTPRequestHandler):
             self._send(404)
         elif kind == "broken":
             self._send(500)
+        elif kind == "quota":  # a cloud API's spent quota: 429 with Retry-After, then OK
+            if self.hits[kind] == 1:
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self._send(200, self._multipart([frame]))
         elif kind == "flaky":
             self._send(503 if self.hits[kind] == 1 else 200, self._multipart([frame]))
         elif kind == "truncated":
@@ -464,6 +472,15 @@ def test_a_transient_5xx_is_retried_and_the_read_succeeds(faulty, policy):
     base, hits = faulty
     got = read_frames_numpy(_row(base, "flaky"))
     assert got.shape == (1, 1, 2, 4) and hits["flaky"] == 2
+
+
+def test_a_429_waits_as_long_as_retry_after_says(faulty, policy, caplog):
+    caplog.set_level(logging.DEBUG, logger="torchdicom.sources")
+    base, hits = faulty
+    got = read_frames_numpy(_row(base, "quota"))
+    assert got.shape == (1, 1, 2, 4) and hits["quota"] == 2
+    waits = [r.getMessage() for r in caplog.records if "retry in" in r.getMessage()]
+    assert len(waits) == 1 and "server error 429" in waits[0] and "retry in 1.00s" in waits[0]
 
 
 def test_truncated_multipart_is_corrupt(faulty, policy):

@@ -38,7 +38,9 @@ Failures (bounded retries with backoff on 5xx and connection errors, per
   :class:`~torchdicom.errors.RemoteTimeoutError`;
 * a truncated multipart body, a short part, a wrong number of parts →
   :class:`~torchdicom.errors.CorruptDicomError` naming the URL and frame;
-* 401 / 403 and 5xx after the retries → :class:`~torchdicom.errors.RemoteError`.
+* 401 / 403 and 5xx after the retries → :class:`~torchdicom.errors.RemoteError`; a 429 or
+  503 with ``Retry-After`` (a cloud API's spent quota) waits that long (at most 60 s)
+  before its retry.
 
 ``requests`` (``pip install torchdicom[dicomweb]``) loads on first use. dicomweb-client is
 not used: see the comments above :func:`_get_json` and :class:`Part` for why.
@@ -267,11 +269,35 @@ def _timeout(base: str) -> float:
 class _Retry(Exception):
     """A failure worth another attempt (5xx, 429, connection error, timeout)."""
 
-    def __init__(self, reason: str, timed_out: bool = False, cut_off: bool = False):
+    def __init__(
+        self, reason: str, timed_out: bool = False, cut_off: bool = False, wait: float = 0.0
+    ):
         super().__init__(reason)
         # cut_off: the body ended before its Content-Length (a short body); after the
         # retries that is damaged data (CorruptDicomError), not an unreachable server.
         self.reason, self.timed_out, self.cut_off = reason, timed_out, cut_off
+        self.wait = wait  # seconds the server asked for (Retry-After), at least
+
+
+# The longest Retry-After honoured: a server asking for more is retried sooner (and ends
+# as an error after the retries) rather than stalling a training step for minutes.
+_MAX_RETRY_AFTER_S = 60.0
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds of a Retry-After header (delay-seconds or an HTTP date); 0 when absent."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return 0.0
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
 
 
 def _classify(url: str, exc: BaseException) -> TorchDicomError | _Retry:
@@ -293,7 +319,9 @@ def _classify(url: str, exc: BaseException) -> TorchDicomError | _Retry:
     return RemoteError(display(url), f"request failed: {_short(exc)}")
 
 
-def _status_error(url: str, status: int, reason: str) -> TorchDicomError | _Retry:
+def _status_error(
+    url: str, status: int, reason: str, retry_after: str | None = None
+) -> TorchDicomError | _Retry:
     """The error of an HTTP status; final errors carry it as ``.status`` (callers that have
     another way to ask, e.g. per-instance metadata after a refused series metadata, look)."""
     error: TorchDicomError
@@ -304,7 +332,8 @@ def _status_error(url: str, status: int, reason: str) -> TorchDicomError | _Retr
     elif status == 501:  # "not implemented" does not change by asking again
         error = RemoteError(display(url), f"the server does not implement this (501 {reason})")
     elif status >= 500 or status in (408, 429):
-        return _Retry(f"server error {status} {reason}")
+        # Cloud APIs answer 429 / 503 with Retry-After when a quota is spent: honoured.
+        return _Retry(f"server error {status} {reason}", wait=_retry_after(retry_after))
     else:
         error = RemoteError(display(url), f"the server refused the request ({status} {reason})")
     error.status = status  # type: ignore[attr-defined]
@@ -346,7 +375,7 @@ def _with_retries(url: str, what: str, attempt_fn: Callable[[], Any]) -> Any:
                 raise cls(
                     display(url), f"{what} failed after {attempt + 1} attempts: {failure.reason}"
                 ) from None
-            wait = remote.policy.backoff_s * 2**attempt
+            wait = max(remote.policy.backoff_s * 2**attempt, failure.wait)
             log.debug("%s: %s failed (%s); retry in %.2fs", display(url), what, failure, wait)
             time.sleep(wait)
             attempt += 1
@@ -688,7 +717,12 @@ def _get_json(
             if response.status_code == 204:
                 return [], response.headers.get("Warning", "")
             if response.status_code != 200:
-                raise _status_error(response.url, response.status_code, response.reason or "")
+                raise _status_error(
+                    response.url,
+                    response.status_code,
+                    response.reason or "",
+                    response.headers.get("Retry-After"),
+                )
             warning = response.headers.get("Warning", "")
             if not response.content.strip():
                 return [], warning
@@ -907,7 +941,12 @@ def _get_bulk(base: str, url: str) -> bytes:
     )
     try:
         if response.status_code != 200:
-            raise _status_error(url, response.status_code, response.reason or "")
+            raise _status_error(
+                url,
+                response.status_code,
+                response.reason or "",
+                response.headers.get("Retry-After"),
+            )
         content_type = response.headers.get("Content-Type", "")
         if not content_type.lower().startswith("multipart/"):
             return response.content
@@ -1168,7 +1207,12 @@ def _get_parts(url: str, accept: str) -> list[Part]:
     )
     try:
         if response.status_code != 200:
-            raise _status_error(url, response.status_code, response.reason or "")
+            raise _status_error(
+                url,
+                response.status_code,
+                response.reason or "",
+                response.headers.get("Retry-After"),
+            )
         content_type = response.headers.get("Content-Type", "")
 
         def chunks() -> Iterator[bytes]:
