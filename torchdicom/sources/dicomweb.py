@@ -49,6 +49,7 @@ not used: see the comments above :func:`_get_json` and :class:`Part` for why.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -392,7 +393,10 @@ class DicomWebSource:
         series: (0020,000E) *Series Instance UID* (with ``study``) to index one series.
         session: a ``requests.Session`` carrying authentication (``session.auth``,
             cookies, client certificates); each process and thread uses a copy.
-        headers: extra request headers, e.g. ``{"Authorization": "Bearer …"}``.
+        headers: extra request headers, e.g. ``{"Authorization": "Bearer …"}``. They are
+            fixed: a token that expires (Google Cloud, Azure, Keycloak in front of
+            dcm4chee-arc: minutes to an hour) belongs in a ``session`` whose ``auth``
+            renews it (a ``requests.auth.AuthBase``, google-auth's ``AuthorizedSession``).
         timeout: seconds one request may wait for the server (connect, then each read)
             before it is retried and finally a :class:`RemoteTimeoutError`; default
             :attr:`torchdicom.sources.RemotePolicy.timeout_s`.
@@ -885,6 +889,7 @@ def _resolve_un(meta: dict) -> dict:
     return out
 
 
+@functools.cache
 def _row_tags() -> frozenset[int]:
     """The tags :func:`~torchdicom.io.header.row_from_dataset` reads a value of."""
     from torchdicom.io.header import _FUNCTIONAL_GROUP_SOURCES, _LEAN_ELEMENTS
@@ -1298,16 +1303,32 @@ def part_syntax(part: Part, row: dict[str, Any]) -> str:
     return _sniff(part.body) or part.transfer_syntax or stored or _EXPLICIT_LE
 
 
+# Stored syntaxes whose decoders hand colour over as RGB: lossy JPEG (YBR_FULL_422 /
+# YBR_FULL) and JPEG 2000 / HTJ2K (YBR_ICT / YBR_RCT). RLE and lossless JPEG keep the
+# colour space they were given, so a server decoding those sends what the row says.
+_DECODED_AS_RGB = frozenset(
+    (
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.92",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    )
+)
+
+
 def _as_sent(row: dict[str, Any], syntax: str) -> dict[str, Any]:
-    """The row as the server sent its frame: a stored lossy colour code-stream (JPEG with
-    YBR_FULL / YBR_FULL_422) that the server decoded to native bytes (a server refusing
-    every compressed syntax) arrives as RGB, pixel by pixel: that is what DCMTK (Orthanc),
-    GDCM and pydicom make of it, and a YBR_FULL_422 frame at full size can be nothing else.
-    Only with the row's stored syntax known: a native YBR frame of a native instance is
-    decoded as YBR."""
-    stored = str(row["transfer_syntax"])
+    """The row as the server sent its frame: a stored YBR colour code-stream of
+    :data:`_DECODED_AS_RGB` that the server decoded to native bytes (a server refusing
+    every compressed syntax) arrives as RGB, pixel by pixel, as DCMTK (Orthanc), GDCM and
+    pydicom decode it (a YBR_FULL_422 frame at full size can be nothing else). Only with
+    the row's stored syntax known: a native YBR frame of a native instance stays YBR."""
     if (
-        stored in _SYNTAX_MEDIA
+        str(row["transfer_syntax"]) in _DECODED_AS_RGB
         and not _SYNTAX_MEDIA.get(syntax)
         and str(row["photometric"]).startswith("YBR")
     ):
