@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import requests
@@ -153,6 +154,21 @@ def test_scan_gives_the_local_rows_without_pixels(orthanc, uploaded):  # noqa: F
                 assert np.isnan(got), column
             else:
                 assert got == value, (column, got, value)
+
+
+def test_scan_cache_against_orthanc_asks_only_the_listing_again(orthanc, uploaded, tmp_path):  # noqa: F811
+    cache = tmp_path / "orthanc.parquet"
+    source = DicomWebSource(orthanc.dicomweb_url, session=_session())
+    first = scan(source, cache=cache, progress=False)
+    session = _session()
+    asked: list[str] = []
+    session.hooks["response"].append(lambda response, **_: asked.append(response.url))
+    source = DicomWebSource(orthanc.dicomweb_url, session=session)
+    again = scan(source, cache=cache, progress=False)
+    assert asked and not any("/metadata" in url for url in asked)
+    pd.testing.assert_frame_equal(
+        again.df.reset_index(drop=True), first.df.reset_index(drop=True), check_like=True
+    )
 
 
 def test_qido_patient_ids_are_hashed_like_local_ones(orthanc, uploaded, index):  # noqa: F811
