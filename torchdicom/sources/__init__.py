@@ -2,7 +2,7 @@
 and DICOMweb servers.
 
 See :mod:`torchdicom.sources.remote` and :mod:`torchdicom.sources.dicomweb`. fsspec, the
-provider packages, requests and dicomweb-client load on first use.
+provider packages and requests load on first use.
 """
 
 from torchdicom.sources.dicomweb import DicomWebSource
