@@ -663,6 +663,10 @@ def test_datamodule_trains_one_short_epoch_from_s3(s3):
     trainer.fit(model, datamodule=dm)
     assert trainer.state.finished
     assert "storage_options" not in dm.hparams  # credentials stay out of checkpoints
+    from torchdicom.data.prefetch import PrefetchDataLoader
+
+    # A URL's loaders prefetch the next batch's ranges (a local folder's do not need to).
+    assert isinstance(dm.train_dataloader(), PrefetchDataLoader)
 
 
 def test_s3_compressed_frames_are_one_request_each(s3, policy, monkeypatch):
@@ -946,3 +950,248 @@ def test_scan_fetches_header_bytes_not_pixel_data(tmp_path, monkeypatch):
     assert 40 in index.df["frames"].tolist()
     # Headers and fragment item headers only: a few kB per object, not the pixel data.
     assert sum(fetched) < 0.05 * sum(sizes.values()), (sum(fetched), sum(sizes.values()))
+
+
+# --------------------------------------------------------------------------- prefetch
+@pytest.fixture(scope="module")
+def ct_slices(tmp_path_factory) -> list[Path]:
+    """Eight CT slices of one shape (the datasets' batch path reads them as byte ranges)."""
+    root = tmp_path_factory.mktemp("prefetch_ct")
+    ct_like(root, n_series=1, slices=8, size=32)
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix in ("", ".dcm") and "masks" not in p.parts
+    )
+
+
+@pytest.fixture
+def ct_prefix(s3, ct_slices, request):
+    """The CT slices under a prefix of their own (a test may delete objects there)."""
+    fs, options, _names = s3
+    prefix = f"s3://td-bucket/pf-{request.node.name[:40]}"
+    names = {}
+    for k, f in enumerate(ct_slices):
+        url = f"{prefix}/{k:02d}_{f.name}"
+        fs.pipe(url, f.read_bytes())
+        names[url.rsplit("/", 1)[-1]] = f
+    yield prefix, options, names
+    fs.rm(prefix.removeprefix("s3://"), recursive=True)
+
+
+@pytest.fixture
+def s3_gets(s3):
+    """The object key of every GetObject the S3 client sends from now on, in order
+    (counted where botocore sends them, retries included)."""
+    fs, _options, _names = s3
+    sent: list[str] = []
+
+    def record(request, **kwargs) -> None:
+        if request.method == "GET" and "list-type" not in request.url:
+            sent.append(request.url.split("?", 1)[0].rsplit("/", 1)[-1])
+
+    events = fs.s3.meta.events
+    events.register("before-send.s3.GetObject", record, unique_id="td-test-gets")
+    yield sent
+    events.unregister("before-send.s3.GetObject", unique_id="td-test-gets")
+
+
+def _prefetch_dataset(prefix: str, options: dict) -> torchdicom.DicomDataset:
+    ds = torchdicom.DicomDataset(prefix, storage_options=options, frames="first")
+    assert len(ds) == 8 and all(native_layout(r) == native_layout(ds.rows[0]) for r in ds.rows)
+    return ds
+
+
+def _wait_for_prefetches() -> None:
+    for held in list(remote._HELD.values()):
+        held.future.exception()  # finished (its error, if any, is the read's business)
+
+
+@pytest.fixture
+def no_prefetch_left():
+    yield
+    remote.drop_prefetched()
+
+
+def test_prefetch_requests_the_next_batch_before_it_is_asked_for(
+    ct_prefix, s3_gets, monkeypatch, no_prefetch_left
+):
+    from torchdicom.data.prefetch import PrefetchDataLoader
+
+    prefix, options, _names = ct_prefix
+    monkeypatch.setattr(remote.policy, "recheck_s", 3600.0)
+    ds = _prefetch_dataset(prefix, options)
+    name = [r["path"].rsplit("/", 1)[-1] for r in ds.rows]
+    loader = PrefetchDataLoader(ds, batch_size=2, collate_fn=torchdicom.Collate())
+    batches = iter(loader)
+    first = next(batches)
+    _wait_for_prefetches()
+    # Batch 1's objects were fetched while batch 0 was handed over, before anyone asked.
+    assert {name[2], name[3]} <= set(s3_gets), s3_gets
+    before = list(s3_gets)
+    second = next(batches)
+    # Reading batch 1 sent no request for its own objects (only batch 2's prefetch).
+    assert s3_gets[: len(before)] == before
+    assert not {name[2], name[3]} & set(s3_gets[len(before) :]), s3_gets
+    assert first["path"][0] == ds.rows[0]["path"] and second["path"][1] == ds.rows[3]["path"]
+    for k, i in enumerate((2, 3)):
+        assert torch.equal(second["image"][k], ds[i]["image"])
+
+
+def _record_worker_gets(folder: Path, prefix: str, worker_id: int) -> None:
+    """In a DataLoader worker: append the key of every GetObject its S3 client sends
+    (where botocore sends it) to a file of the worker's own."""
+    log = folder / f"gets-{worker_id}"
+
+    def record(request, **kwargs) -> None:
+        with open(log, "a") as f:
+            f.write(request.url.split("?", 1)[0].rsplit("/", 1)[-1] + "\n")
+
+    events = remote.filesystem(prefix).s3.meta.events
+    events.register("before-send.s3.GetObject", record, unique_id="td-test-worker-gets")
+
+
+def _collate_with_prefetch_hits(items: list) -> dict:
+    """Collate, and say how many ranges the reading process took from its prefetches."""
+    return {**torchdicom.Collate()(items), "hits": remote.prefetch_hits()}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_prefetched_epoch_equals_plain_reads_and_fetches_each_object_once(
+    ct_prefix, s3_gets, monkeypatch, tmp_path, num_workers, no_prefetch_left
+):
+    import functools
+
+    from torchdicom.data.prefetch import PrefetchDataLoader
+
+    prefix, options, names = ct_prefix
+    monkeypatch.setattr(remote.policy, "recheck_s", 3600.0)
+    ds = _prefetch_dataset(prefix, options)
+    plain = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=torchdicom.Collate())
+    expected = [b["image"] for b in plain]
+    s3_gets.clear()
+    loader = PrefetchDataLoader(
+        ds,
+        batch_size=2,
+        num_workers=num_workers,
+        collate_fn=_collate_with_prefetch_hits,
+        worker_init_fn=functools.partial(_record_worker_gets, tmp_path, prefix),
+    )
+    hits = remote.prefetch_hits()
+    got = list(loader)
+    # Each batch but the first each process reads was prefetched, whole, in that process
+    # (with 2 workers: batch 2 by worker 0 as batch 0 arrived, batch 3 by worker 1).
+    if num_workers:
+        assert [b["hits"] for b in got] == [0, 0, 2, 2]
+    else:
+        assert [b["hits"] - hits for b in got] == [0, 2, 4, 6]
+    for log in sorted(tmp_path.glob("gets-*")):  # the workers' requests
+        s3_gets += log.read_text().split()
+    assert [b["path"] for b in got] == [
+        [r["path"] for r in ds.rows[k : k + 2]] for k in range(0, 8, 2)
+    ]
+    for batch, image in zip(got, expected, strict=True):
+        assert torch.equal(batch["image"], image)
+        for path, values in zip(batch["path"], batch["image"]):
+            local = read_frames_numpy(str(names[path.rsplit("/", 1)[-1]]), 0)[0]
+            np.testing.assert_array_equal(values.numpy(), local)
+    # Every prefetch was taken by the read of its batch, in the process that read it
+    # (worker w reads batches w, w + 2, …): each object fetched once, never twice.
+    assert sorted(s3_gets) == sorted(r["path"].rsplit("/", 1)[-1] for r in ds.rows), s3_gets
+
+
+def test_object_deleted_after_its_prefetch_fails_the_read_as_without(
+    s3, ct_prefix, s3_gets, policy, no_prefetch_left
+):
+    from torchdicom.data.prefetch import PrefetchDataLoader
+
+    fs, _, _ = s3
+    prefix, options, _names = ct_prefix
+    ds = _prefetch_dataset(prefix, options)
+    loader = PrefetchDataLoader(ds, batch_size=2, collate_fn=torchdicom.Collate())
+    batches = iter(loader)
+    next(batches)
+    _wait_for_prefetches()
+    gone = ds.rows[3]["path"]
+    assert gone.rsplit("/", 1)[-1] in s3_gets  # prefetched, and held
+    fs.rm(gone)
+    # Not raised by the prefetch, nor served from it: the read checks the object (recheck_s
+    # = 0 here) and raises what it raises without a prefetch.
+    with pytest.raises(RemoteNotFoundError, match=re.escape(gone)):
+        next(batches)
+
+
+@pytest.fixture
+def memory_ct(ct_slices):
+    """Twelve CT objects of one layout on ``memory://`` (eight distinct slices)."""
+    fs = fsspec.filesystem("memory")
+    for k in range(12):
+        fs.pipe(f"memory://td-ct/set/{k:02d}.dcm", ct_slices[k % 8].read_bytes())
+    yield torchdicom.DicomDataset("memory://td-ct/set", frames="first")
+    fs.rm("/td-ct", recursive=True)
+
+
+def test_a_failed_prefetch_is_fetched_again_by_the_read(
+    memory_ct, policy, monkeypatch, no_prefetch_left
+):
+    """The prefetch's fetch fails (a 5xx past its retries): nothing is raised then; the
+    read fetches again, and gets the bytes once the store answers."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    ds, batch = memory_ct, [0, 1]
+    real = MemoryFileSystem.cat_file
+    monkeypatch.setattr(remote.policy, "retries", 0)
+
+    def failing(self, path, start=None, end=None, **kw):
+        raise ConnectionResetError("reset by peer")
+
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", failing)
+    assert ds.prefetch(batch) is not None
+    _wait_for_prefetches()
+    assert isinstance(next(iter(remote._HELD.values())).future.exception(), RemoteError)
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", real)
+    items = ds.__getitems__(batch)
+    for item, i in zip(items, batch):
+        assert torch.equal(item["image"], torch.from_numpy(read_frames_numpy(ds.rows[i], 0)[0]))
+    assert not remote._HELD
+
+
+def test_prefetch_holds_at_most_prefetch_batches(memory_ct, monkeypatch, no_prefetch_left):
+    from torchdicom.data.prefetch import PrefetchBatches
+
+    ds = memory_ct
+    frame_bytes = ds[0]["image"].numel() * ds[0]["image"].element_size()
+    groups = [ds.prefetch([k, k + 1]) for k in range(0, 12, 2)]  # six batches, none read
+    assert all(g is not None for g in groups)
+    _wait_for_prefetches()
+    assert len(remote._HELD) == remote.policy.prefetch_batches == 2
+    assert remote.prefetched_bytes() == 2 * 2 * frame_bytes
+    # A loop that breaks off drops what its prefetches still hold.
+    remote.drop_prefetched()
+    batches = iter(PrefetchBatches([[0, 1], [2, 3], [4, 5]], ds))
+    next(batches)
+    assert remote._HELD
+    batches.close()
+    assert not remote._HELD and remote.prefetched_bytes() == 0
+    monkeypatch.setattr(remote.policy, "prefetch_batches", 0)  # off: nothing starts
+    assert ds.prefetch([0, 1]) is None and not remote._HELD
+
+
+def test_prefetch_through_the_block_cache_fetches_each_block_once(
+    ct_prefix, block_cache, monkeypatch, no_prefetch_left
+):
+    from torchdicom.data.prefetch import PrefetchDataLoader
+
+    prefix, options, names = ct_prefix
+    monkeypatch.setattr(remote.policy, "recheck_s", 3600.0)
+    ds = _prefetch_dataset(prefix, options)
+    cache = remote.block_cache()
+    misses = cache.misses
+    loader = PrefetchDataLoader(ds, batch_size=2, collate_fn=torchdicom.Collate())
+    for batch in loader:
+        for path, values in zip(batch["path"], batch["image"]):
+            local = read_frames_numpy(str(names[path.rsplit("/", 1)[-1]]), 0)[0]
+            np.testing.assert_array_equal(values.numpy(), local)
+    # The prefetch put the blocks in the cache; the read took them from there.
+    assert cache.misses - misses == len(list(block_cache.rglob("*.*")))
+    assert cache.hits > 0

@@ -32,6 +32,7 @@ from torchdicom._privacy import resolve_salt
 from torchdicom.cache import FrameCache
 from torchdicom.data import Collate, DicomDataset, MaskSource
 from torchdicom.data._base import decode_target
+from torchdicom.data.prefetch import PrefetchDataLoader
 from torchdicom.data.resize import ResizeMode, check_channels
 from torchdicom.data.sampler import SizeBucketBatchSampler, item_shapes
 from torchdicom.index import DicomIndex, scan
@@ -198,6 +199,8 @@ class DicomDataModule(_LightningDataModule):
             :meth:`DicomIndex.to_parquet` / ``torchdicom scan --out``, an fsspec URL
             (``s3://…``), or a :class:`~torchdicom.DicomWebSource`; a URL or server is
             scanned by :meth:`prepare_data` into the index cache, which :meth:`setup` reads.
+            The loaders of a URL are :class:`~torchdicom.data.prefetch.PrefetchDataLoader`:
+            each process fetches its next batch's byte ranges while the current one trains.
             None when streaming ``shards``.
         labels: a CSV path or a callable ``f(path)`` / ``f(path, frame)`` (see
             :class:`DicomDataset`). A DataFrame or a mapping works too from Python;
@@ -649,6 +652,9 @@ class DicomDataModule(_LightningDataModule):
             return self._shard_loader(subset, shuffle, drop_last)
         if subset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
+        # Remote objects: the next batch's byte ranges are fetched while the current one
+        # trains (a batch otherwise waits its round trip, then its transfer).
+        loader = PrefetchDataLoader if is_remote(self.data) else DataLoader
         if self.batching == "by_size":
             # Under DDP, Lightning re-creates this batch sampler with a DistributedSampler as
             # ``sampler``, from which it takes the rank and world size (and the epoch).
@@ -659,7 +665,7 @@ class DicomDataModule(_LightningDataModule):
                 seed=self.seed,
                 drop_last=drop_last,
             )
-            return DataLoader(
+            return loader(
                 subset,
                 batch_sampler=batches,
                 num_workers=self.num_workers,
@@ -667,7 +673,7 @@ class DicomDataModule(_LightningDataModule):
                 persistent_workers=self.persistent_workers,
                 collate_fn=self.collate,
             )
-        return DataLoader(
+        return loader(
             subset,
             batch_size=self.batch_size,
             shuffle=shuffle,

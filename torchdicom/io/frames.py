@@ -293,7 +293,7 @@ def _check_native_size(row: dict[str, Any]) -> None:
         if length >= 0:
             available = min(available, length)
     else:
-        available = length if length >= 0 else int(row["size"])
+        available = length if length >= 0 else int(row.get("member_size", row["size"]))
     if declared > available:
         raise CorruptDicomError(
             path,
@@ -696,6 +696,39 @@ def read_native_batch(
             _clear_unused_bits(slots[k : k + 1], bits_stored)
         done[k] = True
     return done
+
+
+def prefetch_native_batch(
+    rows: Sequence[dict[str, Any]], frames: Sequence[int], dtype: np.dtype
+) -> int | None:
+    """Start fetching, in the background, the byte ranges :func:`read_native_batch` will
+    read for these rows and frames into slots of ``dtype``
+    (:func:`torchdicom.sources.remote.prefetch`): the remote native rows stored in
+    ``dtype``, each frame one range. Other rows are left alone; nothing is raised (the
+    read raises what it raises without a prefetch).
+
+    Returns:
+        The prefetch group's id, or ``None`` when nothing was started.
+    """
+    from torchdicom.sources.remote import is_remote, prefetch
+
+    picked, starts, lengths = [], [], []
+    for row, frame in zip(rows, frames):
+        if not is_remote(row["path"]) or not _is_native(row) or _native_dtype(row) != dtype:
+            continue
+        if not 0 <= int(frame) < int(row["frames"]):
+            continue
+        try:
+            check_declared_size(row)
+        except TorchDicomError:
+            continue  # the read refuses it, as without a prefetch
+        frame_bytes = (
+            int(row["samples_per_pixel"]) * int(row["rows"]) * int(row["columns"]) * dtype.itemsize
+        )
+        picked.append(row)
+        starts.append(int(row["pixel_offset"]) + int(frame) * frame_bytes)
+        lengths.append(frame_bytes)
+    return prefetch(picked, starts, lengths) if picked else None
 
 
 class _BoundedKeySet:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -41,7 +42,8 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ __all__ = [
     "is_remote",
     "local_path",
     "policy",
+    "prefetch",
     "read_range",
     "read_ranges",
     "read_ranges_into",
@@ -122,6 +125,10 @@ class RemotePolicy:
             random and makes fewer files for large ones.
         block_cache_max_bytes: size bound of the cache directory; beyond it the least
             recently written blocks are evicted.
+        prefetch_batches: how many batches' prefetched ranges (:func:`prefetch`, started
+            by :class:`~torchdicom.data.prefetch.PrefetchDataLoader`) a process holds at
+            most, fetched or in flight; starting one more drops the oldest. 2 is what a
+            loader needs: the batch being read and the next one. 0 turns prefetching off.
     """
 
     retries: int = 3
@@ -137,6 +144,7 @@ class RemotePolicy:
     )
     block_cache_block_bytes: int = 2**20
     block_cache_max_bytes: int = 20 * 2**30
+    prefetch_batches: int = 2
 
 
 policy = RemotePolicy()
@@ -444,9 +452,26 @@ def read_ranges_into(
     """:func:`read_ranges` into the caller's buffers: range ``i`` is ``len(views[i])``
     bytes from ``starts[i]``. Returns the bytes filled per view (fewer where the object
     ends early: the caller reports it). Cached blocks are read straight into the views.
+
+    Ranges :func:`prefetch` holds (same URL, start, length and row version) are taken
+    from it, waiting for their fetch if it is still in flight; a range whose prefetch
+    failed is fetched again here, so its error is raised by this read, as without it.
     """
     if not urls:
         return []
+    held = _take_prefetched(urls, starts, views, versions) if _HELD else None
+    if held is not None:  # some ranges were prefetched: the others are read as always
+        rest = [i for i, n in enumerate(held) if n is None]
+        if rest:
+            got = read_ranges_into(
+                [urls[i] for i in rest],
+                [starts[i] for i in rest],
+                [views[i] for i in rest],
+                versions=None if versions is None else [versions[i] for i in rest],
+            )
+            for i, n in zip(rest, got):
+                held[i] = n
+        return held  # type: ignore[return-value]
     cache = _block_cache() if versions is not None else None
     if cache is not None:
         return cache.read_into(urls, starts, views, versions)  # type: ignore[arg-type]
@@ -661,21 +686,49 @@ class BlockCache:
                 else:
                     missing.setdefault((url, version), set()).add(block)
                     todo.append((i, block, lo, hi, at))
-        runs: list[tuple[str, Version, int, int]] = []  # (url, version, first, last block)
+        runs = self._runs(missing)
+        # The missing runs and the uncached ranges: one batch, max_in_flight at a time.
+        requests = self._requests(runs)
+        requests += [(urls[i], starts[i], starts[i] + len(views[i])) for i in plain]
+        fetched = _fetch_ranges(*zip(*requests)) if requests else []
+        got = self._store(runs, fetched)
+        for i, block, lo, hi, at in todo:
+            piece = got[(urls[i], versions[i])].get(block, b"")[lo:hi]  # type: ignore[index]
+            views[i][at : at + len(piece)] = piece
+            if len(piece) < hi - lo:  # a short fetch: the bytes end here
+                filled[i] = min(filled[i], at + len(piece))
+        for i, data in zip(plain, fetched[len(runs) :]):
+            views[i][: len(data)] = data
+            filled[i] = len(data)
+        return filled
+
+    def _runs(
+        self, missing: dict[tuple[str, Version], set[int]]
+    ) -> list[tuple[str, Version, int, int]]:
+        """The missing blocks as runs (url, version, first, last block): adjacent missing
+        blocks of an object are one request."""
+        runs: list[tuple[str, Version, int, int]] = []
         for (url, version), blocks in missing.items():
             self.misses += len(blocks)
-            for block in sorted(blocks):  # adjacent missing blocks: one request
+            for block in sorted(blocks):
                 if runs and runs[-1][:2] == (url, version) and runs[-1][3] == block - 1:
                     runs[-1] = (url, version, runs[-1][2], block)
                 else:
                     runs.append((url, version, block, block))
-        # The missing runs and the uncached ranges: one batch, max_in_flight at a time.
-        requests = [
+        return runs
+
+    def _requests(self, runs: list[tuple[str, Version, int, int]]) -> list[tuple[str, int, int]]:
+        bsize = self.block_bytes
+        return [
             (url, first * bsize, min((last + 1) * bsize, int(version[0])))
             for url, version, first, last in runs
         ]
-        requests += [(urls[i], starts[i], starts[i] + len(views[i])) for i in plain]
-        fetched = _fetch_ranges(*zip(*requests)) if requests else []
+
+    def _store(
+        self, runs: list[tuple[str, Version, int, int]], fetched: Sequence[bytes]
+    ) -> dict[tuple[str, Version], dict[int, bytes]]:
+        """Cache the fetched runs' blocks; returns them by (url, version) and block."""
+        bsize = self.block_bytes
         got: dict[tuple[str, Version], dict[int, bytes]] = {}
         for (url, version, first, last), data in zip(runs, fetched):
             key, have = self._key(url, version), got.setdefault((url, version), {})
@@ -686,15 +739,37 @@ class BlockCache:
                     break
                 have[block] = piece
                 self._put(key, block, piece)
-        for i, block, lo, hi, at in todo:
-            piece = got[(urls[i], versions[i])].get(block, b"")[lo:hi]  # type: ignore[index]
-            views[i][at : at + len(piece)] = piece
-            if len(piece) < hi - lo:  # a short fetch: the bytes end here
-                filled[i] = min(filled[i], at + len(piece))
-        for i, data in zip(plain, fetched[len(runs) :]):
-            views[i][: len(data)] = data
-            filled[i] = len(data)
-        return filled
+        return got
+
+    def warm(
+        self,
+        urls: Sequence[str],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        versions: Sequence[Version],
+    ) -> None:
+        """Fetch the blocks of these ranges that are not cached yet (one batch of
+        requests) and cache them, reading none of the cached ones (:func:`prefetch`: the
+        read that follows takes them from disk, straight into its buffers)."""
+        bsize = self.block_bytes
+        missing: dict[tuple[str, Version], set[int]] = {}
+        for url, start, end, version in zip(urls, starts, ends, versions):
+            size = int(version[0])
+            end = min(end, size)
+            if end <= start:
+                continue
+            key = self._key(url, version)
+            for block in range(start // bsize, (end - 1) // bsize + 1):
+                try:
+                    if self._path(key, block).stat().st_size == self._length(size, block):
+                        continue
+                except OSError:  # not cached (or evicted meanwhile)
+                    pass
+                missing.setdefault((url, version), set()).add(block)
+        runs = self._runs(missing)
+        requests = self._requests(runs)
+        if requests:
+            self._store(runs, _fetch_ranges(*zip(*requests)))
 
 
 _CACHE: BlockCache | None = None
@@ -1002,3 +1077,233 @@ def open_file(url: str, size: int | None = None):
     if size is None:
         size = handle(url).size
     return io.BufferedReader(_RangeReader(url, size), buffer_size=policy.block_size)
+
+
+# --------------------------------------------------------------------------- prefetch
+# A prefetched range: (URL, start, length, the row's (size, ETag)). The version is part of
+# the key so that a rescanned row (another ETag) never takes bytes fetched for the old one.
+RangeKey = tuple[str, int, int, Version]
+
+
+class _Prefetched:
+    """One batch's ranges, fetched in the background: ``future`` gives ``{key: bytes}``
+    (ranges read through the block cache are cached, not held); ``left`` counts the keys
+    no read has taken yet."""
+
+    __slots__ = ("future", "left")
+
+    def __init__(self, future: Future[dict[RangeKey, bytes]], left: int):
+        self.future = future
+        self.left = left
+
+
+# The holding area of this process: groups oldest first, and which group holds a key.
+_HELD: OrderedDict[int, _Prefetched] = OrderedDict()
+_HELD_BY_KEY: dict[RangeKey, int] = {}
+_HELD_LOCK = threading.Lock()
+_HELD_PID = os.getpid()
+_GROUPS = itertools.count()
+_PREFETCH_POOL: ThreadPoolExecutor | None = None
+_TAKEN = [0]  # ranges reads took from prefetches in this process (see prefetch_hits)
+
+
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """The threads prefetches run on (held under ``_HELD_LOCK``). Their own, not the
+    runtime's pool: a prefetch waits on the network for a round trip, and the runtime's
+    slices (batch reads, kernels) must not queue behind it."""
+    global _PREFETCH_POOL
+    if _PREFETCH_POOL is None:
+        _PREFETCH_POOL = ThreadPoolExecutor(
+            max_workers=max(1, int(policy.prefetch_batches)),
+            thread_name_prefix="torchdicom-prefetch",
+        )
+    return _PREFETCH_POOL
+
+
+def _forget_parent() -> None:
+    """In a forked child (a DataLoader worker), drop what the parent held: its futures
+    belong to threads that do not exist here. Called under ``_HELD_LOCK``."""
+    global _HELD_PID, _PREFETCH_POOL
+    if os.getpid() != _HELD_PID:
+        _HELD.clear()
+        _HELD_BY_KEY.clear()
+        _PREFETCH_POOL = None
+        _TAKEN[0] = 0
+        _HELD_PID = os.getpid()
+
+
+def _drop_group(group: int) -> None:
+    """Forget a group (under ``_HELD_LOCK``): its bytes go when its fetch ends."""
+    held = _HELD.pop(group, None)
+    if held is None:
+        return
+    held.future.cancel()  # not started yet: never sent
+    for key in [k for k, g in _HELD_BY_KEY.items() if g == group]:
+        del _HELD_BY_KEY[key]
+
+
+def prefetch(
+    rows: Sequence[Mapping[str, Any]], starts: Sequence[int], lengths: Sequence[int]
+) -> int | None:
+    """Start fetching byte ranges of indexed remote objects in the background.
+
+    Range ``i`` is ``lengths[i]`` bytes from ``starts[i]`` of ``rows[i]``'s object.
+    Each object is checked against its row first (:func:`open_checked`), then the ranges
+    go to the store in one batch (:func:`read_ranges`' merging, ``max_in_flight`` at a
+    time) on a thread of this process; with a block cache, the missing blocks are
+    fetched into the cache instead of being held. The next :func:`read_ranges_into` of
+    the same ranges (same row version) takes the bytes.
+
+    Nothing is raised here: an object that fails its check or its fetch is left out, and
+    the read fetches it again and raises what it raises without a prefetch. The read
+    still checks each object against its row (``recheck_s``) before taking its bytes, so
+    an object changed or deleted since its last check fails the read as without a
+    prefetch; within ``recheck_s`` of that check the prefetched bytes of the row's
+    version are served, as cached blocks are.
+
+    At most ``policy.prefetch_batches`` calls are held (fetched, or in flight) per
+    process; one more drops the oldest, so memory stays within that many batches.
+    Ranges already held are not fetched twice.
+
+    Returns:
+        The group's id for :func:`drop_prefetched`, or ``None`` when nothing was started
+        (prefetching off, or every range already held).
+    """
+    limit = int(policy.prefetch_batches)
+    if limit < 1 or not rows:
+        return None
+    with _HELD_LOCK:
+        _forget_parent()
+        pairs: dict[RangeKey, Mapping[str, Any]] = {}
+        for row, start, length in zip(rows, starts, lengths):
+            key = (
+                str(row["path"]),
+                int(start),
+                int(length),
+                (int(row["size"]), str(row.get("etag") or "")),
+            )
+            if key not in _HELD_BY_KEY:
+                pairs[key] = row
+        if not pairs:
+            return None
+        while len(_HELD) >= limit:
+            _drop_group(next(iter(_HELD)))
+        group = next(_GROUPS)
+        future = _prefetch_pool().submit(_prefetch_job, list(pairs), list(pairs.values()))
+        _HELD[group] = _Prefetched(future, len(pairs))
+        for key in pairs:
+            _HELD_BY_KEY[key] = group
+    return group
+
+
+def _prefetch_job(keys: list[RangeKey], rows: list[Mapping[str, Any]]) -> dict[RangeKey, bytes]:
+    """The fetch of one :func:`prefetch` call, on a prefetch thread."""
+    checked: dict[str, bool] = {}
+    wanted = []
+    for key, row in zip(keys, rows):
+        url = key[0]
+        if url not in checked:
+            try:
+                open_checked(row)  # type: ignore[arg-type]
+                checked[url] = True
+            except TorchDicomError:  # stale, missing: the read checks again and raises
+                checked[url] = False
+        if checked[url]:
+            wanted.append(key)
+    cache = _block_cache()
+    if cache is not None:
+        cached = [k for k in wanted if k[3][1]]  # objects with an ETag: into the cache
+        if cached:
+            cache.warm(
+                [k[0] for k in cached],
+                [k[1] for k in cached],
+                [k[1] + k[2] for k in cached],
+                [k[3] for k in cached],
+            )
+        wanted = [k for k in wanted if not k[3][1]]
+    if not wanted:
+        return {}
+    fetched = _fetch_ranges(
+        [k[0] for k in wanted], [k[1] for k in wanted], [k[1] + k[2] for k in wanted]
+    )
+    return dict(zip(wanted, fetched))
+
+
+def _take_prefetched(
+    urls: Sequence[str],
+    starts: Sequence[int],
+    views: Sequence[memoryview],
+    versions: Sequence[Version | None] | None,
+) -> list[int | None] | None:
+    """Fill the views of prefetched ranges (each taken once); ``None`` per range that
+    was not prefetched or whose fetch failed, ``None`` overall when none was."""
+    if versions is None:
+        return None  # prefetched ranges are always of a row's version
+    keys: list[RangeKey | None] = [
+        None if version is None else (url, int(start), len(view), (int(version[0]), version[1]))
+        for url, start, view, version in zip(urls, starts, views, versions)
+    ]
+    taken: dict[int, tuple[_Prefetched, list[int]]] = {}
+    with _HELD_LOCK:
+        _forget_parent()
+        for i, key in enumerate(keys):
+            group = None if key is None else _HELD_BY_KEY.pop(key, None)
+            if group is None:
+                continue
+            held = _HELD[group]
+            taken.setdefault(group, (held, []))[1].append(i)
+            held.left -= 1
+            if held.left == 0:  # every range taken: the group is done
+                del _HELD[group]
+    if not taken:
+        return None
+    filled: list[int | None] = [None] * len(urls)
+    for held, members in taken.values():
+        try:
+            data = held.future.result()  # in flight: this read waits for the same bytes
+        except (Exception, CancelledError):  # fetched again by the caller, raising there
+            continue
+        for i in members:
+            got = data.get(keys[i])  # type: ignore[arg-type]
+            if got is None:
+                continue  # left out (check failed), or cached: the caller reads it
+            views[i][: len(got)] = got
+            filled[i] = len(got)
+            _TAKEN[0] += 1
+    return filled
+
+
+def prefetch_hits() -> int:
+    """Ranges this process's reads took from :func:`prefetch` (held bytes, fetched before
+    the read asked for them); ranges the prefetch put in the block cache count as the
+    cache's hits instead."""
+    with _HELD_LOCK:
+        _forget_parent()
+        return _TAKEN[0]
+
+
+def drop_prefetched(groups: Iterable[int] | None = None) -> None:
+    """Forget prefetched ranges no read has taken: the groups ``groups`` (ids
+    :func:`prefetch` returned), or all of them. Their bytes go once their fetch ends."""
+    with _HELD_LOCK:
+        _forget_parent()
+        for group in list(_HELD) if groups is None else list(groups):
+            _drop_group(group)
+
+
+def prefetched_bytes() -> int:
+    """Bytes this process holds in prefetched ranges no read has taken yet (fetched
+    groups only: a fetch in flight counts when it ends)."""
+    with _HELD_LOCK:
+        _forget_parent()
+        held = list(_HELD.items())
+        live = set(_HELD_BY_KEY.items())
+    total = 0
+    for group, entry in held:
+        if entry.future.done() and not entry.future.cancelled():
+            try:
+                data = entry.future.result()
+            except Exception:
+                continue
+            total += sum(len(v) for k, v in data.items() if (k, group) in live)
+    return total
