@@ -18,6 +18,7 @@ import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -33,7 +34,7 @@ from torchdicom import scan
 from torchdicom.data import Collate, DicomDataset
 from torchdicom.data.shards import DicomShardDataset, partition
 from torchdicom.datamodule import DicomDataModule
-from torchdicom.errors import CorruptDicomError
+from torchdicom.errors import CorruptDicomError, DicomFileNotFoundError, TorchDicomError
 from torchdicom.export import SHARD_TABLE_SUFFIX, to_webdataset
 from torchdicom.io.frames import read_frames, route_for
 from torchdicom.samples import ct_like, us_cine_like
@@ -486,7 +487,9 @@ def _damaged(tmp_path: Path, maxcount: int):
         for member in table["members"]:
             if member["row"]["transfer_syntax"] == "1.2.840.10008.1.2.4.50":
                 data = bytearray(Path(shard).read_bytes())
-                start, stop = member["offset"] + 332, member["offset"] + member["size"]
+                # The code-streams only: a damaged header is caught before any decoder.
+                start = member["row"]["frame_offsets"][0]
+                stop = member["offset"] + member["size"]
                 data[start:stop] = b"\xff" * (stop - start)
                 Path(shard).write_bytes(bytes(data))
                 return report, (shard, member["member"], member["row"]["path"])
@@ -661,3 +664,464 @@ def test_skip_a_shard_with_nothing_readable_repeats_the_item_before(tmp_path):
         torch.testing.assert_close(items[index]["image"], before["image"])
     with pytest.raises(CorruptDicomError, match="fragment"):
         _items(DicomShardDataset([shard], on_error="skip"))
+
+
+# --------------------------------------------------------------------------- untrusted shard sets
+# A shard set may come from another site or a bucket someone else writes: its manifest and
+# offset tables are checked like a file's header. Each hostile edit below must give a
+# TorchDicomError naming the shard (or manifest), the member and the reason, before anything
+# is allocated from the lying values, and never wrong pixels.
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    """Shards of 2 members: CT slices (16², native) and a 3-frame JPEG cine; the items."""
+    root = tmp_path_factory.mktemp("untrusted")
+    ct_like(root / "src" / "ct", n_series=1, slices=3, size=16)
+    us_cine_like(root / "src" / "us", n=1, frames=3, size=16, jpeg=True)
+    (root / "out").mkdir()
+    report = to_webdataset(
+        scan(root / "src", progress=False), str(root / "out" / "%06d.tar"), maxcount=2
+    )
+    items = {it["index"]: it["image"] for it in _items(DicomShardDataset(report.manifest))}
+    return root / "out", report, items
+
+
+def _copy_set(small_set, tmp_path: Path) -> tuple[Path, dict, dict, list[dict]]:
+    """A copy of the set: its folder, manifest, the table of shard 0 and all tables."""
+    out, _, _ = small_set
+    copy = tmp_path / "set"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "shards.json").read_text())
+    tables = [
+        json.loads((copy / f"{k:06d}.tar{SHARD_TABLE_SUFFIX}").read_text())
+        for k in range(len(manifest["shards"]))
+    ]
+    return copy, manifest, tables[0], tables
+
+
+def _write_table(copy: Path, shard: int, table: Any) -> None:
+    text = table if isinstance(table, str) else json.dumps(table)
+    (copy / f"{shard:06d}.tar{SHARD_TABLE_SUFFIX}").write_text(text)
+
+
+def _first(table):
+    return table["members"][0]
+
+
+_TABLE_EDITS = {
+    "not JSON": (lambda t: "{garbage", "offset table is not valid JSON"),
+    "a list": (lambda t: "[]", "not a torchdicom offset table"),
+    "deep nesting": (lambda t: "[" * 100_000, "offset table is not valid JSON"),
+    "members not a list": (lambda t: t.update(members="x"), "'members' is x, not a list"),
+    "no tar_size": (lambda t: t.pop("tar_size"), "'tar_size' is None, not an integer"),
+    "tar_size a string": (lambda t: t.update(tar_size="abc"), "'tar_size' is 'abc'"),
+    "no members": (lambda t: t.update(members=[]), "'members' is [], not a list"),
+    "member without offset": (
+        lambda t: _first(t).pop("offset"),
+        "member 000000000.dcm: 'offset' is None, not an integer",
+    ),
+    "negative offset": (
+        lambda t: _first(t).update(offset=-512),
+        "member 000000000.dcm: 'offset' is -512, outside 512..",
+    ),
+    "offset beyond the tar": (
+        lambda t: _first(t).update(offset=10**9),
+        "member 000000000.dcm: 'offset' is 1000000000, outside",
+    ),
+    "size beyond the tar": (
+        lambda t: _first(t).update(size=10**12),
+        "member 000000000.dcm: 'size' is 1000000000000, outside",
+    ),
+    "unaligned offset": (
+        lambda t: _first(t).update(offset=_first(t)["offset"] + 4),
+        "is not on a 512-byte tar block",
+    ),
+    "member range past the end": (
+        lambda t: _first(t).update(size=t["tar_size"] - 512),
+        "reach beyond the tar's",
+    ),
+    "overlapping members": (
+        lambda t: t["members"][1].update(offset=_first(t)["offset"]),
+        "member 000000001.dcm: bytes 512..",
+    ),
+    "member listed twice": (
+        lambda t: t["members"][1].update(member=_first(t)["member"]),
+        "member 000000000.dcm: is listed twice",
+    ),
+    "traversal member name": (
+        lambda t: _first(t).update(member="../../x.dcm"),
+        "member 0: 'member' '../../x.dcm' is not a plain file name",
+    ),
+    "no row": (lambda t: _first(t).pop("row"), "'row' is NoneType, not an index row"),
+    "row without columns": (
+        lambda t: _first(t)["row"].pop("transfer_syntax") and None,
+        "its row has no transfer_syntax",
+    ),
+    "frames 10⁹": (
+        lambda t: _first(t)["row"].update(frames=10**9),
+        "(0028,0008) frames is 1000000000, outside 1..",
+    ),
+    "frames 0": (lambda t: _first(t)["row"].update(frames=0), "(0028,0008) frames is 0"),
+    "bits allocated 2⁴⁰": (
+        lambda t: _first(t)["row"].update(bits_allocated=2**40),
+        "(0028,0100) bits allocated is 1099511627776, outside 1..64",
+    ),
+    "pixel keyword": (
+        lambda t: _first(t)["row"].update(pixel_keyword="Foo"),
+        "its row's pixel_keyword is 'Foo'",
+    ),
+}
+
+
+@pytest.mark.parametrize("via", ["manifest", "tables"])
+@pytest.mark.parametrize("edit", list(_TABLE_EDITS))
+def test_hostile_offset_table_is_refused_naming_shard_member_and_reason(
+    small_set, tmp_path, edit, via
+):
+    copy, _, table, _ = _copy_set(small_set, tmp_path)
+    change, reason = _TABLE_EDITS[edit]
+    result = change(table)
+    _write_table(copy, 0, result if isinstance(result, str) else table)
+    source = str(copy / "shards.json") if via == "manifest" else [str(copy / "000000.tar")]
+    with pytest.raises(CorruptDicomError) as err:
+        _items(DicomShardDataset(source))
+    assert "000000.tar" in str(err.value) and reason in str(err.value)
+
+
+# Row values that make one member unreadable: the member is refused when it is read (and
+# substituted under on_error="skip"), naming the shard, the member and its source file.
+_ROW_EDITS = {
+    "rows × columns of GBs": (
+        lambda r: r.update(rows=65535, columns=65535),
+        "(8589672450 bytes) but the file holds only 512 bytes of pixel data",
+    ),
+    "rows 10⁵": (lambda r: r.update(rows=100_000), "its row's rows is 100000, outside 1..65535"),
+    "rows a string": (lambda r: r.update(rows="abc"), "its row's rows is 'abc', not int"),
+    "pixel offset in the tar header": (
+        lambda r: r.update(pixel_offset=10),
+        "pixel offset 10 is outside the member",
+    ),
+    "pixel offset beyond": (
+        lambda r: r.update(pixel_offset=10**7),
+        "pixel offset 10000000 is outside the member",
+    ),
+    "pixel offset shifted inside the member": (
+        lambda r: r.update(pixel_offset=r["pixel_offset"] - 2),
+        "its header bytes changed since the export (checksum differs)",
+    ),
+    "a row of another file": (
+        lambda r: r.update(size=r["size"] + 2),
+        "(an offset table of another shard?)",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", list(_ROW_EDITS))
+def test_hostile_row_refuses_the_member_before_allocating(small_set, tmp_path, edit):
+    import tracemalloc
+
+    copy, _, table, _ = _copy_set(small_set, tmp_path)
+    change, reason = _ROW_EDITS[edit]
+    change(_first(table)["row"])
+    _write_table(copy, 0, table)
+    source = _first(table)["row"]["path"]
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDicomError) as err:
+            list(DicomShardDataset(str(copy / "shards.json"), batch_size=3))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(err.value)
+    assert "000000.tar" in message and "member 000000000.dcm" in message and reason in message
+    assert str(source) in message
+    assert peak < 64 * 2**20  # nothing sized from the lying row
+    # on_error="skip": the member is substituted, the item count stays.
+    ds = DicomShardDataset(str(copy / "shards.json"), on_error="skip")
+    items = _items(ds)
+    assert len(items) == len(small_set[2]) and ds.skipped >= 1
+
+
+def test_row_saying_native_for_a_compressed_member_is_refused(small_set, tmp_path):
+    copy, _, _, tables = _copy_set(small_set, tmp_path)
+    shard = next(
+        k for k, t in enumerate(tables) if any(m["row"]["encapsulated"] for m in t["members"])
+    )
+    table = tables[shard]
+    member = next(m for m in table["members"] if m["row"]["encapsulated"])
+    row = member["row"]
+    row.update(
+        transfer_syntax="1.2.840.10008.1.2.1",
+        encapsulated=False,
+        frame_offsets=[],
+        frame_lengths=[],
+        pixel_length=row["rows"] * row["columns"] * row["samples_per_pixel"] * row["frames"],
+    )
+    _write_table(copy, shard, table)
+    with pytest.raises(CorruptDicomError) as err:
+        _items(DicomShardDataset(str(copy / "shards.json")))
+    assert f"{shard:06d}.tar" in str(err.value) and member["member"] in str(err.value)
+    assert "its row says native pixel data but the member's is encapsulated" in str(err.value)
+
+
+def test_offset_table_of_another_shard_is_refused(small_set, tmp_path):
+    copy, _, _, tables = _copy_set(small_set, tmp_path)
+    assert tables[0]["tar_size"] == tables[1]["tar_size"]  # the size check alone passes
+    _write_table(copy, 0, tables[1])
+    with pytest.raises(CorruptDicomError, match=r"000000.tar: .*member 00000000[23].dcm"):
+        _items(DicomShardDataset([str(copy / "000000.tar")]))
+
+
+_MANIFEST_EDITS = {
+    "not JSON": (lambda m: "nope", "shard manifest is not valid JSON"),
+    "a list": (lambda m: "[1]", "not a torchdicom shard manifest"),
+    "no shards": (lambda m: m.pop("shards"), "'shards' is NoneType, not a list"),
+    "frames 10¹³": (
+        lambda m: m["shards"][0].update(frames=10**13),
+        "shard entry 0: 'frames' is 10000000000000, outside",
+    ),
+    "frames negative": (lambda m: m["shards"][0].update(frames=-3), "'frames' is -3"),
+    "frames a string": (lambda m: m["shards"][0].update(frames="x"), "'frames' is 'x'"),
+    "members 0": (lambda m: m["shards"][0].update(members=0), "'members' is 0, outside"),
+    "path traversal": (
+        lambda m: m["shards"][0].update(shard="../../etc/passwd"),
+        "shard entry 0: 'shard' '../../etc/passwd' is not a plain file name",
+    ),
+    "absolute path": (lambda m: m["shards"][0].update(shard="/etc/passwd"), "not a plain file"),
+    "shard twice": (lambda m: m["shards"].append(m["shards"][0]), "is listed twice"),
+    "layouts damaged": (lambda m: m["shards"][0].update(layouts=[["x"]]), "'layouts' is"),
+    "classes damaged": (lambda m: m.update(labels=True, classes=5), "'classes' is 5"),
+}
+
+
+@pytest.mark.parametrize("edit", list(_MANIFEST_EDITS))
+def test_hostile_manifest_is_refused_at_construction(small_set, tmp_path, edit):
+    copy, manifest, _, _ = _copy_set(small_set, tmp_path)
+    change, reason = _MANIFEST_EDITS[edit]
+    result = change(manifest)
+    (copy / "shards.json").write_text(result if isinstance(result, str) else json.dumps(manifest))
+    with pytest.raises(CorruptDicomError) as err:
+        DicomShardDataset(str(copy / "shards.json"))
+    assert "shards.json" in str(err.value) and reason in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, delta, what", [("frames", 3, "frames"), ("tar_size", 512, "bytes")]
+)
+def test_manifest_counts_disagreeing_with_a_table_fail_loudly_on_every_rank(
+    small_set, tmp_path, field, delta, what
+):
+    """The ranks' shares come from the manifest: a table that disagrees is an error where
+    the shard is opened, never fewer / more items on one rank (a DDP hang)."""
+    copy, manifest, _, _ = _copy_set(small_set, tmp_path)
+    manifest["shards"][1][field] += delta
+    (copy / "shards.json").write_text(json.dumps(manifest))
+    lengths, failed = set(), 0
+    for rank in (0, 1):
+        ds = DicomShardDataset(str(copy / "shards.json"), rank=rank, world_size=2)
+        lengths.add(len(ds))
+        try:
+            assert len(_items(ds)) == len(ds)  # a rank whose share misses shard 1
+        except CorruptDicomError as err:
+            failed += 1
+            assert "000001.tar" in str(err) and f"does not match the manifest ({what}" in str(err)
+    assert failed >= 1
+    assert len(lengths) == 1  # every rank computes its length from the same manifest
+
+
+def test_manifest_listing_a_missing_shard_names_it(small_set, tmp_path):
+    copy, _, _, _ = _copy_set(small_set, tmp_path)
+    os.remove(copy / "000001.tar")
+    with pytest.raises(DicomFileNotFoundError, match=r"000001.tar: no such shard"):
+        _items(DicomShardDataset(str(copy / "shards.json")))
+    os.remove(copy / f"000001.tar{SHARD_TABLE_SUFFIX}")
+    with pytest.raises(DicomFileNotFoundError, match=r"000001.tar.idx.json: no offset table"):
+        _items(DicomShardDataset(str(copy / "shards.json")))
+
+
+def _tar_header_edit(copy: Path, member: dict, **fields) -> None:
+    """Rewrite the tar header of ``member`` in shard 0 (checksum fixed up)."""
+    shard = copy / "000000.tar"
+    data = bytearray(shard.read_bytes())
+    at = member["offset"] - 512
+    info = tarfile.TarInfo.frombuf(bytes(data[at : at + 512]), "utf-8", "surrogateescape")
+    for key, value in fields.items():
+        setattr(info, key, value)
+    data[at : at + 512] = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "kind, fields",
+    [
+        ("symbolic link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}),
+        ("hard link", {"type": tarfile.LNKTYPE, "linkname": "000000001.dcm"}),
+        ("character device", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}),
+        ("regular file", {"name": "../../evil.dcm"}),
+    ],
+)
+def test_link_device_and_renamed_members_are_refused(small_set, tmp_path, kind, fields):
+    copy, _, table, _ = _copy_set(small_set, tmp_path)
+    _tar_header_edit(copy, _first(table), **fields)
+    with pytest.raises(CorruptDicomError) as err:
+        _items(DicomShardDataset(str(copy / "shards.json")))
+    message = str(err.value)
+    assert "000000.tar" in message and "member 000000000.dcm" in message
+    assert f"the tar holds {kind}" in message and "not this shard's" in message
+
+
+def test_damaged_tar_header_and_rewritten_member_header(small_set, tmp_path):
+    copy, _, table, _ = _copy_set(small_set, tmp_path)
+    shard = copy / "000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[_first(table)["offset"] - 512 + 148] ^= 0xFF  # the header checksum
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptDicomError, match=r"member 000000000.dcm.*no valid tar header"):
+        _items(DicomShardDataset(str(copy / "shards.json")))
+    ds = DicomShardDataset(str(copy / "shards.json"), on_error="skip")
+    items = _items(ds)
+    assert len(items) == len(small_set[2]) and ds.skipped == 1
+    assert sum(it["substituted"] for it in items) == 1
+    data[table["members"][1]["offset"] + 200] ^= 0x01  # inside member 1's DICOM header
+    shard.write_bytes(bytes(data))
+    # Member 1 alone: its rewritten header fails the export's checksum.
+    table["members"] = [table["members"][1]]
+    table["tar_size"] = (copy / "000000.tar").stat().st_size
+    _write_table(copy, 0, table)
+    with pytest.raises(CorruptDicomError, match=r"member 000000001.dcm .*checksum differs"):
+        _items(DicomShardDataset([str(copy / "000000.tar")]))
+
+
+def test_shard_truncated_inside_a_tar_header_names_the_member(small_set, tmp_path):
+    copy, _, table, _ = _copy_set(small_set, tmp_path)
+    shard = copy / "000000.tar"
+    cut = table["members"][1]["offset"] - 300  # inside member 1's tar header
+    shard.write_bytes(shard.read_bytes()[:cut])
+    with pytest.raises(CorruptDicomError) as err:
+        _items(DicomShardDataset(str(copy / "shards.json")))
+    assert "000000.tar: shard is truncated" in str(err.value)
+    assert "member 000000001.dcm is cut" in str(err.value)
+
+
+# --------------------------------------------------------------------------- export hazards
+def test_export_member_names_never_carry_source_names(tmp_path):
+    """Source paths with '..' and very long names: the tar members are the export's keys."""
+    src = tmp_path / "src" / "a"
+    ct_like(src, n_series=1, slices=2, size=16)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    long_dir = tmp_path / "src" / ("d" * 200)
+    long_dir.mkdir()
+    shutil.move(str(files[1]), long_dir / ("x" * 200))
+    index = scan(tmp_path / "src", progress=False)
+    rows = index.rows()
+    for row in rows:  # the path as another tool may write it: with '../' in it
+        parent = os.path.dirname(row["path"])
+        row["path"] = os.path.join(
+            parent, "..", os.path.basename(parent), os.path.basename(row["path"])
+        )
+    (tmp_path / "out").mkdir()
+    report = to_webdataset(rows, str(tmp_path / "out" / "%06d.tar"))
+    assert report.written == len(rows) and not report.skipped
+    with tarfile.open(report.shards[0]) as tar:
+        assert [m.name for m in tar.getmembers()] == [f"{k:09d}.dcm" for k in range(len(rows))]
+    items = _items(DicomShardDataset(report.manifest))
+    assert sorted(it["path"] for it in items) == sorted(r["path"] for r in rows)
+
+
+def test_export_source_changed_during_the_copy_is_skipped(tmp_path, monkeypatch):
+    import torchdicom.export as export
+
+    ct_like(tmp_path / "src", n_series=1, slices=3, size=16)
+    index = scan(tmp_path / "src", progress=False)
+    victim = index.rows()[1]["path"]
+    real_open = open
+
+    class Rewriting:
+        """The file is rewritten (same size, new mtime) while it is read."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, *args):
+            data = self.f.read(*args)
+            os.utime(victim, ns=(0, 1_000_000_000))
+            return data
+
+    def opening(path, *args, **kwargs):
+        f = real_open(path, *args, **kwargs)
+        return Rewriting(f) if str(path) == victim else f
+
+    monkeypatch.setattr(export, "open", opening, raising=False)
+    (tmp_path / "out").mkdir()
+    report = to_webdataset(index, str(tmp_path / "out" / "%06d.tar"))
+    assert [p for p, _ in report.skipped] == [victim]
+    assert "changed since it was indexed" in report.skipped[0][1]
+    assert report.written == len(index.rows()) - 1
+
+
+def test_export_into_a_missing_or_unwritable_folder_names_it(tmp_path, monkeypatch):
+    ct_like(tmp_path / "src", n_series=1, slices=2, size=16)
+    index = scan(tmp_path / "src", progress=False)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"shards' folder does not exist: {missing}"):
+        to_webdataset(index, str(missing / "%06d.tar"))
+    (tmp_path / "ro").mkdir()
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'ro' / '000000.tar'} in"):
+        to_webdataset(index, str(tmp_path / "ro" / "%06d.tar"))
+    assert not list((tmp_path / "ro").iterdir())  # no temporary file left
+
+
+def test_fsspec_failure_midway_leaves_no_manifest(tmp_path, monkeypatch):
+    ct_like(tmp_path / "src", n_series=1, slices=4, size=16)
+    index = scan(tmp_path / "src", progress=False)
+    fs = fsspec.filesystem("memory")
+    base = f"memory://midway-{os.getpid()}"
+    first = to_webdataset(index, f"{base}/%06d.tar", maxcount=2)  # an earlier, whole export
+    assert fs.exists(first.manifest)
+    real_put = type(fs).put_file
+    calls = []
+
+    def failing(self, lpath, rpath, *args, **kwargs):
+        calls.append(rpath)
+        if str(rpath).endswith("000001.tar"):  # every retry too
+            raise OSError(28, "No space left on device")
+        return real_put(self, lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(type(fs), "put_file", failing)
+    with pytest.raises((OSError, TorchDicomError), match=r"000001.tar"):
+        to_webdataset(index, f"{base}/%06d.tar", maxcount=1)
+    assert not fs.exists(first.manifest)  # never a manifest pointing at a mixed set
+    with pytest.raises(DicomFileNotFoundError, match="no shard manifest"):
+        DicomShardDataset(first.manifest)
+    fs.rm(base, recursive=True)
+
+
+def test_reexport_over_an_existing_set(tmp_path):
+    ct_like(tmp_path / "src", n_series=1, slices=4, size=16)
+    index = scan(tmp_path / "src", progress=False)
+    (tmp_path / "out").mkdir()
+    old = to_webdataset(index, str(tmp_path / "out" / "%06d.tar"), maxcount=1)
+    old_manifest = Path(old.manifest).read_text()
+    rows = index.rows()[:2]
+    new = to_webdataset(rows, str(tmp_path / "out" / "%06d.tar"), maxcount=1)
+    assert len(new.shards) == 2
+    items = _items(DicomShardDataset(new.manifest))
+    assert sorted(it["path"] for it in items) == sorted(r["path"] for r in rows)
+    # A reader still holding the old manifest: shards 2 and 3 are the old ones (whole), and
+    # 0 and 1 were replaced by identical ones: every item equals its file.
+    Path(old.manifest).write_text(old_manifest)
+    for it in _items(DicomShardDataset(old.manifest)):
+        assert torch.equal(it["image"], _expected(it["path"], it["frame"], it["image"].dtype))

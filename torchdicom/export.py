@@ -33,6 +33,7 @@ size, modification time or ETag differ) is skipped, logged and listed in the ret
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -41,6 +42,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -214,12 +216,26 @@ def _is_remote(url: str) -> bool:
 
 
 @contextlib.contextmanager
+def _writing(url: str) -> Iterator[None]:
+    """A local write's OSError names the output (not its temporary file) and its folder."""
+    try:
+        yield
+    except OSError as exc:
+        if _is_remote(url) or exc.errno is None:
+            raise
+        folder = os.path.dirname(os.path.abspath(url))
+        raise type(exc)(
+            exc.errno, f"cannot write {url} in {folder}: {exc.strerror or exc}", url
+        ) from exc
+
+
+@contextlib.contextmanager
 def _output(url: str) -> Iterator[BinaryIO]:
     """A binary file whose content becomes ``url`` whole when the block ends without error."""
     if not _is_remote(url):
         from torchdicom.sources.remote import local_path
 
-        with atomic_write(local_path(url)) as f:
+        with _writing(url), atomic_write(local_path(url)) as f:
             yield f
         return
     from torchdicom.sources import remote
@@ -239,12 +255,28 @@ def _write_text(url: str, text: str) -> None:
     if not _is_remote(url):
         from torchdicom.sources.remote import local_path
 
-        write_text_atomic(local_path(url), text)
+        with _writing(url):
+            write_text_atomic(local_path(url), text)
         return
     from torchdicom.sources import remote
 
     fs = remote.filesystem(url)
     remote._call(url, "write", fs.pipe_file, url, text.encode("utf-8"), fs=fs)
+
+
+def _remove(url: str) -> None:
+    """Delete ``url`` if it exists (local path or fsspec URL)."""
+    if not _is_remote(url):
+        from torchdicom.sources.remote import local_path
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local_path(url))
+        return
+    from torchdicom.sources import remote
+
+    fs = remote.filesystem(url)
+    if remote._call(url, "check", fs.exists, url, fs=fs):
+        remote._call(url, "delete", fs.rm_file, url, fs=fs)
 
 
 def _shard_name(pattern: str, number: int) -> str:
@@ -369,7 +401,14 @@ def to_webdataset(
         if _is_remote(pattern)
         else os.path.join(folder, MANIFEST_NAME)
     )
+    if not _is_remote(pattern) and not os.path.isdir(folder or "."):
+        raise FileNotFoundError(
+            errno.ENOENT, f"the shards' folder does not exist: {folder} (create it first)", folder
+        )
     report = ExportReport(manifest=manifest)
+    # An earlier export's manifest would point at shards this one replaces: it goes first,
+    # so that an export that fails midway leaves no manifest rather than a wrong one.
+    _remove(manifest)
     summaries: list[dict[str, Any]] = []
     all_labels: list[Any] = []
     writer: _ShardWriter | None = None
@@ -426,11 +465,15 @@ def to_webdataset(
                 writer = _ShardWriter(_shard_name(pattern, len(report.shards)))
             name = f"{key:09d}"
             offset = writer.add(f"{name}.dcm", data)
+            # The bytes before the pixel data (the whole file when they are not addressable):
+            # a reader checks them once per shard, catching a member rewritten after export.
+            head = int(row["pixel_offset"]) if int(row["pixel_offset"]) >= 0 else len(data)
             member: dict[str, Any] = {
                 "key": name,
                 "member": f"{name}.dcm",
                 "offset": offset,
                 "size": len(data),
+                "head_crc32": zlib.crc32(data[:head]),
                 "row": _shifted_row(row, offset),
             }
             if label is not None:

@@ -54,7 +54,10 @@ import multiprocessing
 import os
 import posixpath
 import re
+import struct
+import tarfile
 import tempfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -82,8 +85,13 @@ from torchdicom.errors import (
     DicomFileNotFoundError,
     TorchDicomError,
 )
-from torchdicom.export import MANIFEST_NAME, SHARD_TABLE_SUFFIX
-from torchdicom.io.frames import native_layout, read_frames_numpy, read_native_batch
+from torchdicom.export import _FORMAT_VERSION, MANIFEST_NAME, SHARD_TABLE_SUFFIX
+from torchdicom.io.frames import (
+    check_declared_size,
+    native_layout,
+    read_frames_numpy,
+    read_native_batch,
+)
 from torchdicom.io.header import frame_row
 from torchdicom.io.schema import INDEX_SCHEMA
 from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, PATH, SUBSTITUTED, YBR
@@ -173,6 +181,8 @@ def _read_json(url: str, what: str) -> dict[str, Any]:
             from torchdicom.sources.remote import local_path
 
             with open(local_path(url), "rb") as f:
+                if os.fstat(f.fileno()).st_size >= _JSON_MAX:
+                    raise CorruptDicomError(url, f"{what} is larger than {_JSON_MAX} bytes")
                 text = f.read()
     except FileNotFoundError:
         raise DicomFileNotFoundError(
@@ -180,7 +190,7 @@ def _read_json(url: str, what: str) -> dict[str, Any]:
         ) from None
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting
         raise CorruptDicomError(_display(url), f"{what} is not valid JSON: {exc}") from None
 
 
@@ -201,6 +211,333 @@ def _typed_row(stored: dict[str, Any]) -> dict[str, Any]:
         elif kind == "ints":
             row[name] = np.asarray(row.get(name) or [], dtype=np.int64)
     return row
+
+
+# --------------------------------------------------------------------------- untrusted input
+# A shard set may come from another site or a bucket someone else writes: its manifest and
+# offset tables are checked like a file's header before anything is allocated or read.
+_MAX_TAR = 2**48  # bytes; a tar_size beyond this is not a shard
+_MAX_NAME = 255  # a shard or member name longer than this is not one the export wrote
+# Columns of a row the read routes use: a table row without one cannot be read.
+_ROW_COLUMNS = (
+    "path",
+    "rows",
+    "columns",
+    "frames",
+    "samples_per_pixel",
+    "photometric",
+    "planar_configuration",
+    "bits_allocated",
+    "bits_stored",
+    "pixel_representation",
+    "transfer_syntax",
+    "pixel_keyword",
+    "pixel_offset",
+    "pixel_length",
+    "encapsulated",
+    "frame_offsets",
+    "frame_lengths",
+)
+# (7FE0,xxxx) element of each pixel keyword: the element header before a row's pixel offset.
+_PIXEL_ELEMENTS = {"PixelData": 0x0010, "FloatPixelData": 0x0008, "DoubleFloatPixelData": 0x0009}
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+class _Refused(Exception):
+    """A value of an offset table or manifest that no export writes (the reason)."""
+
+
+def _integer(value: Any, what: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Refused(f"{what} is {value!r}, not an integer")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f"at least {low}"
+        raise _Refused(f"{what} is {value}, outside {bound}")
+    return value
+
+
+def _plain_name(value: Any, what: str) -> str:
+    """A file name inside the shards' folder / a tar: no folder part, no traversal."""
+    if not isinstance(value, str) or not value:
+        raise _Refused(f"{what} is {value!r}, not a file name")
+    if (
+        len(value) > _MAX_NAME
+        or "/" in value
+        or "\\" in value
+        or "\0" in value
+        or value in (".", "..")
+        or value.startswith("..")
+    ):
+        raise _Refused(f"{what} {value[:80]!r} is not a plain file name (a folder part or '..')")
+    return value
+
+
+def _check_manifest(url: str, manifest: Any) -> tuple[list[dict[str, Any]], bool, Any]:
+    """The manifest's shard entries, labels flag and classes, checked (see the module
+    docstring of :mod:`torchdicom.export` for the format)."""
+
+    def refuse(reason: str) -> CorruptDicomError:
+        return CorruptDicomError(_display(url), f"shard manifest: {reason}")
+
+    if not isinstance(manifest, dict) or manifest.get("format") != "torchdicom-shards":
+        raise refuse("not a torchdicom shard manifest (no 'format': 'torchdicom-shards')")
+    entries = manifest.get("shards")
+    if not isinstance(entries, list):
+        raise refuse(f"'shards' is {type(entries).__name__}, not a list")
+    classes = manifest.get("classes")
+    if classes is not None and (
+        not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+    ):
+        raise refuse(f"'classes' is {classes!r}, not a list of names")
+    try:
+        _integer(manifest.get("version"), "'version'", 1, _FORMAT_VERSION)
+    except _Refused as exc:
+        raise refuse(str(exc)) from None
+    seen: set[str] = set()
+    for k, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise _Refused(f"is {type(entry).__name__}, not an object")
+            name = _plain_name(entry.get("shard"), "'shard'")
+            if name in seen:
+                raise _Refused(f"{name} is listed twice")
+            seen.add(name)
+            tar_size = _integer(entry.get("tar_size"), "'tar_size'", 1024, _MAX_TAR)
+            # A member takes at least a header block and a data block.
+            members = _integer(entry.get("members"), "'members'", 1, tar_size // 1024)
+            # At least one frame per member; a frame at least one bit of the tar.
+            _integer(entry.get("frames"), "'frames'", members, 8 * tar_size)
+            layouts = entry.get("layouts")
+            if not isinstance(layouts, list) or not all(
+                isinstance(lay, list)
+                and len(lay) == 5
+                and isinstance(lay[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in lay[1:])
+                for lay in layouts
+            ):
+                raise _Refused(f"'layouts' is {str(layouts)[:80]}, not [keyword, 4 integers] rows")
+            if sum(lay[4] for lay in layouts) != members or any(lay[4] < 1 for lay in layouts):
+                raise _Refused(
+                    f"'layouts' count {sum(lay[4] for lay in layouts)} members, not {members}"
+                )
+            samples = entry.get("samples_per_pixel")
+            if samples is not None and (
+                not isinstance(samples, list)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in samples)
+            ):
+                raise _Refused(f"'samples_per_pixel' is {samples!r}, not a list of integers")
+        except _Refused as exc:
+            raise refuse(f"shard entry {k}: {exc}") from None
+    return entries, bool(manifest.get("labels")), classes
+
+
+def _check_table(url: str, table: Any) -> None:
+    """Refuse an offset table whose structure no export writes: members out of the tar,
+    overlapping or out of order, or without the row columns the routes read.
+
+    Values of a member's row that only make that member unreadable (a wrong pixel offset,
+    frame spans outside the member) are left to :func:`_row_refusal`: a member, not the
+    shard, is then refused (``on_error="skip"`` substitutes it).
+    """
+
+    def refuse(reason: str) -> CorruptDicomError:
+        return CorruptDicomError(_display(url), f"offset table: {reason}")
+
+    if not isinstance(table, dict) or table.get("format") != "torchdicom-shard":
+        raise refuse("not a torchdicom offset table (no 'format': 'torchdicom-shard')")
+    members = table.get("members")
+    try:
+        _integer(table.get("version"), "'version'", 1, _FORMAT_VERSION)
+        tar_size = _integer(table.get("tar_size"), "'tar_size'", 1024, _MAX_TAR)
+        if not isinstance(members, list) or not members:
+            raise _Refused(f"'members' is {str(members)[:80]}, not a list of members")
+    except _Refused as exc:
+        raise refuse(str(exc)) from None
+    end = 0  # where the previous member's data ends, padded to the tar's 512-byte blocks
+    names: set[str] = set()
+    for k, member in enumerate(members):
+        label = f"member {k}"
+        try:
+            if not isinstance(member, dict):
+                raise _Refused(f"is {type(member).__name__}, not an object")
+            name = _plain_name(member.get("member"), "'member'")
+            label = f"member {name}"
+            if name in names:
+                raise _Refused("is listed twice")
+            names.add(name)
+            offset = _integer(member.get("offset"), "'offset'", 512, tar_size)
+            size = _integer(member.get("size"), "'size'", 1, tar_size)
+            if offset % 512:
+                raise _Refused(f"'offset' {offset} is not on a 512-byte tar block")
+            if offset < end + 512:
+                raise _Refused(
+                    f"bytes {offset}..{offset + size} overlap the member before it (which ends"
+                    f" at {end}, its next header at {end})"
+                )
+            # The tar ends with two zero blocks after the last member's padded data.
+            if offset + size > tar_size - 1024:
+                raise _Refused(
+                    f"bytes {offset}..{offset + size} reach beyond the tar's {tar_size} bytes"
+                )
+            end = offset + 512 * math.ceil(size / 512)
+            row = member.get("row")
+            if not isinstance(row, dict):
+                raise _Refused(f"'row' is {type(row).__name__}, not an index row")
+            missing = [c for c in _ROW_COLUMNS if c not in row]
+            if missing:
+                raise _Refused(f"its row has no {', '.join(missing)}")
+            # One item per frame: the count decides every rank's share, so it must be sane
+            # (at least one bit of the member per frame).
+            _integer(row["frames"], "(0028,0008) frames", 1, 8 * size + 8)
+            _integer(row["samples_per_pixel"], "(0028,0002) samples per pixel", 1, 4)
+            # The layout columns decide the dataset's one dtype, before any member is read.
+            if row["pixel_keyword"] not in _PIXEL_ELEMENTS:
+                raise _Refused(f"its row's pixel_keyword is {str(row['pixel_keyword'])[:40]!r}")
+            _integer(row["bits_allocated"], "(0028,0100) bits allocated", 1, 64)
+            _integer(row["bits_stored"], "(0028,0101) bits stored", 0, 64)
+            _integer(row["pixel_representation"], "(0028,0103) pixel representation", 0, 1)
+        except _Refused as exc:
+            raise refuse(f"{label}: {exc}") from None
+
+
+def _row_refusal(member: dict[str, Any]) -> str | None:
+    """Why a (structurally valid) member's row cannot be read, or None.
+
+    Types of every column, the pixel offset and frame spans inside the member, the row's
+    file size equal to the member's (a row of another file) and, before anything is
+    allocated, the declared pixel size against the member's bytes
+    (:func:`~torchdicom.io.frames.check_declared_size`).
+    """
+    row, offset, size = member["row"], int(member["offset"]), int(member["size"])
+    end = offset + size
+    try:
+        for name, kind in INDEX_SCHEMA.items():
+            value = row.get(name)
+            if value is None and name not in _ROW_COLUMNS:
+                continue
+            ok = {
+                "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "str": lambda v: isinstance(v, str),
+                "bool": lambda v: isinstance(v, bool),
+                "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+                "ints": lambda v: (
+                    isinstance(v, list)
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                ),
+                "floats": lambda v: (
+                    isinstance(v, list)
+                    and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+                ),
+            }[kind](value)
+            if not ok:
+                raise _Refused(f"its row's {name} is {str(value)[:40]!r}, not {kind}")
+        for name in ("rows", "columns", "bits_allocated"):
+            _integer(row[name], f"its row's {name}", 1, 65535)
+        if row["pixel_keyword"] not in _PIXEL_ELEMENTS:
+            raise _Refused(f"its row's pixel_keyword is {row['pixel_keyword'][:40]!r}")
+        if int(row["size"]) != size:
+            raise _Refused(
+                f"its row is of a file of {row['size']} bytes, the member holds {size}"
+                " (an offset table of another shard?)"
+            )
+        pixel = int(row["pixel_offset"])
+        if pixel != -1 and not offset + 8 <= pixel <= end:
+            raise _Refused(f"pixel offset {pixel} is outside the member (bytes {offset}..{end})")
+        spans = row["frame_offsets"]
+        lengths = row["frame_lengths"]
+        if len(spans) != len(lengths):
+            raise _Refused(f"{len(spans)} frame offsets but {len(lengths)} frame lengths")
+        for k, (start, length) in enumerate(zip(spans, lengths)):
+            if not (max(pixel, offset) <= start and length >= 0 and start + length <= end):
+                raise _Refused(
+                    f"frame {k}'s bytes {start}..{start + length} are outside the member's"
+                    f" pixel data (bytes {max(pixel, offset)}..{end})"
+                )
+        check_declared_size({**row, "path": "", "member_offset": offset, "member_size": size})
+    except _Refused as exc:
+        return f"offset table: {exc}"
+    except CorruptDicomError as exc:
+        return exc.reason
+    return None
+
+
+def _member_refusal(fd: int, member: dict[str, Any], row: dict[str, Any]) -> str | None:
+    """Why the member's bytes in the tar are not what its row describes, or None.
+
+    One ``pread`` of its tar header and its DICOM header: the tar header must be a regular
+    file of the member's name and size (not a link, a device, another member: an offset
+    table of another shard, or a tar rewritten after export), the element header before the
+    pixel offset must be the row's pixel data element (native data: its length; compressed:
+    undefined length), and the header bytes must have the checksum the export recorded
+    (a member rewritten after export).
+    """
+    offset, size = int(member["offset"]), int(member["size"])
+    pixel = int(row["pixel_offset"])
+    head = (pixel if pixel >= 0 else offset + size) - offset
+    if "head_crc32" not in member:
+        head = min(head, max(pixel - offset, 0))  # a table written before the checksum
+    buf = bytearray(512 + head)
+    got = os.preadv(fd, [buf], offset - 512)
+    if got != len(buf):
+        return f"the tar ends inside member bytes {offset}..{offset + head}: the shard is truncated"
+    try:
+        info = tarfile.TarInfo.frombuf(bytes(buf[:512]), "utf-8", "surrogateescape")
+    except tarfile.HeaderError as exc:
+        return f"no valid tar header before its bytes at {offset} ({exc})"
+    if info.name != member["member"] or not info.isreg() or info.size != size:
+        kind = (
+            "regular file"
+            if info.isreg()
+            else {
+                tarfile.SYMTYPE: "symbolic link",
+                tarfile.LNKTYPE: "hard link",
+                tarfile.CHRTYPE: "character device",
+                tarfile.BLKTYPE: "block device",
+                tarfile.DIRTYPE: "directory",
+                tarfile.FIFOTYPE: "FIFO",
+            }.get(info.type, f"type {info.type!r}")
+        )
+        return (
+            f"the tar holds {kind} {info.name[:80]!r} of {info.size} bytes at its offset, not"
+            f" a file of {size} bytes: the offset table is not this shard's"
+        )
+    data = bytes(buf[512:])
+    want = member.get("head_crc32")
+    if want is not None and zlib.crc32(data) != want:
+        return "its header bytes changed since the export (checksum differs): export again"
+    if pixel >= 0:
+        element = _pixel_element(data, pixel - offset, row)
+        if element is not None:
+            return element
+    return None
+
+
+def _pixel_element(data: bytes, at: int, row: dict[str, Any]) -> str | None:
+    """Why the bytes before offset ``at`` are not the row's pixel data element header."""
+    big = row["transfer_syntax"] == _BIG_ENDIAN
+    order = ">" if big else "<"
+    tag = (0x7FE0, _PIXEL_ELEMENTS[row["pixel_keyword"]])
+    implicit = row["transfer_syntax"] == _IMPLICIT_LE
+    start = at - (8 if implicit else 12)
+    if start < 0:
+        return f"its pixel offset {at} leaves no room for the pixel data element header"
+    group, element = struct.unpack_from(f"{order}HH", data, start)
+    length = struct.unpack_from(f"{order}I", data, at - 4)[0]
+    if (group, element) != tag:
+        return (
+            f"no ({tag[0]:04X},{tag[1]:04X}) element header before its pixel offset (found"
+            f" ({group:04X},{element:04X})): the offset table does not describe this member"
+        )
+    if bool(row["encapsulated"]) != (length == 0xFFFFFFFF):
+        said = "compressed (encapsulated)" if row["encapsulated"] else "native"
+        found = "encapsulated" if length == 0xFFFFFFFF else f"native ({length} bytes)"
+        return f"its row says {said} pixel data but the member's is {found}"
+    if not row["encapsulated"] and int(row["pixel_length"]) not in (-1, length):
+        return (
+            f"its row says {row['pixel_length']} bytes of pixel data, the member's element {length}"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- partition
@@ -444,43 +781,29 @@ class DicomShardDataset(IterableDataset):
 
     def _from_manifest(self, url: str) -> tuple[list[_Shard], bool, list[str] | None]:
         self._configure(url)
-        manifest = _read_json(url, "shard manifest")
+        entries, labels, classes = _check_manifest(url, _read_json(url, "shard manifest"))
         folder = _dirname(url)
         shards = [
             _Shard(
                 _join(folder, s["shard"]),
-                int(s["tar_size"]),
-                int(s["members"]),
-                int(s["frames"]),
+                s["tar_size"],
+                s["members"],
+                s["frames"],
                 s["layouts"],
                 s.get("samples_per_pixel"),
             )
-            for s in manifest["shards"]
+            for s in entries
         ]
-        return shards, bool(manifest.get("labels")), manifest.get("classes")
+        return shards, labels, classes
 
     def _from_tables(self, urls: list[str]) -> tuple[list[_Shard], bool, list[str] | None]:
         shards, labels = [], []
         for url in urls:
             self._configure(url)
             table = _read_json(url + SHARD_TABLE_SUFFIX, "offset table")
-            counts: dict[tuple[Any, ...], int] = {}
-            samples = sorted({int(m["row"]["samples_per_pixel"]) for m in table["members"]})
-            for m in table["members"]:
-                key = tuple(m["row"][c] for c in _LAYOUT_KEYS)
-                counts[key] = counts.get(key, 0) + 1
-                if "label" in m:
-                    labels.append(m["label"])
-            shards.append(
-                _Shard(
-                    url,
-                    int(table["tar_size"]),
-                    len(table["members"]),
-                    sum(int(m["row"]["frames"]) for m in table["members"]),
-                    [[*k, n] for k, n in counts.items()],
-                    samples,
-                )
-            )
+            _check_table(url, table)
+            shards.append(_summary(url, table))
+            labels.extend(m["label"] for m in table["members"] if "label" in m)
         numbers = all(isinstance(v, int | float | bool) for v in labels)
         classes = None if numbers else sorted({str(v) for v in labels})
         return shards, bool(labels), classes
@@ -593,14 +916,13 @@ class DicomShardDataset(IterableDataset):
         # The shards whose items are pending stay open (a spooled shard stays on disk) until
         # their chunk is read: a chunk may straddle two shards.
         held: list[contextlib.ExitStack] = []
-        segments = []
-        for shard, first, stop in self.segments(epoch, rank, world, worker, workers):
-            positions = np.arange(first, stop)
-            if self.shuffle:
-                rng = np.random.default_rng([self.seed, epoch, rank, worker, shard])
-                positions = rng.permutation(positions)
-            if len(positions):
-                segments.append((shard, positions))
+        # Item positions are made once a segment's shard is open: only then are the counts
+        # (from the manifest) checked against the offset table and the tar's real size.
+        segments = [
+            (shard, first, stop, (epoch, rank, worker))
+            for shard, first, stop in self.segments(epoch, rank, world, worker, workers)
+            if stop > first
+        ]
         previous: list[dict[str, Any]] = []  # the last item read: a substitute of last resort
         try:
             for opened in self._open_ahead(segments):
@@ -629,21 +951,35 @@ class DicomShardDataset(IterableDataset):
         if cached is not None:
             self._tables.move_to_end(shard)
             return cached
-        url = self.shards[shard].url
+        expected = self.shards[shard]
+        url = expected.url
         table = _read_json(url + SHARD_TABLE_SUFFIX, "offset table")
+        _check_table(url, table)
+        # Every rank computed its share from the manifest's counts: a table that disagrees
+        # would make the ranks' item counts differ (a DDP hang), so it is an error here.
+        found = _summary(url, table)
+        for what, want, got in (
+            ("bytes", expected.tar_size, found.tar_size),
+            ("members", expected.members, found.members),
+            ("frames", expected.frames, found.frames),
+            ("layouts", sorted(map(tuple, expected.layouts)), sorted(map(tuple, found.layouts))),
+            ("samples per pixel", expected.samples, found.samples),
+        ):
+            if what == "samples per pixel" and want is None:
+                continue  # a manifest written before it recorded them
+            if want != got:
+                raise CorruptDicomError(
+                    _display(url),
+                    f"its offset table does not match the manifest ({what}: the table says"
+                    f" {str(got)[:80]}, the manifest {str(want)[:80]}; the shard or the"
+                    " manifest was rewritten or damaged after export): export again",
+                )
         members = table["members"]
         per = [int(m["row"]["frames"]) if self.frames == "all" else 1 for m in members]
         table["_starts"] = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
         for m in members:
-            m["_typed"] = _typed_row(m["row"])
-        if int(table["tar_size"]) != self.shards[shard].tar_size or len(members) != (
-            self.shards[shard].members
-        ):
-            raise CorruptDicomError(
-                _display(url),
-                "its offset table does not match the manifest (the shard was rewritten after"
-                " the manifest): export again",
-            )
+            m["_refused"] = _row_refusal(m)
+            m["_typed"] = None if m["_refused"] else _typed_row(m["row"])
         self._tables[shard] = table
         while len(self._tables) > _TABLES_KEPT:
             self._tables.popitem(last=False)
@@ -728,21 +1064,31 @@ class DicomShardDataset(IterableDataset):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _prepare(self, shard: int, positions: np.ndarray) -> _Opened:
-        """Read the shard's offset table, locate the items at ``positions`` and open the
-        shard (checked; a remote one spooled) on a stack the caller closes."""
+    def _prepare(self, shard: int, first: int, stop: int, place: tuple[int, int, int]) -> _Opened:
+        """Read the shard's offset table (checked against the manifest), open the shard
+        (its size checked; a remote one spooled) on a stack the caller closes, and locate
+        the items ``first`` .. ``stop`` (in the epoch's order for ``place``: epoch, rank,
+        worker)."""
         table = self._table(shard)
-        located = [_locate_in(table, int(p)) for p in positions]
         stack = contextlib.ExitStack()
         try:
-            where = stack.enter_context(self._opened(shard, table, [m for m, _ in located]))
+            ends = [_locate_in(table, first)[0], _locate_in(table, stop - 1)[0]]
+            where = stack.enter_context(self._opened(shard, table, ends))
         except BaseException:
             stack.close()
             raise
+        positions = np.arange(first, stop)
+        if self.shuffle:
+            epoch, rank, worker = place
+            rng = np.random.default_rng([self.seed, epoch, rank, worker, shard])
+            positions = rng.permutation(positions)
+        located = [_locate_in(table, int(p)) for p in positions]
         whole = not _is_remote(self.shards[shard].url) or self.spool is False
         return _Opened(shard, positions, table, located, where, stack, whole)
 
-    def _open_ahead(self, segments: list[tuple[int, np.ndarray]]) -> Iterator[_Opened]:
+    def _open_ahead(
+        self, segments: list[tuple[int, int, int, tuple[int, int, int]]]
+    ) -> Iterator[_Opened]:
         """The segments' shards opened in order; remote ones one ahead, on a thread.
 
         While a worker reads one shard's frames, the next shard's offset table, size check
@@ -805,7 +1151,7 @@ class DicomShardDataset(IterableDataset):
     def _batch_layout(self, chunk: list[_Pending]) -> Any:
         """The one native layout of the chunk's frames when they can be read into one batch
         buffer that the items keep as their images, else None."""
-        if len(chunk) < 2:
+        if len(chunk) < 2 or any("_refused" in e.row for e in chunk):
             return None
         layouts = {native_layout(e.row) for e in chunk}
         layout = layouts.pop() if len(layouts) == 1 else None
@@ -919,15 +1265,23 @@ class DicomShardDataset(IterableDataset):
             ) from None
 
     def _member_row(self, member: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
-        row = dict(member["_typed"])
-        row["source_path"] = row["path"]
-        row.update(where)
-        row["member_offset"] = int(member["offset"])
-        row["member_size"] = int(member["size"])
-        return row
+        refused = member["_refused"]
+        if refused is None:
+            row = dict(member["_typed"])
+            row["source_path"] = row["path"]
+            row.update(where)
+            row["member_offset"] = int(member["offset"])
+            row["member_size"] = int(member["size"])
+            refused = _checked_bytes(member, row)
+            if refused is None:
+                return row
+        # Read by nothing: _item raises the reason (naming the shard and member).
+        return {**where, "source_path": str(member["row"].get("path"))[:200], "_refused": refused}
 
     def _item(self, entry: _Pending, image: torch.Tensor | None) -> dict[str, Any]:
         row, member, frame, index = entry.row, entry.member, entry.frame, entry.index
+        if "_refused" in row:
+            raise CorruptDicomError(row["path"], row["_refused"])
         keep_ybr = keeps_ybr(row, self.color)
         if image is None:
             values = read_frames_numpy(row, frame, as_rgb=not keep_ybr)
@@ -955,6 +1309,44 @@ def _locate_in(table: dict[str, Any], position: int) -> tuple[int, int]:
     starts = table["_starts"]
     m = int(np.searchsorted(starts, position, side="right")) - 1
     return m, position - int(starts[m])
+
+
+def _summary(url: str, table: dict[str, Any]) -> _Shard:
+    """A checked offset table summed up as the manifest sums it up."""
+    counts: dict[tuple[Any, ...], int] = {}
+    for m in table["members"]:
+        key = tuple(m["row"][c] for c in _LAYOUT_KEYS)
+        counts[key] = counts.get(key, 0) + 1
+    return _Shard(
+        url,
+        table["tar_size"],
+        len(table["members"]),
+        sum(m["row"]["frames"] for m in table["members"]),
+        [[*k, n] for k, n in sorted(counts.items())],
+        sorted({m["row"]["samples_per_pixel"] for m in table["members"]}),
+    )
+
+
+def _checked_bytes(member: dict[str, Any], row: dict[str, Any]) -> str | None:
+    """:func:`_member_refusal` of a member of a local (or spooled) shard, once per shard file
+    version; remote members read in place (``spool=False``) are not checked (a request)."""
+    path = row["path"]
+    if "://" in path:
+        return None
+    key = (path, int(row["mtime_ns"]))
+    done = member.get("_checked")
+    if done is not None and done[0] == key:
+        return done[1]
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        return f"the shard cannot be opened ({exc.strerror})"
+    try:
+        reason = _member_refusal(fd, member, row)
+    finally:
+        os.close(fd)
+    member["_checked"] = (key, reason)
+    return reason
 
 
 class EpochLoader(DataLoader):
