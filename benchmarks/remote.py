@@ -18,6 +18,9 @@ the server sleeps before answering, so every process of the client (DataLoader w
 too) sees it, and concurrent requests overlap their waits as they would on a network.
 Medians of several epochs after a warm-up epoch; ratios are taken within this run.
 
+Rows marked *prefetch* read through ``PrefetchDataLoader``: the next batch's ranges are
+fetched while the current batch is consumed (``prefetch_batches``).
+
 Knobs (``torchdicom.sources.policy``): ``max_in_flight`` (concurrent range requests of
 one batch, per process: with ``W`` DataLoader workers up to ``W x max_in_flight`` are in
 flight, the next batches' requests while the current one trains), ``block_cache_dir`` /
@@ -60,10 +63,13 @@ class _Loader:
     """One DataLoader over a dataset, kept across epochs (persistent workers: the timed
     epochs measure reading, not starting worker processes)."""
 
-    def __init__(self, ds: Any, workers: int):
+    def __init__(self, ds: Any, workers: int, prefetch: bool = False):
         from torchdicom import Collate
+        from torchdicom.data.prefetch import PrefetchDataLoader
 
-        self.loader = torch.utils.data.DataLoader(
+        # prefetch: the next batch's ranges are fetched while the current one is consumed.
+        loader = PrefetchDataLoader if prefetch else torch.utils.data.DataLoader
+        self.loader = loader(
             ds,
             batch_size=BATCH,
             num_workers=workers,
@@ -146,12 +152,26 @@ def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0, workers: in
                 _Row(f"moto S3 {lat}, 1 in flight, 0 workers", s3[moto_lat], 0, moto_lat, 1),
                 _Row(f"moto S3 {lat}, {inflight} in flight, 0 workers", s3[moto_lat], 0, moto_lat),
                 _Row(
+                    f"moto S3 {lat}, {inflight} in flight, 0 workers, prefetch",
+                    s3[moto_lat],
+                    0,
+                    moto_lat,
+                    prefetch=True,
+                ),
+                _Row(
                     f"moto S3 {lat}, {inflight} in flight, {workers} workers",
                     s3[moto_lat],
                     workers,
                     moto_lat,
                 ),
                 _Row(f"HTTP {lat}, {inflight} in flight, 0 workers", web[http_lat], 0, http_lat),
+                _Row(
+                    f"HTTP {lat}, {inflight} in flight, 0 workers, prefetch",
+                    web[http_lat],
+                    0,
+                    http_lat,
+                    prefetch=True,
+                ),
                 _Row(
                     f"HTTP {lat}, {inflight} in flight, {workers} workers",
                     web[http_lat],
@@ -227,10 +247,11 @@ class _Row:
         server: _Server | None = None,
         max_in_flight: int | None = None,
         cache_dir: str | None = None,
+        prefetch: bool = False,
     ):
         self.label, self.workers, self.server = label, workers, server
         self.max_in_flight, self.cache_dir = max_in_flight, cache_dir
-        self.loader = _Loader(ds, workers)
+        self.loader = _Loader(ds, workers, prefetch)
         self.calls = 0
         self.client_s = self.server_s = 0.0
 
@@ -325,7 +346,11 @@ def _report(
         f" {held(f'HTTP {lat}, {inflight}, 0 workers', 'HTTP, 0 workers')} of the no-latency"
         f" HTTP rate; with {workers} workers"
         f" {held(f'moto S3 {lat}, {inflight}, {workers} workers', 'moto S3, 0 workers')} and"
-        f" {held(f'HTTP {lat}, {inflight}, {workers} workers', 'HTTP, 0 workers')}. Against"
+        f" {held(f'HTTP {lat}, {inflight}, {workers} workers', 'HTTP, 0 workers')}; prefetching"
+        " the next batch (`PrefetchDataLoader`), 0 workers:"
+        f" {held(f'moto S3 {lat}, {inflight}, 0 workers, prefetch', 'moto S3, 0 workers')}"
+        f" (moto) and {held(f'HTTP {lat}, {inflight}, 0 workers, prefetch', 'HTTP, 0 workers')}"
+        " (HTTP). Against"
         " the local read (the issue's target, >= 80 %): the block cache, warm, holds"
         f" {held(f'moto S3 {lat}, block cache (warm), 0 workers', 'local folder, 0 workers')}"
         " (0 workers); uncached, the best remote row holds"
