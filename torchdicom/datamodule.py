@@ -417,16 +417,10 @@ class DicomDataModule(_LightningDataModule):
         """List and header-scan where the data is (see torchdicom.sources), into ``cache``."""
         if isinstance(self.data, str):
             return scan(self.data, cache=cache, progress=True, storage_options=self.storage_options)
-        index = scan(self.data, progress=True)  # QIDO-RS + WADO-RS metadata: no file stats
-        try:
-            index.to_parquet(cache)
-        except OSError as exc:  # an unwritable cache: setup scans again without it
-            try:
-                cache.unlink(missing_ok=True)  # never an older index in its place
-            except OSError:
-                pass
-            log.warning("cannot write the index cache %s (%s)", cache, exc.strerror)
-        return index
+        # QIDO-RS + WADO-RS metadata; rows of instances still listed come from the cache
+        # (a SOP Instance UID names fixed content), so a later prepare_data asks only for
+        # the listing and the metadata of new series.
+        return scan(self.data, cache=cache, progress=True)
 
     def _index(self) -> DicomIndex:
         if self._remote():

@@ -106,8 +106,9 @@ def _as_index(
         for bucket in {bucket_root(p) for p in index.df["path"] if is_remote(p)}:
             configure(bucket, storage_options)
     elif callable(getattr(source, "index_rows", None)):
-        # A source that indexes itself (torchdicom.sources.dicomweb.DicomWebSource).
-        index = scan(source, progress=False)
+        # A source that indexes itself (torchdicom.sources.dicomweb.DicomWebSource); with a
+        # cache, rows of instances the server still lists are reused (no metadata requests).
+        index = scan(source, cache=index_cache, progress=False)
         root = None
     elif isinstance(source, str) and is_remote(source):
         index = scan(source, cache=index_cache, progress=False, storage_options=storage_options)
