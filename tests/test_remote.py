@@ -1100,6 +1100,30 @@ def test_prefetched_epoch_equals_plain_reads_and_fetches_each_object_once(
     assert sorted(s3_gets) == sorted(r["path"].rsplit("/", 1)[-1] for r in ds.rows), s3_gets
 
 
+def test_items_read_one_by_one_take_their_prefetched_ranges_too(
+    ct_prefix, s3_gets, monkeypatch, no_prefetch_left
+):
+    """A size policy reads item by item (no batch buffer): each item's frame is still the
+    range the prefetch fetched, so those reads send no request."""
+    from torchdicom.data.prefetch import PrefetchDataLoader
+
+    prefix, options, _names = ct_prefix
+    monkeypatch.setattr(remote.policy, "recheck_s", 3600.0)
+    ds = torchdicom.DicomDataset(prefix, storage_options=options, frames="first", size=(16, 16))
+    expected = [
+        b["image"]
+        for b in torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=torchdicom.Collate())
+    ]
+    s3_gets.clear()
+    hits = remote.prefetch_hits()
+    loader = PrefetchDataLoader(ds, batch_size=4, collate_fn=_collate_with_prefetch_hits)
+    got = list(loader)
+    assert [b["hits"] - hits for b in got] == [0, 4]
+    assert len(s3_gets) == len(ds)  # each object once: batch 1's by its prefetch
+    for batch, image in zip(got, expected, strict=True):
+        assert torch.equal(batch["image"], image)
+
+
 def test_object_deleted_after_its_prefetch_fails_the_read_as_without(
     s3, ct_prefix, s3_gets, policy, no_prefetch_left
 ):

@@ -340,18 +340,6 @@ class DicomDataset(_ItemDataset):
 
         The buffer has the dataset's dtype (:attr:`dtype`), whatever the files' own: a file
         stored in another dtype is read and converted into its slot by the item path."""
-        batch = self._batch_layout(indices)
-        if batch is None:
-            return None
-        located, shape = batch
-        like = torch.from_numpy(np.empty(0, self._stored_dtype()))
-        return batch_buffer(like, len(indices), shape), located
-
-    def _batch_layout(
-        self, indices: Sequence[int]
-    ) -> tuple[list[tuple[int, int]], tuple[int, ...]] | None:
-        """The items' (file, frame) and their one (C, H, W) when they can share a batch
-        buffer (see :meth:`_batch_slots`), else None."""
         n = len(self)
         if len(indices) < 2 or not all(
             isinstance(i, int | np.integer) and -n <= i < n for i in indices
@@ -365,17 +353,19 @@ class DicomDataset(_ItemDataset):
                 return None
             shape = layout.shape
         assert shape is not None
-        return located, shape
+        like = torch.from_numpy(np.empty(0, self._stored_dtype()))
+        return batch_buffer(like, len(indices), shape), located
 
     def prefetch(self, indices: Sequence[int]) -> int | None:
-        """Start fetching, in the background, the remote bytes of the batch ``indices``
-        (what :meth:`__getitems__` would read for it) so that reading that batch later
-        finds them held (:func:`torchdicom.sources.remote.prefetch`).
+        """Start fetching, in the background, the remote bytes of the items ``indices``
+        (a coming batch) so that reading them later finds them held
+        (:func:`torchdicom.sources.remote.prefetch`).
 
-        Only a batch the batch path reads (no size policy, every item of one native
-        layout) of remote objects (fsspec URLs) is prefetched; anything else, and a
-        dataset of local files, returns at once. Nothing is raised: the read raises
-        what it would raise without a prefetch. :class:`~torchdicom.data.prefetch.PrefetchDataLoader`
+        Each item from an uncompressed remote object (fsspec URL) is one byte range, the
+        one its read takes, in a batch buffer or on its own (a size policy, mixed shapes);
+        compressed and DICOMweb items, and a dataset of local files, are not prefetched
+        (a local dataset returns at once). Nothing is raised: the read raises what it
+        would raise without a prefetch. :class:`~torchdicom.data.prefetch.PrefetchDataLoader`
         calls this with the next batch's indices.
 
         Returns:
@@ -385,14 +375,16 @@ class DicomDataset(_ItemDataset):
         remote = self.__dict__.get("_remote_rows")
         if remote is None:  # once per dataset (and per worker): local datasets skip all
             remote = self.__dict__["_remote_rows"] = any("://" in r["path"] for r in self.rows)
-        if not remote or self.size_policy:
+        if not remote:
             return None
-        batch = self._batch_layout(indices)
-        if batch is None:
-            return None
-        located, _shape = batch
+        n = len(self)
+        located = [
+            self.locate(int(i) % n)
+            for i in indices
+            if isinstance(i, int | np.integer) and -n <= i < n
+        ]
         return prefetch_native_batch(
-            [self.rows[f] for f, _ in located], [fr for _, fr in located], self._stored_dtype()
+            [self.rows[f] for f, _ in located], [frame for _, frame in located]
         )
 
     def _get(self, i: int, into: _Slot | None = None) -> dict[str, Any]:

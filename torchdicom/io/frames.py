@@ -698,14 +698,13 @@ def read_native_batch(
     return done
 
 
-def prefetch_native_batch(
-    rows: Sequence[dict[str, Any]], frames: Sequence[int], dtype: np.dtype
-) -> int | None:
-    """Start fetching, in the background, the byte ranges :func:`read_native_batch` will
-    read for these rows and frames into slots of ``dtype``
-    (:func:`torchdicom.sources.remote.prefetch`): the remote native rows stored in
-    ``dtype``, each frame one range. Other rows are left alone; nothing is raised (the
-    read raises what it raises without a prefetch).
+def prefetch_native_batch(rows: Sequence[dict[str, Any]], frames: Sequence[int]) -> int | None:
+    """Start fetching, in the background, the byte range of each remote native row's
+    frame (:func:`torchdicom.sources.remote.prefetch`): the range the native route reads
+    for it, whether :func:`read_native_batch` reads it into a batch slot or the item path
+    reads it on its own (a size policy, another dtype, a batch of mixed shapes). Other
+    rows are left alone; nothing is raised (the read raises what it raises without a
+    prefetch).
 
     Returns:
         The prefetch group's id, or ``None`` when nothing was started.
@@ -714,7 +713,7 @@ def prefetch_native_batch(
 
     picked, starts, lengths = [], [], []
     for row, frame in zip(rows, frames):
-        if not is_remote(row["path"]) or not _is_native(row) or _native_dtype(row) != dtype:
+        if not is_remote(row["path"]) or not _is_native(row):
             continue
         if not 0 <= int(frame) < int(row["frames"]):
             continue
@@ -722,9 +721,8 @@ def prefetch_native_batch(
             check_declared_size(row)
         except TorchDicomError:
             continue  # the read refuses it, as without a prefetch
-        frame_bytes = (
-            int(row["samples_per_pixel"]) * int(row["rows"]) * int(row["columns"]) * dtype.itemsize
-        )
+        frame_bytes = int(row["samples_per_pixel"]) * int(row["rows"]) * int(row["columns"])
+        frame_bytes *= _native_dtype(row).itemsize  # the file's dtype: what the routes read
         picked.append(row)
         starts.append(int(row["pixel_offset"]) + int(frame) * frame_bytes)
         lengths.append(frame_bytes)
