@@ -1124,6 +1124,29 @@ def test_items_read_one_by_one_take_their_prefetched_ranges_too(
         assert torch.equal(batch["image"], image)
 
 
+def test_compressed_frames_take_their_prefetched_spans(s3, policy, monkeypatch, no_prefetch_left):
+    """A JPEG cine's frames: each frame's recorded code-stream span is prefetched, and
+    the span route reads it from there (decoded values equal the local read)."""
+    _fs, options, names = s3
+    monkeypatch.setattr(policy, "recheck_s", 3600.0)
+    ds = torchdicom.DicomDataset("s3://td-bucket/set", storage_options=options, frames="all")
+    items = [
+        i
+        for i in range(len(ds))
+        if route_for(ds.rows[ds.locate(i)[0]]).name == "JPEG 8-bit by span (Pillow)"
+    ][1:4]
+    assert len(items) == 3
+    hits = remote.prefetch_hits()
+    assert ds.prefetch(items) is not None
+    _wait_for_prefetches()
+    got = ds.__getitems__(items)
+    assert remote.prefetch_hits() - hits == 3
+    for item, i in zip(got, items):
+        f, frame = ds.locate(i)
+        local = read_frames_numpy(str(names[ds.rows[f]["path"].rsplit("/", 1)[-1]]), frame)[0]
+        np.testing.assert_array_equal(item["image"].numpy(), local)
+
+
 def test_object_deleted_after_its_prefetch_fails_the_read_as_without(
     s3, ct_prefix, s3_gets, policy, no_prefetch_left
 ):

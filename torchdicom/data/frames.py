@@ -25,7 +25,7 @@ from torchdicom.data.sources import (
 from torchdicom.errors import TorchDicomError
 from torchdicom.io.frames import (
     native_layout,
-    prefetch_native_batch,
+    prefetch_frame_ranges,
     read_frames_numpy,
     read_native_batch,
     route_for,
@@ -361,10 +361,11 @@ class DicomDataset(_ItemDataset):
         (a coming batch) so that reading them later finds them held
         (:func:`torchdicom.sources.remote.prefetch`).
 
-        Each item from an uncompressed remote object (fsspec URL) is one byte range, the
-        one its read takes, in a batch buffer or on its own (a size policy, mixed shapes);
-        compressed and DICOMweb items, and a dataset of local files, are not prefetched
-        (a local dataset returns at once). Nothing is raised: the read raises what it
+        Each item from a remote object (fsspec URL) is one byte range, the one its read
+        takes: an uncompressed frame (read into a batch buffer or on its own: a size
+        policy, mixed shapes) or a compressed frame's recorded code-stream span. Frames
+        without recorded spans, DICOMweb items and local files are not prefetched (a
+        local dataset returns at once). Nothing is raised: the read raises what it
         would raise without a prefetch. :class:`~torchdicom.data.prefetch.PrefetchDataLoader`
         calls this with the next batch's indices.
 
@@ -383,7 +384,7 @@ class DicomDataset(_ItemDataset):
             for i in indices
             if isinstance(i, int | np.integer) and -n <= i < n
         ]
-        return prefetch_native_batch(
+        return prefetch_frame_ranges(
             [self.rows[f] for f, _ in located], [frame for _, frame in located]
         )
 

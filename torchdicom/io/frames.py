@@ -698,12 +698,13 @@ def read_native_batch(
     return done
 
 
-def prefetch_native_batch(rows: Sequence[dict[str, Any]], frames: Sequence[int]) -> int | None:
-    """Start fetching, in the background, the byte range of each remote native row's
-    frame (:func:`torchdicom.sources.remote.prefetch`): the range the native route reads
-    for it, whether :func:`read_native_batch` reads it into a batch slot or the item path
-    reads it on its own (a size policy, another dtype, a batch of mixed shapes). Other
-    rows are left alone; nothing is raised (the read raises what it raises without a
+def prefetch_frame_ranges(rows: Sequence[dict[str, Any]], frames: Sequence[int]) -> int | None:
+    """Start fetching, in the background, the byte range each remote row's frame is read
+    from (:func:`torchdicom.sources.remote.prefetch`): a native frame's pixels (whether
+    :func:`read_native_batch` reads it into a batch slot or the item path reads it on
+    its own: a size policy, another dtype, a batch of mixed shapes), or a compressed
+    frame's recorded code-stream span (the span routes read exactly that). Other rows
+    are left alone; nothing is raised (the read raises what it raises without a
     prefetch).
 
     Returns:
@@ -713,19 +714,26 @@ def prefetch_native_batch(rows: Sequence[dict[str, Any]], frames: Sequence[int])
 
     picked, starts, lengths = [], [], []
     for row, frame in zip(rows, frames):
-        if not is_remote(row["path"]) or not _is_native(row):
-            continue
-        if not 0 <= int(frame) < int(row["frames"]):
+        k = int(frame)
+        if not is_remote(row["path"]) or not 0 <= k < int(row["frames"]):
             continue
         try:
             check_declared_size(row)
         except TorchDicomError:
             continue  # the read refuses it, as without a prefetch
-        frame_bytes = int(row["samples_per_pixel"]) * int(row["rows"]) * int(row["columns"])
-        frame_bytes *= _native_dtype(row).itemsize  # the file's dtype: what the routes read
+        if _is_native(row):
+            length = int(row["samples_per_pixel"]) * int(row["rows"]) * int(row["columns"])
+            length *= _native_dtype(row).itemsize  # the file's dtype: what the routes read
+            start = int(row["pixel_offset"]) + k * length
+        elif _by_span(row):
+            start, length = int(row["frame_offsets"][k]), int(row["frame_lengths"][k])
+            if start < 0 or length < 8 or start + length > _data_end(row):
+                continue  # the read refuses this span
+        else:
+            continue
         picked.append(row)
-        starts.append(int(row["pixel_offset"]) + int(frame) * frame_bytes)
-        lengths.append(frame_bytes)
+        starts.append(start)
+        lengths.append(length)
     return prefetch(picked, starts, lengths) if picked else None
 
 
