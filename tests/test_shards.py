@@ -685,8 +685,15 @@ def small_set(tmp_path_factory):
     return root / "out", report, items
 
 
-def _copy_set(small_set, tmp_path: Path) -> tuple[Path, dict, dict, list[dict]]:
-    """A copy of the set: its folder, manifest, the table of shard 0 and all tables."""
+def _copy_set(
+    small_set, tmp_path: Path, checksums: bool = False
+) -> tuple[Path, dict, dict, list[dict]]:
+    """A copy of the set: its folder, manifest, the table of shard 0 and all tables.
+
+    Without ``checksums`` the tables' and manifest's ``crc32`` are dropped (as a writer
+    other than torchdicom, or an export before them, leaves them out): what the value
+    checks alone catch. ``head_crc32`` (the member's header bytes) stays.
+    """
     out, _, _ = small_set
     copy = tmp_path / "set"
     shutil.copytree(out, copy)
@@ -695,6 +702,13 @@ def _copy_set(small_set, tmp_path: Path) -> tuple[Path, dict, dict, list[dict]]:
         json.loads((copy / f"{k:06d}.tar{SHARD_TABLE_SUFFIX}").read_text())
         for k in range(len(manifest["shards"]))
     ]
+    if not checksums:
+        manifest.pop("crc32")
+        (copy / "shards.json").write_text(json.dumps(manifest))
+        for k, table in enumerate(tables):
+            for member in table["members"]:
+                member.pop("crc32")
+            _write_table(copy, k, table)
     return copy, manifest, tables[0], tables
 
 
@@ -861,6 +875,29 @@ def test_row_saying_native_for_a_compressed_member_is_refused(small_set, tmp_pat
         _items(DicomShardDataset(str(copy / "shards.json")))
     assert f"{shard:06d}.tar" in str(err.value) and member["member"] in str(err.value)
     assert "its row says native pixel data but the member's is encapsulated" in str(err.value)
+
+
+_CHECKSUM_EDITS = {
+    # Edits no value check can see: the same byte count, other pixels or labels.
+    "rows and columns swapped": lambda t: _first(t)["row"].update(rows=8, columns=32),
+    "rescale intercept": lambda t: _first(t)["row"].update(rescale_intercept=0.0),
+    "label": lambda t: _first(t).update(label=7),
+}
+
+
+@pytest.mark.parametrize("edit", list(_CHECKSUM_EDITS))
+def test_export_checksums_refuse_edits_the_value_checks_cannot_see(small_set, tmp_path, edit):
+    copy, manifest, table, _ = _copy_set(small_set, tmp_path, checksums=True)
+    _CHECKSUM_EDITS[edit](table)
+    _write_table(copy, 0, table)
+    with pytest.raises(CorruptDicomError) as err:
+        _items(DicomShardDataset(str(copy / "shards.json")))
+    assert "000000.tar: member 000000000.dcm" in str(err.value)
+    assert "offset table entry changed since the export (checksum differs)" in str(err.value)
+    manifest["skipped"] = [["/elsewhere", "edited"]]
+    (copy / "shards.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptDicomError, match=r"shards.json: shard manifest: changed since"):
+        DicomShardDataset(str(copy / "shards.json"))
 
 
 def test_offset_table_of_another_shard_is_refused(small_set, tmp_path):

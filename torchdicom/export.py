@@ -279,6 +279,15 @@ def _remove(url: str) -> None:
         remote._call(url, "delete", fs.rm_file, url, fs=fs)
 
 
+def entry_checksum(entry: Mapping[str, Any]) -> int:
+    """CRC-32 of an offset-table member or a manifest, without its ``crc32`` (and without
+    keys a reader adds, ``_…``): canonical JSON, so that any value changed after export (a
+    damaged or hand-edited table) no longer matches."""
+    body = {k: v for k, v in entry.items() if k != "crc32" and not k.startswith("_")}
+    text = json.dumps(body, sort_keys=True, allow_nan=True, separators=(",", ":"))
+    return zlib.crc32(text.encode("utf-8"))
+
+
 def _shard_name(pattern: str, number: int) -> str:
     try:
         name = pattern % number
@@ -482,6 +491,7 @@ def to_webdataset(
                 member["label"] = _plain(label)
                 writer.labels.append(label)
                 all_labels.append(label)
+            member["crc32"] = entry_checksum(json.loads(json.dumps(member, allow_nan=True)))
             writer.members.append(member)
             writer.frames += int(row["frames"])
             writer.layouts[tuple(_plain(row[c]) for c in _LAYOUT_COLUMNS)] += 1
@@ -502,19 +512,15 @@ def to_webdataset(
         isinstance(v, int | float | np.integer | np.floating | bool) for v in all_labels
     ):
         classes = sorted({str(v) for v in all_labels})
-    _write_text(
-        manifest,
-        json.dumps(
-            {
-                "format": "torchdicom-shards",
-                "version": _FORMAT_VERSION,
-                "layout_columns": list(_LAYOUT_COLUMNS),
-                "labels": bool(all_labels),
-                "classes": classes,
-                "shards": summaries,
-                "skipped": [list(s) for s in report.skipped],
-            },
-            indent=1,
-        ),
-    )
+    body = {
+        "format": "torchdicom-shards",
+        "version": _FORMAT_VERSION,
+        "layout_columns": list(_LAYOUT_COLUMNS),
+        "labels": bool(all_labels),
+        "classes": classes,
+        "shards": summaries,
+        "skipped": [list(s) for s in report.skipped],
+    }
+    body["crc32"] = entry_checksum(json.loads(json.dumps(body)))
+    _write_text(manifest, json.dumps(body, indent=1))
     return report

@@ -85,7 +85,7 @@ from torchdicom.errors import (
     DicomFileNotFoundError,
     TorchDicomError,
 )
-from torchdicom.export import _FORMAT_VERSION, MANIFEST_NAME, SHARD_TABLE_SUFFIX
+from torchdicom.export import _FORMAT_VERSION, MANIFEST_NAME, SHARD_TABLE_SUFFIX, entry_checksum
 from torchdicom.io.frames import (
     check_declared_size,
     native_layout,
@@ -93,7 +93,7 @@ from torchdicom.io.frames import (
     read_native_batch,
 )
 from torchdicom.io.header import frame_row
-from torchdicom.io.schema import INDEX_SCHEMA
+from torchdicom.io.schema import INDEX_SCHEMA, KIND_FILLS
 from torchdicom.keys import FRAME, IMAGE, INDEX, LABEL, PATH, SUBSTITUTED, YBR
 
 __all__ = ["DicomShardDataset", "EpochLoader", "partition"]
@@ -210,6 +210,8 @@ def _typed_row(stored: dict[str, Any]) -> dict[str, Any]:
             row[name] = np.asarray(row.get(name) or [], dtype=np.float64)
         elif kind == "ints":
             row[name] = np.asarray(row.get(name) or [], dtype=np.int64)
+        elif name not in row:  # a column added after the export: as the index fills it
+            row[name] = KIND_FILLS[kind]
     return row
 
 
@@ -221,6 +223,7 @@ _MAX_NAME = 255  # a shard or member name longer than this is not one the export
 # Columns of a row the read routes use: a table row without one cannot be read.
 _ROW_COLUMNS = (
     "path",
+    "size",
     "rows",
     "columns",
     "frames",
@@ -282,9 +285,14 @@ def _check_manifest(url: str, manifest: Any) -> tuple[list[dict[str, Any]], bool
 
     if not isinstance(manifest, dict) or manifest.get("format") != "torchdicom-shards":
         raise refuse("not a torchdicom shard manifest (no 'format': 'torchdicom-shards')")
+    # Written by exports since the checksums (older manifests: the checks below only).
+    if "crc32" in manifest and manifest["crc32"] != entry_checksum(manifest):
+        raise refuse("changed since the export (its checksum differs): export again")
     entries = manifest.get("shards")
     if not isinstance(entries, list):
         raise refuse(f"'shards' is {type(entries).__name__}, not a list")
+    if not entries:
+        raise refuse("lists no shards (an export that skipped every file?)")
     classes = manifest.get("classes")
     if classes is not None and (
         not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
@@ -317,6 +325,12 @@ def _check_manifest(url: str, manifest: Any) -> tuple[list[dict[str, Any]], bool
                 for lay in layouts
             ):
                 raise _Refused(f"'layouts' is {str(layouts)[:80]}, not [keyword, 4 integers] rows")
+            for keyword, allocated, stored, representation, _ in layouts:
+                if keyword not in _PIXEL_ELEMENTS:
+                    raise _Refused(f"'layouts' names pixel keyword {keyword[:40]!r}")
+                _integer(allocated, "a layout's bits allocated", 1, 64)
+                _integer(stored, "a layout's bits stored", 0, 64)
+                _integer(representation, "a layout's pixel representation", 0, 1)
             if sum(lay[4] for lay in layouts) != members or any(lay[4] < 1 for lay in layouts):
                 raise _Refused(
                     f"'layouts' count {sum(lay[4] for lay in layouts)} members, not {members}"
@@ -392,8 +406,9 @@ def _check_table(url: str, table: Any) -> None:
             _integer(row["frames"], "(0028,0008) frames", 1, 8 * size + 8)
             _integer(row["samples_per_pixel"], "(0028,0002) samples per pixel", 1, 4)
             # The layout columns decide the dataset's one dtype, before any member is read.
-            if row["pixel_keyword"] not in _PIXEL_ELEMENTS:
-                raise _Refused(f"its row's pixel_keyword is {str(row['pixel_keyword'])[:40]!r}")
+            keyword = row["pixel_keyword"]
+            if not isinstance(keyword, str) or keyword not in _PIXEL_ELEMENTS:
+                raise _Refused(f"its row's pixel_keyword is {str(keyword)[:40]!r}")
             _integer(row["bits_allocated"], "(0028,0100) bits allocated", 1, 64)
             _integer(row["bits_stored"], "(0028,0101) bits stored", 0, 64)
             _integer(row["pixel_representation"], "(0028,0103) pixel representation", 0, 1)
@@ -411,11 +426,15 @@ def _row_refusal(member: dict[str, Any]) -> str | None:
     """
     row, offset, size = member["row"], int(member["offset"]), int(member["size"])
     end = offset + size
+    # Written by exports since the checksums: any value of the entry changed after export
+    # (a row that would read other pixels: rows/columns swapped, bits stored, a label).
+    if "crc32" in member and member["crc32"] != entry_checksum(member):
+        return "its offset table entry changed since the export (checksum differs): export again"
     try:
         for name, kind in INDEX_SCHEMA.items():
-            value = row.get(name)
-            if value is None and name not in _ROW_COLUMNS:
+            if name not in row:  # a column added after the export: filled as the index fills it
                 continue
+            value = row[name]
             ok = {
                 "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
                 "str": lambda v: isinstance(v, str),
