@@ -1162,3 +1162,14 @@ def test_reexport_over_an_existing_set(tmp_path):
     Path(old.manifest).write_text(old_manifest)
     for it in _items(DicomShardDataset(old.manifest)):
         assert torch.equal(it["image"], _expected(it["path"], it["frame"], it["image"].dtype))
+
+
+def test_fingerprint_is_what_every_rank_splits_by(small_set, tmp_path):
+    copy, manifest, _, _ = _copy_set(small_set, tmp_path)
+    one = DicomShardDataset(str(copy / "shards.json"), rank=0, world_size=2)
+    two = DicomShardDataset(str(copy / "shards.json"), rank=1, world_size=2)
+    tables = DicomShardDataset(sorted(str(p) for p in copy.glob("*.tar")), rank=1, world_size=2)
+    assert one.fingerprint == two.fingerprint == tables.fingerprint
+    manifest["shards"] = manifest["shards"][:-1]  # a manifest rewritten between two ranks
+    (copy / "shards.json").write_text(json.dumps(manifest))
+    assert DicomShardDataset(str(copy / "shards.json")).fingerprint != one.fingerprint

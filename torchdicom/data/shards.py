@@ -757,6 +757,19 @@ class DicomShardDataset(IterableDataset):
         self._codes = {name: code for code, name in enumerate(classes or [])}
         self._has_labels = labels
         self._counts = [s.frames if frames == "all" else s.members for s in self.shards]
+        #: CRC-32 of what every rank's share is computed from (shard names, sizes, counts,
+        #: layouts): equal on every rank, or the ranks read different manifests (one
+        #: rewritten between their starts) and would yield different item counts. Compare
+        #: it across ranks (e.g. ``all_gather_object``) where a run must not risk that.
+        self.fingerprint = zlib.crc32(
+            json.dumps(
+                [
+                    [os.path.basename(s.url), s.tar_size, s.members, s.frames, s.layouts]
+                    for s in self.shards
+                ],
+                sort_keys=True,
+            ).encode()
+        )
         # Each shard's first item in the export's order: the items' ``index``.
         self._base = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
         if self.total == 0:
