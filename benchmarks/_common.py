@@ -130,12 +130,15 @@ class EpochLoader:
     Persistent workers: the timed epochs measure reading, not starting worker processes.
     """
 
-    def __init__(self, ds: object, workers: int, batch_size: int):
+    def __init__(self, ds: object, workers: int, batch_size: int, prefetch: bool = False):
         import torch
 
         from torchdicom import Collate
+        from torchdicom.data.prefetch import PrefetchDataLoader
 
-        self.loader = torch.utils.data.DataLoader(
+        # prefetch: the next batch's remote ranges are fetched while the current one is used.
+        loader = PrefetchDataLoader if prefetch else torch.utils.data.DataLoader
+        self.loader = loader(
             ds,
             batch_size=batch_size,
             num_workers=workers,

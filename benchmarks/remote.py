@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import medians_s, warm_page_cache, write_ct
+from benchmarks._common import EpochLoader, medians_s, version, warm_page_cache, write_ct
 
 __all__ = ["run"]
 
@@ -57,32 +57,6 @@ BATCH = 32
 # A request to this path sets the server's added latency (?ms=20); it never reaches moto
 # or the file tree.
 _LATENCY_PATH = "/__torchdicom_latency__"
-
-
-class _Loader:
-    """One DataLoader over a dataset, kept across epochs (persistent workers: the timed
-    epochs measure reading, not starting worker processes)."""
-
-    def __init__(self, ds: Any, workers: int, prefetch: bool = False):
-        from torchdicom import Collate
-        from torchdicom.data.prefetch import PrefetchDataLoader
-
-        # prefetch: the next batch's ranges are fetched while the current one is consumed.
-        loader = PrefetchDataLoader if prefetch else torch.utils.data.DataLoader
-        self.loader = loader(
-            ds,
-            batch_size=BATCH,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=Collate(),
-        )
-
-    def epoch(self) -> int:
-        return sum(len(b["image"]) for b in self.loader)
-
-    def close(self) -> None:
-        # Persistent workers end with the iterator; drop it now, not at interpreter exit.
-        self.loader._iterator = None
 
 
 def run(quick: bool = False, n: int = 256, latency_ms: float = 20.0, workers: int = 2) -> str:
@@ -251,7 +225,7 @@ class _Row:
     ):
         self.label, self.workers, self.server = label, workers, server
         self.max_in_flight, self.cache_dir = max_in_flight, cache_dir
-        self.loader = _Loader(ds, workers, prefetch)
+        self.loader = EpochLoader(ds, workers, BATCH, prefetch)
         self.calls = 0
         self.client_s = self.server_s = 0.0
 
@@ -307,9 +281,9 @@ def _report(
         f"{n} files of 512x512 int16 CT (Explicit VR LE), every file's frame through"
         f" DicomDataset + DataLoader (batch {BATCH}; persistent workers where workers > 0);"
         f" median of {repeats} epochs after a warm-up epoch. Servers on 127.0.0.1, each in"
-        f" its own process: moto {_version('moto')} (S3, via s3fs {_version('s3fs')}) and"
-        f" aiohttp {_version('aiohttp')}'s static-file server (HTTP, via fsspec"
-        f" {_version('fsspec')}). Latency rows: the server sleeps {latency_ms:g} ms before"
+        f" its own process: moto {version('moto')} (S3, via s3fs {version('s3fs')}) and"
+        f" aiohttp {version('aiohttp')}'s static-file server (HTTP, via fsspec"
+        f" {version('fsspec')}). Latency rows: the server sleeps {latency_ms:g} ms before"
         f" answering each request. {platform.machine()}, {os.cpu_count()} CPUs,"
         f" Python {platform.python_version()}, torch {torch.__version__}.",
         "",
@@ -374,7 +348,7 @@ def _count_requests(fs: Any, ds: Any) -> dict[str, int]:
         sent["cat_ranges"] = sent.get("cat_ranges", 0) + 1
         return real(*args, **kwargs)
 
-    loader = _Loader(ds, 0)
+    loader = EpochLoader(ds, 0, BATCH)
     loader.epoch()  # warm: the size / ETag checks (once per recheck_s) stay out of the count
     events = fs.s3.meta.events
     events.register("before-send.s3", count, unique_id="bench-count")
@@ -478,15 +452,6 @@ def _serve_http(port: int, root: str) -> None:
     app = web.Application(middlewares=[with_latency])
     app.router.add_static("/", root)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def _version(name: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 def main() -> None:
