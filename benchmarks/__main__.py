@@ -162,6 +162,32 @@ def _run_section(section: Section, quick: bool, plot_dir: Path) -> tuple[str, bo
         )
 
 
+_MACHINE = "## Machine"
+_HEADLINE = "## Headline (torchdicom speed-up over each peer, same run)"
+_GPU = "## GPU (python -m benchmarks.gpu)"
+
+
+def _sections(path: Path) -> dict[str, str]:
+    """The ``## `` sections of an earlier results file: heading -> body (stripped)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    heading: str | None = None
+    body: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            if heading is not None:
+                out[heading] = "\n".join(body).strip()
+            heading, body = line.rstrip(), []
+        elif heading is not None:
+            body.append(line)
+    if heading is not None:
+        out[heading] = "\n".join(body).strip()
+    return out
+
+
 def _headline() -> list[str] | None:
     try:
         from benchmarks import peers
@@ -264,9 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Written by `{command}` on {started:%Y-%m-%d %H:%M} UTC in {total / 60:.1f} min"
         f" (git {_git_commit()}). Every ratio below was measured in this one run, on the same"
         " files with the same warm page cache; absolute numbers appear only beside their"
-        " ratios and move with the machine's load.",
+        " ratios and move with the machine's load."
+        + (
+            " Only the sections named in the command ran this time; the others are kept from"
+            " earlier runs (each names its own command)."
+            if args.only
+            else ""
+        ),
         "",
-        "## Machine",
+        _MACHINE,
         "",
         f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores; memory {_memory_gib()};"
         f" {platform.system()} {platform.release()} {platform.machine()}",
@@ -277,18 +309,31 @@ def main(argv: list[str] | None = None) -> int:
         f"- Command: `{command}`; sections: "
         + ", ".join(f"{s.key} {sec:.0f} s{'' if ok else ' FAILED'}" for s, _, ok, sec in bodies),
         "",
-        "## Headline (torchdicom speed-up over each peer, same run)",
+        _HEADLINE,
         "",
-        *(headline or ["Not available: the peers section did not run or failed."]),
+        "\n".join(headline or ["Not available: the peers section did not run or failed."]),
         "",
         "Cells are column time / torchdicom time (> 1: torchdicom faster). In the plain-read"
         " column torchdicom cannot exceed ~1: that is the physical limit of reading the bytes.",
         "",
     ]
-    for section, body, _, _ in bodies:
-        lines += [section.heading, "", body, ""]
+    fresh = {section.heading: body for section, body, _, _ in bodies}
+    # --only: the sections not run this time keep their text from the results file (each
+    # says which run wrote it), and so do sections another tool wrote; nothing is dropped.
+    kept = _sections(Path(args.out)) if args.only else {}
+    if args.only and headline is None and _HEADLINE in kept:
+        at = lines.index(_HEADLINE)
+        lines[at + 2 : at + 6] = [kept[_HEADLINE], ""]  # the earlier table and its caption
+    for section in SECTIONS:
+        body = fresh.get(section.heading, kept.get(section.heading))
+        if body is not None:
+            lines += [section.heading, "", body, ""]
+    known = {section.heading for section in SECTIONS} | {_MACHINE, _HEADLINE, _GPU}
+    for heading, body in kept.items():
+        if heading not in known:
+            lines += [heading, "", body, ""]
     lines += [
-        "## GPU (python -m benchmarks.gpu)",
+        _GPU,
         "",
         (
             "Not run by this suite on this machine (no CUDA device). On a GPU machine run"
