@@ -25,6 +25,13 @@ is assembled in a local temporary file and uploaded in one put (object stores ma
 object visible whole). An offset table is written after its tar, and the manifest last,
 so a table's presence means its tar is complete.
 
+Each table entry carries ``crc32`` (CRC-32 of its canonical JSON, :func:`entry_checksum`)
+and ``head_crc32`` (of the member's bytes before its pixel data), the manifest its own
+``crc32``: a reader refuses an entry or manifest changed after export, and a member whose
+header bytes were rewritten. An earlier manifest at the target is deleted before the first
+shard is written, so an export that fails midway leaves no manifest, never one that points
+at a mix of old and new shards.
+
 A source file that cannot be read (vanished, unreadable, changed since it was indexed:
 size, modification time or ETag differ) is skipped, logged and listed in the returned
 :class:`ExportReport`; the export goes on.
