@@ -48,7 +48,8 @@ from pydicom.uid import generate_uid
 
 from benchmarks._common import ct_dataset, medians_s, warm_page_cache
 from torchdicom import DicomIndex, scan
-from torchdicom.index import _index_of, _typed
+from torchdicom._indextable import _typed
+from torchdicom.index import _index_of
 from torchdicom.io.header import header_row
 from torchdicom.io.schema import INDEX_COLUMNS
 

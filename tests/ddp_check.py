@@ -25,12 +25,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-import torchdicom.index
+import torchdicom._indextable
 from torchdicom.datamodule import DicomDataModule, default_index_cache
 from torchdicom.transforms import Rescale
 
 _parsed: list[str] = []
-_scan_one = torchdicom.index._scan_one
+_scan_one = torchdicom._indextable._scan_one
 
 
 def _counting_scan_one(path: str, salt: str | None = None) -> Any:
@@ -39,7 +39,7 @@ def _counting_scan_one(path: str, salt: str | None = None) -> Any:
 
 
 # Small folders are parsed in the calling process: every header this rank parses passes here.
-torchdicom.index._scan_one = _counting_scan_one
+torchdicom._indextable._scan_one = _counting_scan_one
 
 
 class _Recorder(pl.LightningModule):

@@ -229,9 +229,9 @@ class KillOnce(WorkerPlugin):
         self.marker = marker
 
     def setup(self, worker) -> None:
-        from torchdicom import index
+        from torchdicom import _indextable
 
-        original = index._scan_one
+        original = _indextable._scan_one
         calls = [0]
         marker = self.marker
 
@@ -242,7 +242,7 @@ class KillOnce(WorkerPlugin):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(path, salt)
 
-        index._scan_one = scan_one
+        _indextable._scan_one = scan_one
 
 
 def test_a_killed_worker_partition_is_retried(tmp_path):
@@ -266,12 +266,12 @@ class KillAlways(WorkerPlugin):
     """Kills its worker process at the first header it parses, every time."""
 
     def setup(self, worker) -> None:
-        from torchdicom import index
+        from torchdicom import _indextable
 
         def scan_one(path: str, salt: str | None = None):
             os.kill(os.getpid(), signal.SIGKILL)
 
-        index._scan_one = scan_one
+        _indextable._scan_one = scan_one
 
 
 def test_a_partition_that_kills_every_worker_names_itself(tmp_path):

@@ -280,7 +280,7 @@ def test_lightning_cli_builds_the_datamodule_from_plain_arguments(tmp_path: Path
 @pytest.fixture
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The files whose headers are parsed (small folders are parsed in this process)."""
-    import torchdicom.index as index_module
+    import torchdicom._indextable as index_module
 
     seen: list[str] = []
     real = index_module._scan_one

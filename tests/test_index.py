@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydicom.uid import RLELossless
 
-import torchdicom.index as index_module
+import torchdicom._indextable as index_module
 from tests.dicom_factory import (
     PHI_BIRTH_DATE,
     PHI_PATIENT_ID,
@@ -83,7 +83,7 @@ def series(tmp_path: Path) -> Path:
 
 
 class _CountingParser:
-    """Wraps ``header_row`` in torchdicom.index to count the headers parsed."""
+    """Wraps ``header_row`` in torchdicom._indextable to count the headers parsed."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.paths: list[str] = []

@@ -11,7 +11,7 @@ into :class:`Partition` s:
   worker with :func:`torchdicom.sources.remote.find` / ``fs.ls``.
 
 So ten million paths never sit in the client: each worker lists its partition, parses its
-headers in-process (:func:`torchdicom.index._scan_paths`) and writes rows and errors as
+headers in-process (:func:`torchdicom._indextable._scan_paths`) and writes rows and errors as
 one parquet part, atomically (``part-<id>.parquet``, :func:`torchdicom._atomic.atomic_write`),
 and returns a few numbers. The union of the partitions is what :func:`get_dicom_files`
 (or ``fs.find``) finds under the root, so the index equals a local :func:`scan` row for row,
@@ -61,6 +61,17 @@ from typing import Any, Literal
 import pandas as pd
 
 from torchdicom._atomic import write_text_atomic
+from torchdicom._indextable import (
+    _SCHEMA_VERSION,
+    _empty_frame,
+    _index_info,
+    _remote_meta,
+    _rows_table,
+    _scan_paths,
+    _split_table,
+    _stat,
+    _write_table_atomic,
+)
 from torchdicom._privacy import salt_fingerprint
 from torchdicom.errors import DicomFileNotFoundError, TorchDicomError
 from torchdicom.io.dicomfile import _short
@@ -274,7 +285,6 @@ def _list_partition(part: Partition) -> list[str]:
 
 def _fingerprint(paths: list[str]) -> dict[str, Any]:
     """Count, total size, newest mtime and a digest of every (path, size, mtime or ETag)."""
-    from torchdicom.index import _remote_meta, _stat
     from torchdicom.sources.remote import is_remote
 
     remote = _remote_meta([p for p in paths if is_remote(p)], 4)
@@ -301,8 +311,6 @@ def _part_info(target: Path) -> dict[str, Any] | None:
     """The torchdicom metadata of a written part; None when missing, damaged or of another
     schema version (any of which means: rescan)."""
     import pyarrow.parquet as pq
-
-    from torchdicom.index import _index_info
 
     try:
         return _index_info(target, pq.read_schema(target).metadata)
@@ -337,7 +345,6 @@ def index_partition(
         TorchDicomError: the partition could not be listed or its part not written,
             naming the partition and the reason (a bad *file* is an ``errors`` row).
     """
-    from torchdicom.index import _rows_table, _scan_paths, _write_table_atomic
     from torchdicom.sources.remote import configure
 
     for bucket, opts in (storage_options or {}).items():
@@ -533,14 +540,15 @@ def dask_scan(
     partition_depth: int,
     partition_files: int,
     retries: int,
-) -> Any:
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """:func:`torchdicom.scan` with an ``executor`` (see there for the arguments).
 
     ``out`` is the partitioned index folder (created); without one, a temporary folder of
     this machine is used and removed (which only a LocalCluster's workers can reach).
 
     Returns:
-        The :class:`~torchdicom.DicomIndex` read back from the parts.
+        The rows and errors read back from the parts (:func:`read_partitioned`), which
+        :func:`torchdicom.scan` wraps into a :class:`~torchdicom.DicomIndex`.
 
     Raises:
         TorchDicomError: a partition could not be listed or written, or failed on the
@@ -580,8 +588,6 @@ def _write_manifest(
     folder: Path, source: Any, entries: list[dict[str, Any]], salt: str, depth: int
 ) -> None:
     """The manifest, then the removal of parts (and torn temporaries) it does not name."""
-    from torchdicom.index import _SCHEMA_VERSION
-
     manifest = {
         "format": _FORMAT,
         "manifest_version": _MANIFEST_VERSION,
@@ -606,8 +612,9 @@ def _write_manifest(
                 path.unlink()
 
 
-def read_partitioned(folder: Path) -> Any:
-    """The :class:`~torchdicom.DicomIndex` of a partitioned index folder (its manifest's parts).
+def read_partitioned(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The rows and errors of a partitioned index folder (its manifest's parts), both sorted
+    by path, which :meth:`torchdicom.DicomIndex.read` wraps (errors None: no parts).
 
     Raises:
         TorchDicomError: no manifest (the scan did not finish), another format or schema
@@ -615,8 +622,6 @@ def read_partitioned(folder: Path) -> Any:
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from torchdicom.index import _SCHEMA_VERSION, DicomIndex, _index_info, _split_table
 
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -654,15 +659,8 @@ def read_partitioned(folder: Path) -> Any:
             )
         tables.append(table.replace_schema_metadata(None))
     if not tables:
-        return DicomIndex(_empty_rows())
+        return _empty_frame(), None
     # Parts share the fixed schema of _rows_table; "permissive" also takes string next to
     # large_string, and null next to a type, should a part come from another pyarrow.
     both = pa.concat_tables(tables, promote_options="permissive")
-    df, errors = _split_table(both)
-    return DicomIndex(df, errors)
-
-
-def _empty_rows() -> pd.DataFrame:
-    from torchdicom.index import _empty_frame
-
-    return _empty_frame()
+    return _split_table(both)
