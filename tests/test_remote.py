@@ -28,6 +28,7 @@ from torchdicom.errors import (
     RemoteTimeoutError,
     StaleIndexError,
 )
+from torchdicom.io import header
 from torchdicom.io.frames import native_layout, read_frames_numpy, route_for
 from torchdicom.samples import ct_like, us_cine_like
 from torchdicom.sources import remote
@@ -210,7 +211,7 @@ def test_header_parse_stats_each_object_once(memory, monkeypatch):
     monkeypatch.setattr(remote, "info", lambda *a, **k: calls.append(a) or real(*a, **k))
     for name, f in names.items():
         calls.clear()
-        row = remote.header_row("memory://td-test/set/" + name)
+        row = header.remote_header_row("memory://td-test/set/" + name)
         assert len(calls) == 1, (f.name, len(calls))
         if row["encapsulated"]:
             assert len(row["frame_offsets"]) == int(row["frames"])
@@ -230,8 +231,10 @@ def test_cached_remote_rescan_stats_each_object_once(memory, tmp_path, monkeypat
     url = first.df["path"][0]
     fs.pipe(url, fs.cat_file(url))  # same bytes and size, a new version (etag)
     parsed = []
-    real_row = remote.header_row
-    monkeypatch.setattr(remote, "header_row", lambda u, *a: parsed.append(u) or real_row(u, *a))
+    real_row = header.remote_header_row
+    monkeypatch.setattr(
+        header, "remote_header_row", lambda u, *a: parsed.append(u) or real_row(u, *a)
+    )
     third = scan("memory://td-test/set", cache=cache, progress=False)
     assert parsed == [url] and third.df["etag"][0] != first.df["etag"][0]
 

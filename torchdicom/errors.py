@@ -63,7 +63,7 @@ class TorchDicomError(Exception):
         if self.path is not None and "://" in self.path:
             # A remote object's URL (torchdicom.sources): user info, signed-URL tokens and
             # registered credentials never reach a message, a log line or a worker's pickle.
-            from torchdicom.sources.remote import display
+            from torchdicom._redact import display
 
             self.path = display(self.path)
             reason = display(reason)

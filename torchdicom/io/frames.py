@@ -92,7 +92,7 @@ from torchdicom.errors import (
 from torchdicom.io import imagecodecs_plugin
 from torchdicom.io.codestream import check_frame, join_fragments
 from torchdicom.io.dicomfile import BoundedReader, _short, dcmread, stat_file
-from torchdicom.io.header import as_row, header_row_stat
+from torchdicom.io.header import as_row, cached_row, header_row_stat
 from torchdicom.io.modality import modality_values
 
 # torch is imported where a tensor is made: the header-only command-line tools read pixels
@@ -178,7 +178,7 @@ def row_for_path(path: str | os.PathLike[str]) -> dict[str, Any]:
 
         return dicomweb_row(fspath)
     if "://" in fspath:
-        from torchdicom.sources.remote import cached_row, is_remote, local_path
+        from torchdicom.sources.remote import is_remote, local_path
 
         if is_remote(fspath):
             return cached_row(fspath)

@@ -21,6 +21,8 @@ import math
 import os
 import re
 import stat as stat_module
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -557,11 +559,10 @@ def header_row(
     """
     fspath = os.fspath(path)
     if "://" in fspath:
-        from torchdicom.sources.remote import header_row as remote_row
         from torchdicom.sources.remote import is_remote, local_path
 
         if is_remote(fspath):
-            return remote_row(fspath, salt, lean)  # type: ignore[return-value]
+            return remote_header_row(fspath, salt, lean)  # type: ignore[return-value]
         fspath = local_path(fspath)
     return header_row_stat(fspath, stat_file(fspath), salt, lean)
 
@@ -583,6 +584,54 @@ def header_row_stat(
         raise
     except Exception as exc:  # a damaged element found while reading values
         raise CorruptDicomError(fspath, f"header cannot be interpreted: {_short(exc)}") from None
+
+
+# --------------------------------------------------------------------------- remote objects
+class _Stat:
+    """The fields of ``os.stat_result`` the header code reads, for a remote object."""
+
+    __slots__ = ("st_mode", "st_mtime_ns", "st_size")
+
+    def __init__(self, size: int):
+        self.st_mode = stat_module.S_IFREG | 0o444
+        self.st_size = size
+        self.st_mtime_ns = -1
+
+
+# cached_row's rows per (URL, size, ETag), the oldest dropped past 4096.
+_ROWS: OrderedDict[tuple[str, int, str], dict[str, Any]] = OrderedDict()
+_ROWS_LOCK = threading.Lock()
+
+
+def remote_header_row(url: str, salt: str | None = None, lean: bool = True) -> dict[str, Any]:
+    """The index row of a remote object (an fsspec URL, :mod:`torchdicom.sources.remote`):
+    only header bytes are fetched (bounded ranges), each once; the row keeps its ETag."""
+    from torchdicom.sources import remote
+
+    size, etag = remote.info(url)
+    with remote.header_reads(url, size):
+        row = dict(header_row_stat(url, _Stat(size), salt, lean))
+    row["etag"] = etag
+    remote.mark_checked(url, size, etag)
+    return row
+
+
+def cached_row(url: str) -> dict[str, Any]:
+    """:func:`remote_header_row`, cached per (URL, size, ETag) in this process."""
+    from torchdicom.sources import remote
+
+    size, etag = remote.info(url)
+    key = (url, size, etag)
+    with _ROWS_LOCK:
+        row = _ROWS.get(key)
+        if row is not None:
+            return row
+    row = remote_header_row(url)
+    with _ROWS_LOCK:
+        _ROWS[key] = row
+        while len(_ROWS) > 4096:
+            _ROWS.popitem(last=False)
+    return row
 
 
 # --------------------------------------------------------------------------- the lean scan

@@ -32,6 +32,7 @@ process).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
@@ -42,13 +43,15 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchdicom._atomic import atomic_write
+from torchdicom._redact import add_secrets, display
+from torchdicom._redact import scrub as _scrub
 from torchdicom.errors import (
     CorruptDicomError,
     RemoteError,
@@ -234,7 +237,8 @@ def filesystem(url: str):
 
 
 # --------------------------------------------------------------------------- secrets
-def _secrets() -> list[str]:
+def _option_secrets() -> list[str]:
+    """The secrets of the registered storage options (torchdicom._redact scrubs them)."""
     found: list[str] = []
 
     def walk(value: Any) -> None:
@@ -252,29 +256,10 @@ def _secrets() -> list[str]:
             if key in ("endpoint_url", "client_kwargs") and isinstance(value, str):
                 continue  # an address, not a secret
             walk(value)
-    return sorted(set(found), key=len, reverse=True)
+    return found
 
 
-_USERINFO = re.compile(r"(://)[^/@\s]*@")
-# Query parameters that carry signatures or tokens (presigned URLs, SAS tokens).
-# S3 (X-Amz-*), GCS (X-Goog-*, GoogleAccessId), Azure SAS (sig …), CloudFront (Policy,
-# Key-Pair-Id), OAuth / API keys.
-_TOKEN_QUERY = re.compile(
-    r"(?i)([?&](?:x-amz-[a-z-]*|x-goog-[a-z-]*|googleaccessid|sig|signature|token|sv|se|sp"
-    r"|code|policy|key-pair-id|access_token|api_?key|key)=)[^&#\s]*"
-)
-
-
-def _scrub(text: str) -> str:
-    for secret in _secrets():
-        text = text.replace(secret, "<redacted>")
-    text = _USERINFO.sub(r"\1<redacted>@", text)
-    return _TOKEN_QUERY.sub(r"\1<redacted>", text)
-
-
-def display(url: str) -> str:
-    """The URL as errors and logs show it: user info and signed query parameters removed."""
-    return _scrub(url)
+add_secrets(_option_secrets)
 
 
 # --------------------------------------------------------------------------- requests
@@ -983,52 +968,22 @@ def forget_checks() -> None:
     _CHECKED.clear()
 
 
-class _Stat:
-    """The fields of ``os.stat_result`` the header code reads, for a remote object."""
-
-    __slots__ = ("st_mode", "st_mtime_ns", "st_size")
-
-    def __init__(self, size: int):
-        import stat
-
-        self.st_mode = stat.S_IFREG | 0o444
-        self.st_size = size
-        self.st_mtime_ns = -1
-
-
-_ROWS: OrderedDict[tuple[str, int, str], dict[str, Any]] = OrderedDict()
-_ROWS_LOCK = threading.Lock()
-
-
-def header_row(url: str, salt: str | None = None, lean: bool = True) -> dict[str, Any]:
-    """The index row of a remote object: only header bytes are fetched (bounded ranges)."""
-    from torchdicom.io.header import header_row_stat
-
-    size, etag = info(url)
+@contextlib.contextmanager
+def header_reads(url: str, size: int) -> Iterator[None]:
+    """While the header of ``url`` (``size`` bytes, stat'ed already) is parsed in this
+    thread: :func:`handle` takes that size (no request) and each range is fetched once
+    (see :meth:`RemoteHandle.pread`)."""
     _SCAN_MEMO.url, _SCAN_MEMO.reads, _SCAN_MEMO.size = url, {}, size
     try:
-        row = dict(header_row_stat(url, _Stat(size), salt, lean))
+        yield
     finally:
         _SCAN_MEMO.url = _SCAN_MEMO.reads = _SCAN_MEMO.size = None
-    row["etag"] = etag
+
+
+def mark_checked(url: str, size: int, etag: str) -> None:
+    """``url`` was seen now at ``(size, etag)``: :func:`open_checked` trusts that for
+    ``recheck_s``."""
     _CHECKED[url] = (time.monotonic(), size, etag)
-    return row
-
-
-def cached_row(url: str) -> dict[str, Any]:
-    """:func:`header_row`, cached per (URL, size, ETag) in this process."""
-    size, etag = info(url)
-    key = (url, size, etag)
-    with _ROWS_LOCK:
-        row = _ROWS.get(key)
-        if row is not None:
-            return row
-    row = header_row(url)
-    with _ROWS_LOCK:
-        _ROWS[key] = row
-        while len(_ROWS) > 4096:
-            _ROWS.popitem(last=False)
-    return row
 
 
 class _RangeReader(io.RawIOBase):
