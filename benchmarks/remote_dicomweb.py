@@ -15,7 +15,7 @@ the Debian packages ``orthanc`` + ``orthanc-dicomweb``), indexes them with
   requests overlap their waits as they would on a network — with 1 and with
   ``torchdicom.sources.policy.max_in_flight`` (32) requests of a batch in flight (the
   dataset's batch path sends a batch's frame requests together,
-  ``torchdicom.sources.dicomweb.read_batch``; with ``W`` workers up to ``W`` times that).
+  ``torchdicom.io.frames.read_dicomweb_batch``; with ``W`` workers up to ``W`` times that).
 
 Medians of several epochs after a warm-up epoch; the ratios are taken within this run.
 Not a timed test: the figures move with the machine's load.

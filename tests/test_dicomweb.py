@@ -32,7 +32,7 @@ from torchdicom.errors import (
     RemoteNotFoundError,
     RemoteTimeoutError,
 )
-from torchdicom.io.frames import read_frames_numpy, route_for
+from torchdicom.io.frames import read_dicomweb_batch, read_frames_numpy, route_for
 from torchdicom.samples import ct_like, us_cine_like
 from torchdicom.sources import dicomweb, remote
 from torchdicom.sources.dicomweb import DicomWebSource, fetch_frames, iter_parts
@@ -285,7 +285,7 @@ def test_a_batch_of_dicomweb_frames_is_requested_together_into_one_buffer(orthan
         items = ds.__getitems__(list(range(len(ds))))
     finally:
         dicomweb.register(orthanc.dicomweb_url, _session())
-    # One frame request per item (read_batch, in flight together), none again per item.
+    # One frame request per item (read_dicomweb_batch, in flight together), none again per item.
     assert sum("/frames/" in url for url in asked) == len(ds)
     # The items are slots of one (B, C, H, W) batch buffer.
     assert len({item["image"].untyped_storage().data_ptr() for item in items}) == 1
@@ -297,7 +297,7 @@ def test_a_batch_of_dicomweb_frames_is_requested_together_into_one_buffer(orthan
 def test_read_batch_matches_item_reads(index):
     rows = list(index.rows())
     frames = [[0] for _ in rows]
-    many = dicomweb.read_batch(rows, frames, max_in_flight=4)
+    many = read_dicomweb_batch(rows, frames, max_in_flight=4)
     for row, got in zip(rows, many):
         np.testing.assert_array_equal(got, read_frames_numpy(row, 0))
 

@@ -62,6 +62,7 @@ converted to RGB, frames beyond (0028,0008) *Number of Frames* included; see
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -109,7 +110,9 @@ __all__ = [
     "decoding_plugin",
     "gpu_decodable",
     "native_layout",
+    "read_dicomweb_batch",
     "read_frames",
+    "read_frames_dicomweb",
     "read_native_batch",
     "resolve_frames",
     "route_for",
@@ -592,7 +595,7 @@ def _read_dicomweb_batch(
     rows: Sequence[dict[str, Any]], frames: Sequence[int], slots: np.ndarray, done: list[bool]
 ) -> None:
     """The DICOMweb rows of a batch: their frames requested together, ``max_in_flight`` at a
-    time (:func:`torchdicom.sources.dicomweb.read_batch`), decoded into their slots. A row
+    time (:func:`read_dicomweb_batch`), decoded into their slots. A row
     that fails or decodes to another shape / dtype is left to the item path."""
     jobs = [
         k
@@ -603,9 +606,9 @@ def _read_dicomweb_batch(
     ]
     if len(jobs) < 2:
         return
-    from torchdicom.sources.dicomweb import read_batch
-
-    got = read_batch([rows[k] for k in jobs], [[int(frames[k])] for k in jobs], errors="return")
+    got = read_dicomweb_batch(
+        [rows[k] for k in jobs], [[int(frames[k])] for k in jobs], errors="return"
+    )
     for k, frame in zip(jobs, got):
         if isinstance(frame, np.ndarray) and (frame.shape[1:], frame.dtype) == (
             slots.shape[1:],
@@ -1596,12 +1599,63 @@ def _is_dicomweb(row: dict[str, Any]) -> bool:
     return str(row["path"])[:9].lower() == "dicomweb+"
 
 
-def _read_dicomweb(
+def read_frames_dicomweb(
     row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
 ) -> np.ndarray:
-    from torchdicom.sources.dicomweb import read_frames_dicomweb
+    """The read route of DICOMweb rows (see :data:`ROUTES`).
 
-    return read_frames_dicomweb(row, idx, out, as_rgb)
+    Fetches the 0-based frames ``idx`` (each distinct frame once, in requests of up to
+    256 frames: :func:`torchdicom.sources.dicomweb.fetch_parts`) and decodes each part by
+    its own transfer syntax: native bytes laid out by the row, code-streams checked and
+    decoded by the pinned plugin, exactly as the local routes do.
+
+    Returns:
+        (F, C, H, W) stored values, equal to :func:`torchdicom.read_frames` of the file.
+    """
+    from torchdicom.sources.dicomweb import fetch_parts
+
+    decoded: dict[int, np.ndarray] = {}
+    for frame, as_sent, body, syntax in fetch_parts(row, idx):
+        decoded[frame] = decode_part(as_sent, body, syntax, frame, as_rgb)
+    return stack_frames(out, [decoded[f] for f in idx], row)
+
+
+def read_dicomweb_batch(
+    rows: Sequence[dict[str, Any]],
+    frames: Sequence[Sequence[int]],
+    max_in_flight: int | None = None,
+    as_rgb: bool = True,
+    errors: str = "raise",
+) -> list[Any]:
+    """Frames of many DICOMweb rows, ``max_in_flight`` requests at a time.
+
+    Args:
+        rows: index rows of DICOMweb instances.
+        frames: the 0-based frames of each row.
+        max_in_flight: concurrent requests (default ``policy.max_in_flight``); with a
+            server far away, throughput grows with it until the server or the link is busy.
+
+        errors: ``"raise"`` the first row's error (after every request ended), or
+            ``"return"`` each row's :class:`TorchDicomError` in its place.
+
+    Returns:
+        One (F, C, H, W) array per row (or its error, with ``errors="return"``).
+    """
+    from torchdicom.sources.dicomweb import in_flight
+
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return'. Got: {errors!r}")
+
+    def one(row: dict[str, Any], picked: Sequence[int]) -> Any:
+        try:
+            return read_frames_dicomweb(row, list(picked), None, as_rgb)
+        except TorchDicomError as exc:
+            if errors == "raise":
+                raise
+            return exc
+
+    calls = [functools.partial(one, row, picked) for row, picked in zip(rows, frames)]
+    return in_flight(calls, max_in_flight)
 
 
 def decode_part(
@@ -1698,7 +1752,7 @@ ROUTES: tuple[Route, ...] = (
     # Right after the hot path, before every file route: a DICOMweb row has no file offset
     # (pixel_offset -1, no spans), so native never takes it and the others must not.
     # Network-bound, so parallel.
-    Route("DICOMweb (WADO-RS frames)", _is_dicomweb, _read_dicomweb, parallel=True),
+    Route("DICOMweb (WADO-RS frames)", _is_dicomweb, read_frames_dicomweb, parallel=True),
     Route("packed bits", _is_packed_bits, _read_packed_bits),
     Route("JPEG 8-bit by span (Pillow)", _pillow_jpeg, _read_jpeg_pillow, parallel=True),
     Route(

@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torchdicom.errors import (
     CorruptDicomError,
@@ -71,16 +71,13 @@ from torchdicom.errors import (
 from torchdicom.sources import remote
 from torchdicom.sources.remote import display
 
-if TYPE_CHECKING:  # numpy loads with the first read, not with the package
-    import numpy as np
-
 __all__ = [
     "PREFIX",
     "DicomWebSource",
+    "fetch_parts",
+    "in_flight",
     "instance_url",
     "is_dicomweb",
-    "read_batch",
-    "read_frames_dicomweb",
     "registrations",
     "restore",
 ]
@@ -1336,70 +1333,37 @@ def _as_sent(row: dict[str, Any], syntax: str) -> dict[str, Any]:
     return row
 
 
-def read_frames_dicomweb(
-    row: dict[str, Any], idx: list[int], out: np.ndarray | None, as_rgb: bool
-) -> np.ndarray:
-    """The read route of DICOMweb rows (see :data:`torchdicom.io.frames.ROUTES`).
+def fetch_parts(
+    row: dict[str, Any], idx: list[int]
+) -> Iterator[tuple[int, dict[str, Any], bytes, str]]:
+    """The received frames of a DICOMweb row, for :mod:`torchdicom.io.frames` to decode.
 
     Fetches the 0-based frames ``idx`` (each distinct frame once, in requests of up to
-    256 frames) and decodes each part by its own transfer syntax (:func:`part_syntax`):
-    native bytes laid out by the row, code-streams checked and decoded by the pinned
-    plugin, exactly as the local routes do.
-
-    Returns:
-        (F, C, H, W) stored values, equal to :func:`torchdicom.read_frames` of the file.
+    256 frames) and yields, request by request, each frame's ``(frame, row as sent, part
+    bytes, transfer syntax)``: the part's own syntax (:func:`part_syntax`) and the row as
+    the server sent that frame (:func:`_as_sent`).
     """
-    from torchdicom.io.frames import decode_part, stack_frames
-
     path = row["path"]
     wanted = list(dict.fromkeys(idx))
-    decoded: dict[int, np.ndarray] = {}
     for k in range(0, len(wanted), _MAX_FRAMES_PER_REQUEST):
         chunk = wanted[k : k + _MAX_FRAMES_PER_REQUEST]
         parts = fetch_frames(path, [f + 1 for f in chunk], str(row["transfer_syntax"]))
         for frame, part in zip(chunk, parts):
             syntax = part_syntax(part, row)
-            decoded[frame] = decode_part(_as_sent(row, syntax), part.body, syntax, frame, as_rgb)
-    return stack_frames(out, [decoded[f] for f in idx], row)
+            yield frame, _as_sent(row, syntax), part.body, syntax
 
 
-def read_batch(
-    rows: Sequence[dict[str, Any]],
-    frames: Sequence[Sequence[int]],
-    max_in_flight: int | None = None,
-    as_rgb: bool = True,
-    errors: str = "raise",
-) -> list[Any]:
-    """Frames of many DICOMweb rows, ``max_in_flight`` requests at a time.
+def in_flight(calls: Sequence[Callable[[], Any]], max_in_flight: int | None = None) -> list[Any]:
+    """Run ``calls`` (requests to DICOMweb servers) on this process's request threads,
+    ``max_in_flight`` at a time (default ``policy.max_in_flight``); their results in order.
 
-    Args:
-        rows: index rows of DICOMweb instances.
-        frames: the 0-based frames of each row.
-        max_in_flight: concurrent requests (default ``policy.max_in_flight``); with a
-            server far away, throughput grows with it until the server or the link is busy.
-
-        errors: ``"raise"`` the first row's error (after every request ended), or
-            ``"return"`` each row's :class:`TorchDicomError` in its place.
-
-    Returns:
-        One (F, C, H, W) array per row (or its error, with ``errors="return"``).
+    Every call is waited for; then the first one's exception, if any, is raised.
     """
-    if errors not in ("raise", "return"):
-        raise ValueError(f"errors must be 'raise' or 'return'. Got: {errors!r}")
-
-    def one(row: dict[str, Any], picked: Sequence[int]) -> Any:
-        try:
-            return read_frames_dicomweb(row, list(picked), None, as_rgb)
-        except TorchDicomError as exc:
-            if errors == "raise":
-                raise
-            return exc
-
     n = max_in_flight or remote.policy.max_in_flight
-    if n <= 1 or len(rows) <= 1:
-        return [one(r, f) for r, f in zip(rows, frames)]
+    if n <= 1 or len(calls) <= 1:
+        return [call() for call in calls]
     pool = _pool(n)
-    futures = [pool.submit(one, row, picked) for row, picked in zip(rows, frames)]
+    futures = [pool.submit(call) for call in calls]
     # At most n of them run at once (the pool's threads); every one is waited for.
     results, first = [], None
     for future in futures:
