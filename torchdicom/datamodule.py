@@ -35,6 +35,7 @@ from torchdicom.data._base import decode_target
 from torchdicom.data.prefetch import PrefetchDataLoader
 from torchdicom.data.resize import ResizeMode, check_channels
 from torchdicom.data.sampler import SizeBucketBatchSampler, item_shapes
+from torchdicom.errors import RankMismatchError
 from torchdicom.index import DicomIndex, scan
 from torchdicom.keys import IMAGE, PENDING
 from torchdicom.sources.remote import is_remote
@@ -486,12 +487,22 @@ class DicomDataModule(_LightningDataModule):
         its progress. Files changed since the scan are parsed and the cache updated. Other
         ranks read a private copy of the cache: they never write it, and a file that
         changed after local rank 0's scan is parsed on that rank only.
+
+        In a ``torch.distributed`` run (initialised, world size > 1) every rank must call
+        it (Lightning does): the ranks compare what they read (the shards' fingerprints and
+        items per rank, or the split's digest and counts) and all raise
+        :class:`~torchdicom.errors.RankMismatchError` when they differ, instead of hanging
+        later at a collective with unequal epochs.
         """
         if self.dataset is not None:
             return
         if self.shards is not None:
             if self.train_set is None:
-                self.train_set, self.val_set = self._shard_sets()
+                train, val = self._shard_sets()
+                self._check_ranks_agree(self.shards, "shard manifests", _shard_summary(train))
+                if val is not None:
+                    self._check_ranks_agree(self.val_shards, "shard manifests", _shard_summary(val))
+                self.train_set, self.val_set = train, val
             return
         root = self._root()
         if root is None:
@@ -518,9 +529,39 @@ class DicomDataModule(_LightningDataModule):
             # Grey and colour items would meet in a batch: say which policy to choose now.
             check_channels([r["samples_per_pixel"] for r in self.dataset.rows], self.channels)
         self._split()
+        # Each node scans its own index: a node whose mount lags (files added, removed or
+        # still being copied) gets another split, so its ranks would train on other items,
+        # let val items into training elsewhere, and (with another length) hang DDP at a
+        # collective. The split digest (files, relative to the root, and val/test
+        # positions) and the counts are cheap to compare once here.
+        assert self.train_set is not None and self.val_set is not None
+        assert self.test_set is not None
+        self._check_ranks_agree(
+            self.data,
+            "indexes",
+            f"split {self._split_digest}, train/val/test items"
+            f" {len(self.train_set)}/{len(self.val_set)}/{len(self.test_set)}",
+        )
         if self._restored is not None:
             state, self._restored = self._restored, None
             self._check_restored(state)
+
+    def _check_ranks_agree(self, source: Any, what: str, summary: str) -> None:
+        """Raise :class:`~torchdicom.errors.RankMismatchError` on every rank unless every
+        rank of an initialised ``torch.distributed`` run computed the same ``summary``.
+
+        Ranks that read different data would yield different epoch lengths and hang at
+        a collective (or silently train on other items): comparing once in ``setup``,
+        before any step, makes that an immediate error on all of them instead.
+        """
+        world = _world_size()
+        if world == 1:
+            return
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, summary)
+        error = _rank_mismatch(source, what, gathered)
+        if error is not None:
+            raise error
 
     def _dataset(self, source: Any, root: Path | None, index_cache: Path | None) -> DicomDataset:
         return DicomDataset(
@@ -843,6 +884,59 @@ def _split_digest(paths: list[str], val: np.ndarray, test: np.ndarray) -> str:
     for name, part in ((b"val", val), (b"test", test)):
         h.update(name + np.asarray(part, dtype="<i8").tobytes())
     return h.hexdigest()[:16]
+
+
+def _world_size() -> int:
+    """Ranks in the default group of an initialised ``torch.distributed`` run, else 1."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+def _shard_summary(dataset: Any) -> str:
+    """What decides a shard dataset's split across ranks, in words."""
+    return f"fingerprint {dataset.fingerprint:08x}, {len(dataset)} items per rank"
+
+
+def _rank_mismatch(source: Any, what: str, gathered: list[str]) -> RankMismatchError | None:
+    """The error naming ``source`` and the ranks that disagree, or None when all agree.
+
+    Args:
+        source: the manifest, folder or index the ranks were given (named in the message).
+        what: what the ranks read, plural (``"shard manifests"``, ``"indexes"``).
+        gathered: one summary per rank, in rank order (what ``all_gather_object`` gives):
+            equal summaries mean equal data.
+
+    Returns:
+        A :class:`~torchdicom.errors.RankMismatchError` listing the ranks grouped by their
+        summary, the group of rank 0 first; None when every summary equals rank 0's.
+    """
+    if all(s == gathered[0] for s in gathered):
+        return None
+    groups: dict[str, list[int]] = {}
+    for rank, summary in enumerate(gathered):
+        groups.setdefault(summary, []).append(rank)
+    parts = []
+    for summary, ranks in groups.items():
+        who = "rank" if len(ranks) == 1 else "ranks"
+        parts.append(f"{who} {', '.join(map(str, ranks))}: {summary}")
+    others = sorted(r for r, s in enumerate(gathered) if s != gathered[0])
+    return RankMismatchError(
+        _display_source(source),
+        f"the ranks read different {what} (a node with a stale copy, or data rewritten"
+        f" while the job started); rank{'s' if len(others) > 1 else ''}"
+        f" {', '.join(map(str, others))} disagree{'' if len(others) > 1 else 's'} with rank 0,"
+        f" and unequal epochs would hang DDP at a collective. {'; '.join(parts)}",
+    )
+
+
+def _display_source(source: Any) -> str:
+    """A path or URL as given (TorchDicomError redacts a URL's credentials); for a source
+    object (DICOMweb) only its class: its repr may carry a server's headers."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return f"data={type(source).__name__}"
 
 
 def _batch_device(batch: Any) -> torch.device:

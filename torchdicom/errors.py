@@ -22,6 +22,7 @@ __all__ = [
     "FrameIndexError",
     "MissingPixelDataError",
     "NotDicomError",
+    "RankMismatchError",
     "RemoteError",
     "RemoteNotFoundError",
     "RemoteTimeoutError",
@@ -114,6 +115,12 @@ class FrameIndexError(TorchDicomError, IndexError):
 
 class StaleIndexError(TorchDicomError, RuntimeError):
     """The file changed on disk (size or mtime) since it was indexed; rescan it."""
+
+
+class RankMismatchError(TorchDicomError, RuntimeError):
+    """The ranks of a distributed run read different data (a shard manifest, an index
+    split), so they would train on different items or epoch lengths and hang at a
+    collective; the message names the manifest or folder and which ranks disagree."""
 
 
 class RemoteError(TorchDicomError, OSError):
