@@ -11,7 +11,9 @@ import base64
 import json
 import logging
 import pickle
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -402,6 +404,30 @@ class _Faulty(BaseHTTPRequestHandler):
             self.close_connection = True
         elif kind == "stall":
             self.release.wait(30)  # answers nothing until the test ends
+        elif kind == "drip":  # a byte at a time, each within the timeout: never done
+            body = self._multipart([frame])
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/related; boundary=BOUNDARY")
+            self.send_header("Content-Length", str(len(body) * 100))
+            self.end_headers()
+            try:
+                for byte in body * 100:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    if self.release.wait(0.2):
+                        return
+            except OSError:
+                return
+        elif kind == "elsewhere":  # a redirect to another host (here: another port)
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{self.trap_port}/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind == "moved":  # a redirect on the same server is followed
+            self.send_response(307)
+            self.send_header("Location", self.path.replace("/moved/", "/good/"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif kind == "good":
             self._send(200, self._multipart([frame]))
 
@@ -410,7 +436,15 @@ class _Faulty(BaseHTTPRequestHandler):
 def faulty() -> Iterator[tuple[str, dict[str, int]]]:
     hits: dict[str, int] = {}
     release = threading.Event()
-    handler = type("Handler", (_Faulty,), {"hits": hits, "release": release})
+    trap = socket.socket()  # another server no request may reach
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(4)
+    trap.settimeout(0)
+    handler = type(
+        "Handler",
+        (_Faulty,),
+        {"hits": hits, "release": release, "trap": trap, "trap_port": trap.getsockname()[1]},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -423,6 +457,7 @@ def faulty() -> Iterator[tuple[str, dict[str, int]]]:
         release.set()
         server.shutdown()
         server.server_close()
+        trap.close()
 
 
 def _row(base: str, kind: str, frames: int = 1) -> dict:
@@ -541,6 +576,40 @@ def test_a_server_that_stops_answering_is_a_timeout(faulty, policy, monkeypatch)
 
 
 # --------------------------------------------------------------------------- multipart
+def test_a_server_dripping_bytes_within_each_read_timeout_is_a_timeout(faulty, policy):
+    # Found by tests/fuzz/test_fuzz_dicomweb.py: the per-read timeout never tripped and
+    # iter_content waited for a whole 256 KiB chunk, so the read lasted as long as the drip.
+    base, hits = faulty
+    t0 = time.monotonic()
+    with pytest.raises(RemoteTimeoutError) as err:
+        read_frames_numpy(_row(base, "drip"))
+    assert time.monotonic() - t0 < 3 * 4 * 0.5 + 2  # (retries + 1) x 4 timeouts, at most
+    assert str(err.value) == (
+        f"{_url(base, 'drip')}: WADO-RS frame retrieval failed after 3 attempts:"
+        " the response is slower than the timeout"
+    )
+    assert hits["drip"] == 3
+
+
+def test_a_redirect_to_another_host_is_not_followed(faulty, policy):
+    # Found by tests/fuzz/test_fuzz_dicomweb.py: requests followed a frames (or metadata,
+    # or bulk data) redirect to any host, with the session's cookies and custom headers.
+    base, hits = faulty
+    handler_trap = next(c for c in _Faulty.__subclasses__() if c.hits is hits).trap
+    with pytest.raises(RemoteError) as err:
+        read_frames_numpy(_row(base, "elsewhere"))
+    port = handler_trap.getsockname()[1]
+    assert str(err.value) == (
+        f"{_url(base, 'elsewhere')}: the server redirects to another server"
+        f" (http://127.0.0.1:{port}/steal): not followed"
+    )
+    assert type(err.value) is RemoteError and hits["elsewhere"] == 1  # not retried
+    with pytest.raises(BlockingIOError):
+        handler_trap.accept()  # nobody knocked
+    got = read_frames_numpy(_row(base, "moved"))  # the same server: followed
+    np.testing.assert_array_equal(got.ravel(), np.frombuffer(bytes(range(8)) * 2, "<u2"))
+
+
 def test_multipart_parser_streams_parts_with_their_headers():
     body = (
         b"ignored preamble\r\n--b1\r\nContent-Type: application/octet-stream;"

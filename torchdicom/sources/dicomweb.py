@@ -277,6 +277,71 @@ class _Retry(Exception):
         self.wait = wait  # seconds the server asked for (Retry-After), at least
 
 
+# A whole JSON or bulk data answer may take this many timeouts (a metadata response of a
+# big series is megabytes); a frames answer takes ``timeout * max(4, frames)``.
+_JSON_TIMEOUTS = 10
+
+
+class _Watchdog:
+    """Ends a response that is still arriving after ``seconds``: ``timeout`` bounds each
+    socket read only, and a server dripping a few bytes within every read would otherwise
+    hold the request (and a training step) for as long as it likes. When it fired,
+    :meth:`end` raises a retryable timeout whatever the read made of the cut body."""
+
+    def __init__(self, response: Any, seconds: float):
+        self.fired = threading.Event()
+        self.response = response
+        self.timer = threading.Timer(max(seconds, 0.0), self._cut)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _cut(self) -> None:
+        self.fired.set()
+        try:  # unblocks a read waiting in another thread (urllib3 >= 2.3)
+            self.response.raw.shutdown()
+        except Exception:
+            try:
+                self.response.close()
+            except Exception:
+                pass
+
+    def end(self) -> None:
+        self.timer.cancel()
+        if self.fired.is_set():
+            raise _Retry("the response is slower than the timeout", timed_out=True)
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _get(base: str, url: str, **kwargs: Any) -> Any:
+    """``GET url`` with this thread's session for ``base``, following redirects only on the
+    same server: the session's credentials never go to another host.
+
+    Raises:
+        RemoteError: a redirect to another scheme, host or port, or more than 5.
+    """
+    from urllib.parse import urljoin, urlsplit
+
+    session = _session(base)
+    for _ in range(6):
+        response = session.get(url, allow_redirects=False, **kwargs)
+        if response.status_code not in _REDIRECTS:
+            return response
+        target = urljoin(response.url, response.headers.get("Location", ""))
+        response.close()
+        if urlsplit(target)[:2] != urlsplit(base)[:2]:
+            error = RemoteError(
+                display(url),
+                f"the server redirects to another server ({display(target)[:200]}): not followed",
+            )
+            error.status = 0  # type: ignore[attr-defined]
+            raise error
+        url = target
+        kwargs.pop("params", None)  # the Location holds the query
+    raise RemoteError(display(url), "more than 5 redirects")
+
+
 # The longest Retry-After honoured: a server asking for more is retried sooner (and ends
 # as an error after the retries) rather than stalling a training step for minutes.
 _MAX_RETRY_AFTER_S = 60.0
@@ -708,12 +773,15 @@ def _get_json(
     """
 
     def attempt() -> tuple[list[dict], str]:
-        response = _session(base).get(
+        response = _get(
+            base,
             url,
             params=params,
             headers={"Accept": "application/dicom+json, application/json"},
+            stream=True,  # the body is read under the watchdog
             timeout=_timeout(base),
         )
+        watchdog = _Watchdog(response, _timeout(base) * _JSON_TIMEOUTS)
         try:
             if response.status_code == 204:
                 return [], response.headers.get("Warning", "")
@@ -737,6 +805,7 @@ def _get_json(
                 ) from None
         finally:
             response.close()
+            watchdog.end()  # past the deadline: a timeout, whatever was read
         if isinstance(found, dict):  # a server answering one data set as a bare object
             found = [found]
         if not isinstance(found, list) or not all(isinstance(x, dict) for x in found):
@@ -936,11 +1005,14 @@ def _get_bulk(base: str, url: str) -> bytes:
     PS3.18 answers bulk data as a one-part multipart/related; some servers send a bare
     body, taken as is.
     """
-    response = _session(base).get(
+    response = _get(
+        base,
         url,
         headers={"Accept": f"{_DEFAULT_ACCEPT}, application/octet-stream"},
+        stream=True,  # the body is read under the watchdog
         timeout=_timeout(base),
     )
+    watchdog = _Watchdog(response, _timeout(base) * _JSON_TIMEOUTS)
     try:
         if response.status_code != 200:
             raise _status_error(
@@ -955,6 +1027,7 @@ def _get_bulk(base: str, url: str) -> bytes:
         parts = list(iter_parts(iter([response.content]), content_type, url))
     finally:
         response.close()
+        watchdog.end()  # past the deadline: a timeout, whatever was read
     if len(parts) != 1:
         raise CorruptDicomError(display(url), f"bulk data in {len(parts)} parts, expected 1")
     return parts[0].body
@@ -1200,13 +1273,17 @@ def fetch_frames(path: str, numbers: Sequence[int], syntax: str = "") -> list[Pa
 def _get_parts(url: str, accept: str) -> list[Part]:
     """One attempt of a frame request: the parts of the response."""
     base = _split(PREFIX + url)[0]
-    session = _session(base)
     limit = _timeout(base)
     frames = url.rsplit("/frames/", 1)[1].count(",") + 1
     deadline = time.monotonic() + limit * max(4, frames)
-    response = session.get(
-        url, headers={**_FRAMES_HEADERS, "Accept": accept}, stream=True, timeout=(limit, limit)
+    response = _get(
+        base,
+        url,
+        headers={**_FRAMES_HEADERS, "Accept": accept},
+        stream=True,
+        timeout=(limit, limit),
     )
+    watchdog = _Watchdog(response, deadline - time.monotonic())
     try:
         if response.status_code != 200:
             raise _status_error(
@@ -1232,6 +1309,7 @@ def _get_parts(url: str, accept: str) -> list[Part]:
         return [_inherit(part, content_type) for part in iter_parts(chunks(), content_type, url)]
     finally:
         response.close()
+        watchdog.end()  # past the deadline: a timeout, whatever was read
 
 
 def _inherit(part: Part, content_type: str) -> Part:
