@@ -1199,3 +1199,21 @@ def test_scan_cache_writes_the_index_and_reuses_rows_of_listed_instances(dialect
         )
     ]
     assert sop in set(torchdicom.DicomIndex.read(cache).df["sop_instance_uid"])
+
+
+def test_a_code_stream_labelled_with_another_familys_syntax_is_corrupt(dialect, policy):
+    # Found by tests/fuzz/test_fuzz_dicomweb.py: a JPEG baseline code-stream labelled JPEG
+    # lossless (1.2.840.10008.1.2.4.70) decoded without an error but kept its YBR colour.
+    base, handler = dialect(style="octet")
+    sop = next(
+        s for s, i in handler.archive.instances.items() if i["file"].name == "SC_rgb_jpeg_dcmtk.dcm"
+    )
+    handler.archive.instances[sop]["syntax"] = "1.2.840.10008.1.2.4.70"
+    index = _dialect_scan(base)
+    row = next(r for r in index.rows() if r["sop_instance_uid"] == sop)
+    with pytest.raises(CorruptDicomError) as err:
+        read_frames_numpy(row)
+    assert str(err.value) == (
+        f"{row['path']}: frame 0: the part says transfer syntax 1.2.840.10008.1.2.4.70,"
+        " its code-stream's markers say 1.2.840.10008.1.2.4.50"
+    )

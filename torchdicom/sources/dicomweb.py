@@ -1332,6 +1332,29 @@ def _native_frame_bytes(row: dict[str, Any]) -> int:
     return pixels * allocated // 8 if allocated >= 8 else -(-pixels * allocated // 8)
 
 
+# Code-stream families told apart by their first markers (:func:`_sniff`): a part labelled
+# with a syntax of another family than its markers show is a lying label (a JPEG baseline
+# code-stream decoded as lossless JPEG keeps its YBR colour: different pixels, no error).
+_FAMILY = {
+    **dict.fromkeys(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"), "jpeg"),
+    **dict.fromkeys(("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"), "jpeg-lossless"),
+    **dict.fromkeys(("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"), "jpeg-ls"),
+    **dict.fromkeys(
+        (
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.91",
+            "1.2.840.10008.1.2.4.92",
+            "1.2.840.10008.1.2.4.93",
+            "1.2.840.10008.1.2.4.201",
+            "1.2.840.10008.1.2.4.202",
+            "1.2.840.10008.1.2.4.203",
+        ),
+        "j2k",
+    ),
+    "1.2.840.10008.1.2.5": "rle",
+}
+
+
 def _sniff(data: bytes) -> str:
     """The transfer syntax a code-stream's first markers show ("" when not recognised)."""
     if data[:4] == b"\xff\x4f\xff\x51" or data[4:8] == b"jP  ":  # J2K code-stream, JP2 box
@@ -1428,6 +1451,14 @@ def fetch_parts(
         parts = fetch_frames(path, [f + 1 for f in chunk], str(row["transfer_syntax"]))
         for frame, part in zip(chunk, parts):
             syntax = part_syntax(part, row)
+            shown = _sniff(part.body)
+            if shown and syntax in _FAMILY and _FAMILY[shown] != _FAMILY[syntax]:
+                raise CorruptDicomError(
+                    display(path),
+                    f"the part says transfer syntax {syntax}, its code-stream's markers say"
+                    f" {shown}",
+                    frame=frame,
+                )
             yield frame, _as_sent(row, syntax), part.body, syntax
 
 
