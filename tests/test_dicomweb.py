@@ -8,6 +8,8 @@ and RGB)."""
 from __future__ import annotations
 
 import base64
+import functools
+import gzip
 import json
 import logging
 import pickle
@@ -418,6 +420,14 @@ class _Faulty(BaseHTTPRequestHandler):
                         return
             except OSError:
                 return
+        elif kind == "bomb":  # 16 MiB of zeros in 16 KiB of gzip, in a part never closed
+            body = _bomb_body()
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/related; boundary=BOUNDARY")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif kind == "elsewhere":  # a redirect to another host (here: another port)
             self.send_response(302)
             self.send_header("Location", f"http://127.0.0.1:{self.trap_port}/steal")
@@ -430,6 +440,13 @@ class _Faulty(BaseHTTPRequestHandler):
             self.end_headers()
         elif kind == "good":
             self._send(200, self._multipart([frame]))
+
+
+@functools.cache
+def _bomb_body() -> bytes:
+    """One 2x4 frame then 16 MiB of zeros, in an unclosed part, gzipped (about 16 KiB)."""
+    frame = bytes(range(8)) * 2
+    return gzip.compress(_Faulty._multipart(None, [frame + bytes(2**24)], close=False), 9)
 
 
 @pytest.fixture
@@ -1217,3 +1234,34 @@ def test_a_code_stream_labelled_with_another_familys_syntax_is_corrupt(dialect, 
         f"{row['path']}: frame 0: the part says transfer syntax 1.2.840.10008.1.2.4.70,"
         " its code-stream's markers say 1.2.840.10008.1.2.4.50"
     )
+
+
+def test_qido_values_that_are_not_elements_are_absent():
+    # Found by tests/fuzz/test_fuzz_dicomweb.py: a series result whose (0020,1209) was a bare
+    # number (not an element) made the scan raise AttributeError.
+    for element in (0, None, "x", [], {"vr": "IS"}, {"Value": 7}, {"Value": []}, {"Value": [None]}):
+        assert dicomweb._value({"00201209": element}, "00201209") == ""
+        assert dicomweb._count({"00201209": element}, "00201209") is None
+    assert dicomweb._count({"00201209": {"vr": "IS", "Value": [3]}}, "00201209") == 3
+
+
+def test_a_gzip_bomb_is_cut_off_at_what_the_frames_can_hold(faulty, policy):
+    # Found by tests/fuzz/test_fuzz_dicomweb.py: a 256 KiB gzip body holding 256 MiB of
+    # zeros in an unclosed part grew the parser's buffer to 256 MiB.
+    import tracemalloc
+
+    base, hits = faulty
+    _bomb_body()  # made before the tracing: the server runs in this process
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDicomError) as err:
+            read_frames_numpy(_row(base, "bomb"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20
+    assert str(err.value) == (
+        f"{_url(base, 'bomb')}: the response is larger than 1 frame(s) of this instance can"
+        " be (over 131104 bytes)"
+    )
+    assert hits["bomb"] == 1  # not retried

@@ -189,6 +189,21 @@ def _canonical(parts: list[tuple[str, bytes]]) -> tuple[bytes, list[tuple[int, i
 _STATE: dict[str, Any] = {}
 
 
+def _bomb(head: bytes) -> bytes:
+    """A gzip member: ``head`` then 256 MiB of zeros (about 256 KiB; the zeros made once)."""
+    if "bomb" not in _STATE:
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+        zeros = bytes(2**20)
+        _STATE["bomb"] = b"".join(z.compress(zeros) for _ in range(256)) + z.flush(
+            zlib.Z_FULL_FLUSH
+        )
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = z.compress(head) + z.flush(zlib.Z_FULL_FLUSH)
+    end = zlib.compressobj(9, zlib.DEFLATED, -15).flush()  # an empty final block
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    return header + first + _STATE["bomb"] + end
+
+
 def _server() -> dict[str, Any]:
     """One server for the module (hypothesis reruns examples inside one test call)."""
     if not _STATE:
@@ -447,8 +462,7 @@ def _frame_mutation(data: st.DataObject, body: bytes, spans, trap_port: int):
                 b = gzip.compress(b)
             elif how == "bomb":  # 256 MiB of zeros inside a part that never closes
                 head = b[: spans[0][0]].replace(b"Content-Length", b"X-Was")
-                z = zlib.compressobj(9, zlib.DEFLATED, 31)
-                b = z.compress(head) + z.compress(bytes(2**24)) * 16 + z.flush()
+                b = _bomb(head)
             encoding = "deflate" if how == "deflate" else "gzip"
             h._raw(200, {**headers, "Content-Encoding": encoding, "Content-Length": str(len(b))}, b)
 

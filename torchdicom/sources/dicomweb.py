@@ -830,7 +830,12 @@ def _without_userinfo(url: str, headers: dict[str, str]) -> str:
 
 
 def _value(item: dict, tag: str) -> str:
-    values = item.get(tag, {}).get("Value") or [""]
+    """The first value of ``tag`` in a DICOM JSON data set as text; "" when it is absent or
+    not an element with a ``Value`` list (a server's JSON is untrusted input)."""
+    element = item.get(tag) if isinstance(item, dict) else None
+    values = element.get("Value") if isinstance(element, dict) else None
+    if not isinstance(values, list) or not values or values[0] is None:
+        return ""
     return str(values[0])
 
 
@@ -1222,7 +1227,9 @@ def _accepts(syntax: str) -> list[str]:
     return [*forms, _NATIVE_ACCEPT, _DEFAULT_ACCEPT]
 
 
-def fetch_frames(path: str, numbers: Sequence[int], syntax: str = "") -> list[Part]:
+def fetch_frames(
+    path: str, numbers: Sequence[int], syntax: str = "", max_bytes: int | None = None
+) -> list[Part]:
     """WADO-RS frame retrieval of 1-based frame ``numbers`` of an instance, one part each.
 
     Streams the multipart response; retries the whole request on 5xx, connection errors
@@ -1243,7 +1250,9 @@ def fetch_frames(path: str, numbers: Sequence[int], syntax: str = "") -> list[Pa
     for k, accept in enumerate(forms):
         try:
             parts = _with_retries(
-                url, "WADO-RS frame retrieval", lambda accept=accept: _get_parts(url, accept)
+                url,
+                "WADO-RS frame retrieval",
+                lambda accept=accept: _get_parts(url, accept, max_bytes),
             )
         except RemoteError as exc:
             if _status_of(exc) not in _NOT_ACCEPTABLE or k == len(forms) - 1:
@@ -1270,8 +1279,9 @@ def fetch_frames(path: str, numbers: Sequence[int], syntax: str = "") -> list[Pa
     raise AssertionError("unreachable: the last form returns or raises")  # pragma: no cover
 
 
-def _get_parts(url: str, accept: str) -> list[Part]:
-    """One attempt of a frame request: the parts of the response."""
+def _get_parts(url: str, accept: str, max_bytes: int | None = None) -> list[Part]:
+    """One attempt of a frame request: the parts of the response (at most ``max_bytes``
+    of body after any Content-Encoding, so a gzip bomb never fills memory)."""
     base = _split(PREFIX + url)[0]
     limit = _timeout(base)
     frames = url.rsplit("/frames/", 1)[1].count(",") + 1
@@ -1295,10 +1305,18 @@ def _get_parts(url: str, accept: str) -> list[Part]:
         content_type = response.headers.get("Content-Type", "")
 
         def chunks() -> Iterator[bytes]:
+            received = 0
             for chunk in response.iter_content(_CHUNK):
                 if time.monotonic() > deadline:
                     # A server dripping bytes never trips the per-read timeout.
                     raise _Retry("the response is slower than the timeout", timed_out=True)
+                received += len(chunk)
+                if max_bytes is not None and received > max_bytes:
+                    raise CorruptDicomError(
+                        display(url),
+                        f"the response is larger than {frames} frame(s) of this instance"
+                        f" can be (over {max_bytes} bytes)",
+                    )
                 yield chunk
 
         media = content_type.split(";")[0].strip().lower()
@@ -1353,6 +1371,17 @@ _FAMILY = {
     ),
     "1.2.840.10008.1.2.5": "rle",
 }
+
+
+def _max_bytes(row: dict[str, Any], frames: int) -> int | None:
+    """The most body a response of ``frames`` frames of ``row`` may bring: twice the native
+    size per frame (a code-stream of noise can outgrow its pixels a little) plus headroom
+    for part headers; None when the row cannot say."""
+    try:
+        per_frame = _native_frame_bytes(row)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return frames * (2 * per_frame + 2**16) + 2**16
 
 
 def _sniff(data: bytes) -> str:
@@ -1448,7 +1477,9 @@ def fetch_parts(
     wanted = list(dict.fromkeys(idx))
     for k in range(0, len(wanted), _MAX_FRAMES_PER_REQUEST):
         chunk = wanted[k : k + _MAX_FRAMES_PER_REQUEST]
-        parts = fetch_frames(path, [f + 1 for f in chunk], str(row["transfer_syntax"]))
+        parts = fetch_frames(
+            path, [f + 1 for f in chunk], str(row["transfer_syntax"]), _max_bytes(row, len(chunk))
+        )
         for frame, part in zip(chunk, parts):
             syntax = part_syntax(part, row)
             shown = _sniff(part.body)
