@@ -1265,3 +1265,18 @@ def test_a_gzip_bomb_is_cut_off_at_what_the_frames_can_hold(faulty, policy):
         " be (over 131104 bytes)"
     )
     assert hits["bomb"] == 1  # not retried
+
+
+def test_metadata_with_an_empty_bits_allocated_is_corrupt():
+    # Found by tests/fuzz/test_fuzz_dicomweb.py: (0028,0100) without a value (a BulkDataURI
+    # on another server, not fetched) made the scan raise TypeError.
+    meta = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    meta = meta.to_json_dict()
+    meta["00280100"] = {"vr": "US"}
+    path = "dicomweb+http://h/dicom-web/studies/1/series/2/instances/3"
+    with pytest.raises(CorruptDicomError) as err:
+        dicomweb.row_from_metadata(meta, path)
+    assert str(err.value) == (
+        f"{path}: unsupported (0028,0100) Bits Allocated -1 for PixelData"
+        " (expected one of (1, 8, 16, 32, 64))"
+    )

@@ -880,7 +880,11 @@ def row_from_metadata(meta: dict, path: str, salt: str | None = None) -> dict[st
     syntax = _value(meta, "00020010") or _value(meta, "00083002")
     if "Rows" in ds and not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
         # Servers may leave the bulk data element out of the metadata; an image has one.
-        ds.add_new(0x7FE00010, "OW" if int(ds.get("BitsAllocated", 8)) > 8 else "OB", None)
+        try:  # an empty or absurd (0028,0100) is the row builder's to judge
+            wide = int(ds.get("BitsAllocated", 8) or 8) > 8
+        except (TypeError, ValueError):
+            wide = True
+        ds.add_new(0x7FE00010, "OW" if wide else "OB", None)
     ds.file_meta = FileMetaDataset()
     if syntax:
         ds.file_meta.TransferSyntaxUID = syntax
