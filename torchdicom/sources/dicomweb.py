@@ -382,6 +382,14 @@ def _classify(url: str, exc: BaseException) -> TorchDicomError | _Retry:
     return RemoteError(display(url), f"request failed: {_short(exc)}")
 
 
+def _raise_for_status(url: str, response: Any) -> None:
+    """Raise the error of a response that is not 200 OK (see :func:`_status_error`)."""
+    if response.status_code != 200:
+        raise _status_error(
+            url, response.status_code, response.reason or "", response.headers.get("Retry-After")
+        )
+
+
 def _status_error(
     url: str, status: int, reason: str, retry_after: str | None = None
 ) -> TorchDicomError | _Retry:
@@ -785,13 +793,7 @@ def _get_json(
         try:
             if response.status_code == 204:
                 return [], response.headers.get("Warning", "")
-            if response.status_code != 200:
-                raise _status_error(
-                    response.url,
-                    response.status_code,
-                    response.reason or "",
-                    response.headers.get("Retry-After"),
-                )
+            _raise_for_status(response.url, response)
             warning = response.headers.get("Warning", "")
             if not response.content.strip():
                 return [], warning
@@ -1023,13 +1025,7 @@ def _get_bulk(base: str, url: str) -> bytes:
     )
     watchdog = _Watchdog(response, _timeout(base) * _JSON_TIMEOUTS)
     try:
-        if response.status_code != 200:
-            raise _status_error(
-                url,
-                response.status_code,
-                response.reason or "",
-                response.headers.get("Retry-After"),
-            )
+        _raise_for_status(url, response)
         content_type = response.headers.get("Content-Type", "")
         if not content_type.lower().startswith("multipart/"):
             return response.content
@@ -1299,13 +1295,7 @@ def _get_parts(url: str, accept: str, max_bytes: int | None = None) -> list[Part
     )
     watchdog = _Watchdog(response, deadline - time.monotonic())
     try:
-        if response.status_code != 200:
-            raise _status_error(
-                url,
-                response.status_code,
-                response.reason or "",
-                response.headers.get("Retry-After"),
-            )
+        _raise_for_status(url, response)
         content_type = response.headers.get("Content-Type", "")
 
         def chunks() -> Iterator[bytes]:
