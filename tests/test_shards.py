@@ -1092,9 +1092,15 @@ def test_export_source_changed_during_the_copy_is_skipped(tmp_path, monkeypatch)
             os.utime(victim, ns=(0, 1_000_000_000))
             return data
 
+    victim_inode = os.stat(victim).st_ino
+
     def opening(path, *args, **kwargs):
         f = real_open(path, *args, **kwargs)
-        return Rewriting(f) if str(path) == victim else f
+        # The export opens the checked descriptor of the file (or its path).
+        same = (
+            os.fstat(path).st_ino == victim_inode if isinstance(path, int) else str(path) == victim
+        )
+        return Rewriting(f) if same else f
 
     monkeypatch.setattr(export, "open", opening, raising=False)
     (tmp_path / "out").mkdir()

@@ -60,7 +60,6 @@ import numpy as np
 from torchdicom._atomic import atomic_write, write_text_atomic
 from torchdicom.errors import (
     CorruptDicomError,
-    DicomFileNotFoundError,
     NotDicomError,
     StaleIndexError,
     TorchDicomError,
@@ -109,37 +108,21 @@ class ExportReport:
 # --------------------------------------------------------------------------- source bytes
 def _read_local(row: Mapping[str, Any]) -> bytes:
     """The file's bytes, checked against its row (size, mtime) before and after reading."""
+    from torchdicom.io.frames import _open_checked, check_unchanged
+
     path = str(row["path"])
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; errors mapped first
-    except FileNotFoundError:
-        raise DicomFileNotFoundError(path, "no such file (deleted since it was indexed?)") from None
-    except IsADirectoryError:
-        raise NotDicomError(path, "is a directory, not a DICOM file") from None
-    except OSError as exc:
-        raise NotDicomError(path, f"cannot be opened ({exc.strerror})") from None
-    with f:
-        before = os.fstat(f.fileno())
-        _check_unchanged(path, row, before.st_size, before.st_mtime_ns)
+    fd = _open_checked(dict(row))  # open errors mapped, (size, mtime) checked before
+    with open(fd, "rb", closefd=True) as f:
         try:
             data = f.read()
         except OSError as exc:
             raise NotDicomError(path, f"cannot be read ({exc.strerror})") from None
-        after = os.fstat(f.fileno())
+        after = os.fstat(fd)
     # A file rewritten while it was copied: neither version's bytes can be trusted.
-    _check_unchanged(path, row, after.st_size, after.st_mtime_ns)
+    check_unchanged(row, after)
     if len(data) != int(row["size"]):
         raise StaleIndexError(path, f"read {len(data)} bytes where the index has {row['size']}")
     return data
-
-
-def _check_unchanged(path: str, row: Mapping[str, Any], size: int, mtime_ns: int) -> None:
-    if size != int(row["size"]) or mtime_ns != int(row["mtime_ns"]):
-        raise StaleIndexError(
-            path,
-            f"file changed since it was indexed (size {row['size']} -> {size} bytes or"
-            " modification time changed): rescan it",
-        )
 
 
 def _read_remote(row: Mapping[str, Any]) -> bytes:

@@ -71,7 +71,7 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
@@ -449,14 +449,26 @@ def _open_checked(row: dict[str, Any]) -> int:
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)
         raise NotDicomError(path, "is a directory, not a DICOM file")
-    if st.st_size != int(row["size"]) or st.st_mtime_ns != int(row["mtime_ns"]):
+    try:
+        check_unchanged(row, st)
+    except StaleIndexError:
         os.close(fd)
+        raise
+    return fd
+
+
+def check_unchanged(row: Mapping[str, Any], st: os.stat_result) -> None:
+    """Refuse a local file whose (size, mtime) differ from its index row.
+
+    Raises:
+        StaleIndexError: the file changed since it was indexed.
+    """
+    if st.st_size != int(row["size"]) or st.st_mtime_ns != int(row["mtime_ns"]):
         raise StaleIndexError(
-            path,
+            row["path"],
             f"file changed since it was indexed (size {row['size']} -> {st.st_size} bytes"
             f" or modification time changed): rescan it",
         )
-    return fd
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int, path: str, frame: int) -> None:
