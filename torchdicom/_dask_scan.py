@@ -53,7 +53,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -184,18 +184,26 @@ def list_partitions(
 
 
 def _local_partitions(root: str, depth: int) -> list[Partition]:
+    return _level_partitions(root, depth, _subfolders, "flat", "tree")
+
+
+def _level_partitions(
+    root: str, depth: int, children: Callable[[str], list[str]], flat: str, tree: str
+) -> list[Partition]:
+    """Folders (or prefixes) down to ``depth``: those above it are ``flat`` partitions (their
+    own files only), those at it ``tree`` partitions (walked whole on a worker)."""
     if depth == 0:
-        return [Partition("tree", root)]
-    parts = [Partition("flat", root)]
+        return [Partition(tree, root)]
+    parts = [Partition(flat, root)]
     level = [root]
     for d in range(1, depth + 1):
         deeper = []
         for folder in level:
-            for sub in _subfolders(folder):
+            for sub in children(folder):
                 if d == depth:
-                    parts.append(Partition("tree", sub))
+                    parts.append(Partition(tree, sub))
                 else:
-                    parts.append(Partition("flat", sub))
+                    parts.append(Partition(flat, sub))
                     deeper.append(sub)
         level = deeper
     return parts
@@ -225,21 +233,13 @@ def _remote_partitions(url: str, depth: int) -> list[Partition]:
     fs = filesystem(url)
     if _call(url, "stat", fs.isfile, url, fs=fs):
         return [Partition("files", "", (url,))]
-    if depth == 0:
-        return [Partition("remote-tree", url)]
-    parts = [Partition("remote-flat", url)]
-    level = [url]
-    for d in range(1, depth + 1):
-        deeper = []
-        for prefix in level:
-            for sub in _remote_entries(prefix, "directory"):
-                if d == depth:
-                    parts.append(Partition("remote-tree", sub))
-                else:
-                    parts.append(Partition("remote-flat", sub))
-                    deeper.append(sub)
-        level = deeper
-    return parts
+    return _level_partitions(
+        url,
+        depth,
+        lambda prefix: _remote_entries(prefix, "directory"),
+        "remote-flat",
+        "remote-tree",
+    )
 
 
 def _remote_entries(prefix: str, kind: Literal["file", "directory"]) -> list[str]:
